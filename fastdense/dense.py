@@ -1,0 +1,396 @@
+"""The Dense layer: Keras' ``Dense`` for NumPy arrays, computed by fastdense's kernels."""
+
+from __future__ import annotations
+
+import numbers
+import os
+import warnings
+from typing import Any
+
+import numpy as np
+
+from fastdense import activations, initializers, regularizers
+from fastdense.kernels import dense as _k
+from fastdense.optimizers import apply_update, learning_rate_of, plain_sgd_rate
+
+_FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+class DtypeWarning(UserWarning):
+    """An input's dtype differs from the layer's; it was cast (warned once per layer)."""
+
+
+class LayerStateError(RuntimeError, ValueError):
+    """A call that the layer's current state does not allow (e.g. backprop before forward).
+
+    It is both a :class:`RuntimeError` and a :class:`ValueError`, so either ``except`` works.
+    """
+
+
+def _fusable(reg: regularizers.Regularizer | None) -> bool:
+    """Whether the kernels can apply ``reg``'s gradient through its l1/l2 factors."""
+    return reg is None or type(reg) in (regularizers.L1, regularizers.L2, regularizers.L1L2)
+
+
+def _factors(reg: regularizers.Regularizer | None) -> tuple[float, float]:
+    return (reg.l1, reg.l2) if reg is not None and _fusable(reg) else (0.0, 0.0)
+
+
+def _layer_dtype(dtype: Any) -> np.dtype:
+    try:
+        dt = np.dtype(dtype)
+    except TypeError as err:
+        raise TypeError(f"dtype must be float32 or float64, got {dtype!r}") from err
+    if dt not in _FLOAT_DTYPES:
+        raise TypeError(f"dtype must be float32 or float64, got {dt}")
+    return dt
+
+
+class Dense:
+    """A fully-connected layer: ``y = activation(x @ kernel + bias)``.
+
+    Parameters
+    ----------
+    units : int
+        Output features.
+    activation : str, None or (callable, callable)
+        Keras name (``"relu"``, ``"sigmoid"``, ``"tanh"``, ``"softmax"``, ``"gelu"``,
+        ``"leaky_relu"``, ``"elu"``, ``"selu"``, ``"swish"``/``"silu"``, ``"softplus"``,
+        ``"linear"``), ``None`` (linear), or ``(fn, grad)`` with ``grad(z, y) = dy/dz``.
+    use_bias : bool
+        Whether to add a bias vector.
+    kernel_initializer, bias_initializer : str, Initializer or callable
+        Keras identifiers (see :mod:`fastdense.initializers`) or ``fn(shape, dtype)``.
+    kernel_regularizer, bias_regularizer : str, Regularizer, (callable, callable) or None
+        Penalties added to the gradients in :meth:`backprop` (see
+        :mod:`fastdense.regularizers`).
+    dtype : float32 or float64
+        Dtype of the weights and of the computation.  Inputs of another real dtype are cast,
+        with a :class:`DtypeWarning` the first time.
+    training : bool
+        When False, :meth:`forward` keeps nothing and :meth:`backprop` raises.
+    seed : int or None
+        Seeds weight initialization: the same seed gives the same weights.
+    name : str or None
+        A label for summaries and configs.
+
+    Notes
+    -----
+    The kernel has shape ``(in, units)`` and is built from the last axis of the first input (or
+    by :meth:`build`).  Inputs of rank > 2 are transformed along their last axis; a 1-D input
+    is one sample.  :meth:`forward` keeps a reference to its input for :meth:`backprop`: do not
+    modify the input in place between the two calls.
+    """
+
+    def __init__(
+        self,
+        units: int,
+        activation: str | None | tuple = None,
+        use_bias: bool = True,
+        kernel_initializer: Any = "glorot_uniform",
+        bias_initializer: Any = "zeros",
+        kernel_regularizer: Any = None,
+        bias_regularizer: Any = None,
+        dtype: Any = np.float32,
+        training: bool = True,
+        seed: int | None = None,
+        name: str | None = None,
+    ) -> None:
+        if isinstance(units, bool) or not isinstance(units, numbers.Integral) or units <= 0:
+            raise ValueError(f"units must be a positive integer, got {units!r}")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
+            raise TypeError(f"seed must be an int or None, got {seed!r}")
+        self.units = int(units)
+        self.activation = activations.get(activation)
+        self.use_bias = bool(use_bias)
+        self.kernel_initializer = initializers.get(kernel_initializer)
+        self.bias_initializer = initializers.get(bias_initializer)
+        self.kernel_regularizer = regularizers.get(kernel_regularizer)
+        self.bias_regularizer = regularizers.get(bias_regularizer)
+        self.dtype = _layer_dtype(dtype)
+        self.training = bool(training)
+        self.seed = None if seed is None else int(seed)
+        self.name = name if name is not None else "dense"
+        self.weight: np.ndarray | None = None
+        self.bias: np.ndarray | None = None
+        self._warned_dtype = False
+        self._cache: tuple | None = None
+        self._workspace: dict[str, np.ndarray] = {}
+        # When True (set by Sequential), outputs and input gradients are workspaces reused by
+        # the next call instead of fresh arrays: no allocation per step, but the caller must
+        # copy what it keeps.
+        self._reuse_outputs = False
+
+    # ------------------------------------------------------------------ building
+    @property
+    def built(self) -> bool:
+        """Whether the weights exist."""
+        return self.weight is not None
+
+    @property
+    def kernel(self) -> np.ndarray | None:
+        """Alias of :attr:`weight`, Keras' name."""
+        return self.weight
+
+    @kernel.setter
+    def kernel(self, value: np.ndarray) -> None:
+        self.set_weights([value] + ([self.bias] if self.use_bias else []))
+
+    @property
+    def input_dim(self) -> int | None:
+        """Input features, once built."""
+        return None if self.weight is None else self.weight.shape[0]
+
+    def build(self, input_dim: int) -> None:
+        """Create the weights for ``input_dim`` input features."""
+        if (
+            isinstance(input_dim, bool)
+            or not isinstance(input_dim, numbers.Integral)
+            or input_dim <= 0
+        ):
+            raise ValueError(f"input_dim must be a positive integer, got {input_dim!r}")
+        rng = np.random.default_rng(self.seed)
+        kernel = self.kernel_initializer((int(input_dim), self.units), self.dtype, rng)
+        bias = None
+        if self.use_bias:
+            init = self.bias_initializer
+            if isinstance(init, initializers.TorchLinear) and init.fan_in is None:
+                # PyTorch draws the bias from ±1/sqrt(fan_in) of the kernel, not of the bias.
+                init = initializers.TorchLinear(fan_in=int(input_dim), seed=init.seed)
+            bias = init((self.units,), self.dtype, rng)
+        self.weight, self.bias = kernel, bias
+        self._cache = None
+
+    # ------------------------------------------------------------------ input handling
+    def _as_input(self, inputs: Any, what: str) -> np.ndarray:
+        x = np.asarray(inputs)
+        if x.dtype.kind not in "fiub":
+            raise TypeError(
+                f"{what} must be a real (float, int or bool) array, got dtype {x.dtype}"
+            )
+        if x.dtype != self.dtype:
+            if not self._warned_dtype:
+                warnings.warn(
+                    f"{self.name}: {what} has dtype {x.dtype} but the layer computes in "
+                    f"{self.dtype}; casting (this warning is shown once per layer)",
+                    DtypeWarning,
+                    stacklevel=3,
+                )
+                self._warned_dtype = True
+            x = x.astype(self.dtype)
+        return x
+
+    # ------------------------------------------------------------------ compute
+    def forward(self, inputs: Any) -> np.ndarray:
+        """Return ``activation(inputs @ kernel + bias)``.
+
+        Parameters
+        ----------
+        inputs : array_like, shape (..., in)
+            Real values; the last axis is the feature axis.
+
+        Returns
+        -------
+        ndarray, shape (..., units), the layer's dtype
+        """
+        x = self._as_input(inputs, "inputs")
+        if x.ndim == 0:
+            raise ValueError("inputs must have at least one axis (features), got a scalar")
+        in_dim = x.shape[-1]
+        if self.built and in_dim != self.input_dim:
+            raise ValueError(
+                f"{self.name} expects inputs with {self.input_dim} features on the last axis, "
+                f"got shape {x.shape}"
+            )
+        if not self.built:
+            self.build(in_dim)
+        x2 = np.ascontiguousarray(x.reshape(-1, in_dim))
+        n = x2.shape[0]
+        act = self.activation
+        y = self._buffer("y", (n, self.units), self._reuse_outputs)
+        keep_z = self.training and act.needs_z and not act.is_custom
+        z = self._buffer("z", (n, self.units)) if keep_z else y
+        bias = self.bias if self.use_bias else _k.empty_bias(self.dtype)
+        _k.forward(x2, self.weight, bias, act.code, z, y)
+        if act.is_custom:
+            z = y.copy() if self.training else y
+            y = np.ascontiguousarray(act.fn(z), dtype=self.dtype)
+            if y.shape != z.shape:
+                raise ValueError(f"custom activation returned shape {y.shape}, "
+                                 f"expected {z.shape}")
+        self._cache = (x2, z, y, x.shape) if self.training else None
+        return y.reshape(x.shape[:-1] + (self.units,))
+
+    __call__ = forward
+
+    def backprop(self, dLdy: Any, optimizer: Any) -> np.ndarray:
+        """Backpropagate ``dLdy`` through the last forward pass and update the weights.
+
+        All gradients are computed with the weights of that forward pass; the optimizer then
+        updates kernel and bias.  Gradients are sums over the batch.
+
+        Parameters
+        ----------
+        dLdy : array_like
+            Gradient of the loss with respect to the last output, of the output's shape.
+        optimizer : object
+            A fastdense optimizer, or any object with a numeric ``learning_rate`` (plain SGD).
+
+        Returns
+        -------
+        ndarray
+            ``dL/dinputs``, shaped like the last input.
+        """
+        if not self.training:
+            raise LayerStateError(f"{self.name} has training=False: backprop is disabled")
+        if self._cache is None:
+            raise LayerStateError(
+                f"{self.name}: backprop needs a forward pass first (each forward allows one "
+                "backprop)"
+            )
+        learning_rate_of(optimizer)
+        x2, z, y, in_shape = self._cache
+        out_shape = in_shape[:-1] + (self.units,)
+        g = self._as_input(dLdy, "dLdy")
+        if g.shape != out_shape:
+            raise ValueError(
+                f"dLdy must have the shape of the last output {out_shape}, got {g.shape}"
+            )
+        g2 = np.ascontiguousarray(g.reshape(-1, self.units))
+        n = x2.shape[0]
+        act = self.activation
+        if act.is_custom:
+            g2 = np.ascontiguousarray(g2 * act.grad(z, y), dtype=self.dtype)
+        kreg, breg = self.kernel_regularizer, self.bias_regularizer
+        lr = plain_sgd_rate(optimizer)
+        fuse = lr is not None and _fusable(kreg) and _fusable(breg)
+        dz = self._buffer("dz", g2.shape)
+        dw = self._buffer("dw", self.weight.shape)
+        db = self._buffer("db", (self.units,)) if self.use_bias else _k.empty_bias(self.dtype)
+        dx = self._buffer("dx", (n, self.input_dim), self._reuse_outputs)
+        bias = self.bias if self.use_bias else _k.empty_bias(self.dtype)
+        l1w, l2w = _factors(kreg)
+        l1b, l2b = _factors(breg)
+        _k.backward(x2, self.weight, bias, z, y, g2, act.code, dz, dw, db, dx,
+                    lr if fuse else 0.0, l1w, l2w, l1b, l2b, fuse)
+        if not fuse:
+            self._apply(optimizer, self.weight, dw, kreg)
+            if self.use_bias:
+                self._apply(optimizer, self.bias, db, breg)
+        self._cache = None
+        return dx.reshape(in_shape)
+
+    def _buffer(self, key: str, shape: tuple[int, ...], reuse: bool = True) -> np.ndarray:
+        """A workspace of ``shape`` kept across calls, so steady-state steps do not allocate."""
+        buf = self._workspace.get(key) if reuse else None
+        if buf is None or buf.shape != shape:
+            buf = np.empty(shape, dtype=self.dtype)
+            if reuse:
+                self._workspace[key] = buf
+        return buf
+
+    @staticmethod
+    def _apply(optimizer: Any, param: np.ndarray, grad: np.ndarray,
+               reg: regularizers.Regularizer | None) -> None:
+        l1, l2 = _factors(reg)
+        if reg is not None and not _fusable(reg):
+            grad += np.asarray(reg.gradient(param), dtype=grad.dtype)
+        apply_update(optimizer, param, grad, l1, l2)
+
+    def regularization_loss(self) -> float:
+        """The current penalty of kernel and bias regularizers (0.0 without any)."""
+        loss = 0.0
+        if self.built and self.kernel_regularizer is not None:
+            loss += self.kernel_regularizer(self.weight)
+        if self.built and self.use_bias and self.bias_regularizer is not None:
+            loss += self.bias_regularizer(self.bias)
+        return float(loss)
+
+    # ------------------------------------------------------------------ config and weights
+    def get_config(self) -> dict[str, Any]:
+        """Constructor arguments; :meth:`from_config` rebuilds an equal (unbuilt) layer."""
+        return {
+            "name": self.name,
+            "units": self.units,
+            "activation": self.activation.serialize(),
+            "use_bias": self.use_bias,
+            "kernel_initializer": initializers.serialize(self.kernel_initializer),
+            "bias_initializer": initializers.serialize(self.bias_initializer),
+            "kernel_regularizer": regularizers.serialize(self.kernel_regularizer),
+            "bias_regularizer": regularizers.serialize(self.bias_regularizer),
+            "dtype": self.dtype.name,
+            "training": self.training,
+            "seed": self.seed,
+        }
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> Dense:
+        """Build a layer from :meth:`get_config`'s output."""
+        return cls(**config)
+
+    def get_weights(self) -> list[np.ndarray]:
+        """``[kernel, bias]`` (``[kernel]`` without bias) as copies."""
+        if not self.built:
+            raise LayerStateError(f"{self.name} is not built yet: call build() or forward()")
+        return [self.weight.copy()] + ([self.bias.copy()] if self.use_bias else [])
+
+    def set_weights(self, weights: list[Any]) -> None:
+        """Set ``[kernel, bias]`` (``[kernel]`` without bias); builds the layer if needed."""
+        expected = 2 if self.use_bias else 1
+        if not isinstance(weights, (list, tuple)) or len(weights) != expected:
+            raise ValueError(
+                f"expected a list of {expected} arrays ([kernel{', bias' if expected == 2 else ''}]"
+                f"), got {type(weights).__name__} of length "
+                f"{len(weights) if hasattr(weights, '__len__') else '?'}"
+            )
+        arrays = [np.asarray(w) for w in weights]
+        for a, what in zip(arrays, ("kernel", "bias"), strict=False):
+            if a.dtype.kind not in "fiu":
+                raise TypeError(f"{what} must be a real array, got dtype {a.dtype}")
+        kernel = arrays[0]
+        in_dim = self.input_dim
+        if kernel.ndim != 2 or kernel.shape[1] != self.units or (
+            in_dim is not None and kernel.shape[0] != in_dim
+        ):
+            want = f"({in_dim if in_dim is not None else 'in'}, {self.units})"
+            raise ValueError(f"kernel must have shape {want}, got {kernel.shape}")
+        if kernel.shape[0] == 0:
+            raise ValueError("kernel must have at least one input feature, got shape "
+                             f"{kernel.shape}")
+        if self.use_bias and arrays[1].shape != (self.units,):
+            raise ValueError(f"bias must have shape ({self.units},), got {arrays[1].shape}")
+        self.weight = np.array(kernel, dtype=self.dtype, order="C")
+        self.bias = np.array(arrays[1], dtype=self.dtype, order="C") if self.use_bias else None
+        self._cache = None
+
+    def save_weights(self, path: str | os.PathLike) -> None:
+        """Write kernel and bias to an ``.npz`` file."""
+        weights = self.get_weights()
+        arrays = {"kernel": weights[0]}
+        if self.use_bias:
+            arrays["bias"] = weights[1]
+        np.savez(path, **arrays)
+
+    def load_weights(self, path: str | os.PathLike) -> None:
+        """Read kernel and bias from an ``.npz`` written by :meth:`save_weights`.
+
+        Raises
+        ------
+        ValueError
+            If the file is not a valid weights file or does not match this layer.
+        """
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                found = {k: data[k] for k in data.files}
+        except (OSError, ValueError, EOFError) as err:
+            raise ValueError(f"{path!s} is not a readable .npz weights file: {err}") from err
+        expected = {"kernel", "bias"} if self.use_bias else {"kernel"}
+        if set(found) != expected:
+            raise ValueError(
+                f"{path!s} holds arrays {sorted(found)}, expected {sorted(expected)}"
+            )
+        self.set_weights([found["kernel"]] + ([found["bias"]] if self.use_bias else []))
+
+    def __repr__(self) -> str:
+        shape = f"{self.input_dim}->{self.units}" if self.built else f"?->{self.units}"
+        return f"Dense({shape}, activation={self.activation.name!r}, dtype={self.dtype.name})"

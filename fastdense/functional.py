@@ -1,0 +1,88 @@
+"""Functional forms over the layer's kernels: ``matmul`` and ``linear``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from fastdense import activations
+from fastdense.kernels import dense as _dense
+from fastdense.kernels.gemm import gemm
+
+
+def _real_2d(a: Any, name: str) -> np.ndarray:
+    a = np.asarray(a)
+    if a.dtype.kind not in "fiub":
+        raise TypeError(f"{name} must be a real array, got dtype {a.dtype}")
+    if a.ndim != 2:
+        raise ValueError(f"{name} must be 2-D, got shape {a.shape}")
+    return a
+
+
+def _common_dtype(*arrays: np.ndarray) -> np.dtype:
+    dt = np.result_type(*arrays)
+    return np.dtype(np.float32) if dt == np.float32 else np.dtype(np.float64)
+
+
+def matmul(a: Any, b: Any) -> np.ndarray:
+    """``a @ b`` for 2-D real arrays, computed by fastdense's GEMM.
+
+    float32 operands give float32; anything else is computed in float64 (NumPy's promotion,
+    with integers promoted to float64).
+
+    Raises
+    ------
+    ValueError
+        If the arrays are not 2-D or their inner dimensions differ.
+    """
+    a, b = _real_2d(a, "a"), _real_2d(b, "b")
+    if a.shape[1] != b.shape[0]:
+        raise ValueError(
+            f"matmul: a has {a.shape[1]} columns but b has {b.shape[0]} rows "
+            f"(shapes {a.shape} and {b.shape})"
+        )
+    dt = _common_dtype(a, b)
+    a = np.ascontiguousarray(a, dtype=dt)
+    b = np.ascontiguousarray(b, dtype=dt)
+    out = np.empty((a.shape[0], b.shape[1]), dtype=dt)
+    gemm(a, b, out, False, False)
+    return out
+
+
+def linear(x: Any, kernel: Any, bias: Any = None, activation: Any = None) -> np.ndarray:
+    """``activation(x @ kernel + bias)`` along the last axis of ``x``.
+
+    Parameters
+    ----------
+    x : array_like, shape (..., in)
+    kernel : array_like, shape (in, units)
+    bias : array_like, shape (units,), optional
+    activation : str or None
+        A built-in activation name (see :mod:`fastdense.activations`).
+    """
+    x = np.asarray(x)
+    kernel = _real_2d(kernel, "kernel")
+    if x.ndim == 0 or x.dtype.kind not in "fiub":
+        raise ValueError(f"x must be a real array with a feature axis, got {x.dtype} {x.shape}")
+    if x.shape[-1] != kernel.shape[0]:
+        raise ValueError(
+            f"x has {x.shape[-1]} features but kernel expects {kernel.shape[0]} "
+            f"(shapes {x.shape} and {kernel.shape})"
+        )
+    units = kernel.shape[1]
+    act = activations.get(activation)
+    if act.is_custom:
+        raise TypeError("linear() takes built-in activation names only")
+    dt = _common_dtype(x, kernel) if bias is None else _common_dtype(x, kernel, np.asarray(bias))
+    if bias is None:
+        b = _dense.empty_bias(dt)
+    else:
+        b = np.ascontiguousarray(bias, dtype=dt)
+        if b.shape != (units,):
+            raise ValueError(f"bias must have shape ({units},), got {b.shape}")
+    x2 = np.ascontiguousarray(x.reshape(-1, x.shape[-1]), dtype=dt)
+    w = np.ascontiguousarray(kernel, dtype=dt)
+    y = np.empty((x2.shape[0], units), dtype=dt)
+    _dense.forward(x2, w, b, act.code, y, y)
+    return y.reshape(x.shape[:-1] + (units,))

@@ -1,0 +1,143 @@
+"""Element-wise activations and their derivatives, selected by an integer code.
+
+The codes are the contract between :mod:`fastdense.activations` (names) and the fused kernels
+(which branch on the code once per tile, not per element, where it matters).  Every formula keeps
+NaN and Inf flowing through: comparisons are written so that a NaN input gives a NaN output.
+"""
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+LINEAR = 0
+RELU = 1
+SIGMOID = 2
+TANH = 3
+SOFTMAX = 4
+GELU = 5
+LEAKY_RELU = 6
+ELU = 7
+SELU = 8
+SWISH = 9
+SOFTPLUS = 10
+
+LEAKY_RELU_SLOPE = 0.2
+ELU_ALPHA = 1.0
+# Klambauer et al. (2017), the constants Keras uses.
+SELU_ALPHA = 1.6732632423543772848170429916717
+SELU_SCALE = 1.0507009873554804934193349852946
+_INV_SQRT2 = 0.70710678118654752440084436210485
+_INV_SQRT_2PI = 0.39894228040143267793994605993438
+
+# Activations whose derivative is cheapest (or only possible) from the pre-activation Z; the
+# others are differentiated from the output Y, so training keeps only one of the two.
+NEEDS_Z = frozenset({RELU, GELU, LEAKY_RELU, ELU, SELU, SWISH, SOFTPLUS})
+
+
+@njit(cache=True, inline="always")
+def _sigmoid(z):
+    # Two branches so that exp never overflows; NaN takes the second branch and stays NaN.
+    if z >= 0:
+        return 1.0 / (1.0 + math.exp(-z))
+    e = math.exp(z)
+    return e / (1.0 + e)
+
+
+@njit(cache=True, inline="always")
+def apply(code, z):
+    """Return ``act(z)`` for one scalar ``z`` (softmax is row-wise: see :func:`softmax_rows`)."""
+    if code == RELU:
+        return z if not z < 0 else z * 0.0
+    if code == SIGMOID:
+        return _sigmoid(z)
+    if code == TANH:
+        return math.tanh(z)
+    if code == GELU:
+        return 0.5 * z * (1.0 + math.erf(z * _INV_SQRT2))
+    if code == LEAKY_RELU:
+        return z if not z < 0 else z * LEAKY_RELU_SLOPE
+    if code == ELU:
+        return z if not z < 0 else ELU_ALPHA * math.expm1(z)
+    if code == SELU:
+        return SELU_SCALE * z if not z < 0 else SELU_SCALE * SELU_ALPHA * math.expm1(z)
+    if code == SWISH:
+        return z * _sigmoid(z)
+    if code == SOFTPLUS:
+        # log(1 + e^z) without overflow for large z nor loss for very negative z.
+        return max(z, 0.0) + math.log1p(math.exp(-abs(z))) if z == z else z
+    return z
+
+
+@njit(cache=True, inline="always")
+def derivative(code, z, y):
+    """Return ``act'(z)`` given the pre-activation ``z`` and the output ``y = act(z)``."""
+    if code == RELU:
+        return 1.0 if z > 0 else (0.0 if z <= 0 else z)
+    if code == SIGMOID:
+        return y * (1.0 - y)
+    if code == TANH:
+        return 1.0 - y * y
+    if code == GELU:
+        return 0.5 * (1.0 + math.erf(z * _INV_SQRT2)) + z * _INV_SQRT_2PI * math.exp(-0.5 * z * z)
+    if code == LEAKY_RELU:
+        return 1.0 if z > 0 else (LEAKY_RELU_SLOPE if z <= 0 else z)
+    if code == ELU:
+        return 1.0 if z > 0 else (ELU_ALPHA * math.exp(z) if z <= 0 else z)
+    if code == SELU:
+        return SELU_SCALE if z > 0 else (SELU_SCALE * SELU_ALPHA * math.exp(z) if z <= 0 else z)
+    if code == SWISH:
+        s = _sigmoid(z)
+        return s + z * s * (1.0 - s)
+    if code == SOFTPLUS:
+        return _sigmoid(z)
+    return 1.0
+
+
+@njit(cache=True)
+def softmax_row(z, y):
+    """Write the softmax of the 1-D ``z`` into ``y`` (may alias), shifted by the max for safety."""
+    n = z.shape[0]
+    if n == 0:
+        return
+    m = z[0]
+    for j in range(1, n):
+        # ``not <=`` lets a NaN become the max, so the whole row turns NaN as it should.
+        if not z[j] <= m:
+            m = z[j]
+    if m == -np.inf:
+        m = 0.0
+    s = 0.0
+    for j in range(n):
+        e = math.exp(z[j] - m)
+        y[j] = e
+        s += e
+    inv = 1.0 / s
+    for j in range(n):
+        y[j] *= inv
+
+
+@njit(cache=True, parallel=True)
+def activate(code, z, y):
+    """``y[...] = act(z)`` for 2-D ``z`` and ``y`` (which may be the same array)."""
+    m, n = z.shape
+    if code == SOFTMAX:
+        for i in prange(m):
+            softmax_row(z[i], y[i])
+        return
+    for i in prange(m):
+        zi = z[i]
+        yi = y[i]
+        for j in range(n):
+            yi[j] = apply(code, zi[j])
+
+
+@njit(cache=True, inline="always")
+def softmax_row_backward(g, y, dz):
+    """``dz = y * (g - <g, y>)``: the softmax Jacobian-vector product for one row."""
+    n = g.shape[0]
+    dot = 0.0
+    for j in range(n):
+        dot += g[j] * y[j]
+    for j in range(n):
+        dz[j] = y[j] * (g[j] - dot)
