@@ -62,7 +62,7 @@ class Activation:
         return (self.fn, self.grad) if self.is_custom else self.name
 
 
-def get(identifier: str | None | tuple | Activation) -> Activation:
+def get(identifier: str | tuple | Activation | None) -> Activation:
     """Resolve an activation identifier.
 
     Parameters

@@ -85,7 +85,7 @@ class Dense:
     def __init__(
         self,
         units: int,
-        activation: str | None | tuple = None,
+        activation: str | tuple | None = None,
         use_bias: bool = True,
         kernel_initializer: Any = "glorot_uniform",
         bias_initializer: Any = "zeros",
@@ -219,7 +219,7 @@ class Dense:
                 raise ValueError(f"custom activation returned shape {y.shape}, "
                                  f"expected {z.shape}")
         self._cache = (x2, z, y, x.shape) if self.training else None
-        return y.reshape(x.shape[:-1] + (self.units,))
+        return y.reshape((*x.shape[:-1], self.units))
 
     __call__ = forward
 
@@ -250,7 +250,7 @@ class Dense:
             )
         learning_rate_of(optimizer)
         x2, z, y, in_shape = self._cache
-        out_shape = in_shape[:-1] + (self.units,)
+        out_shape = (*in_shape[:-1], self.units)
         g = self._as_input(dLdy, "dLdy")
         if g.shape != out_shape:
             raise ValueError(

@@ -85,4 +85,4 @@ def linear(x: Any, kernel: Any, bias: Any = None, activation: Any = None) -> np.
     w = np.ascontiguousarray(kernel, dtype=dt)
     y = np.empty((x2.shape[0], units), dtype=dt)
     _dense.forward(x2, w, b, act.code, y, y)
-    return y.reshape(x.shape[:-1] + (units,))
+    return y.reshape((*x.shape[:-1], units))

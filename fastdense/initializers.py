@@ -196,28 +196,52 @@ class VarianceScaling(Initializer):
         }
 
 
-def _preset(name: str, scale: float, mode: str, distribution: str, doc: str) -> type:
+class _Preset(VarianceScaling):
+    """A VarianceScaling whose scale, mode and distribution are fixed by the subclass."""
+
+    PRESET: tuple[float, str, str] = (1.0, "fan_in", "truncated_normal")
+
     def __init__(self, seed: int | None = None) -> None:
-        VarianceScaling.__init__(self, scale, mode, distribution, seed)
+        super().__init__(*self.PRESET, seed=seed)
 
     def get_config(self):
         return {"seed": self.seed}
 
-    return type(name, (VarianceScaling,), {"__init__": __init__, "get_config": get_config,
-                                           "__doc__": doc})
+
+class GlorotUniform(_Preset):
+    """Uniform on ``±sqrt(6 / (fan_in + fan_out))``."""
+
+    PRESET = (1.0, "fan_avg", "uniform")
 
 
-GlorotUniform = _preset("GlorotUniform", 1.0, "fan_avg", "uniform",
-                        "Uniform on ``±sqrt(6 / (fan_in + fan_out))``.")
-GlorotNormal = _preset("GlorotNormal", 1.0, "fan_avg", "truncated_normal",
-                       "Truncated normal, stddev ``sqrt(2 / (fan_in + fan_out))``.")
-HeUniform = _preset("HeUniform", 2.0, "fan_in", "uniform", "Uniform on ``±sqrt(6 / fan_in)``.")
-HeNormal = _preset("HeNormal", 2.0, "fan_in", "truncated_normal",
-                   "Truncated normal, stddev ``sqrt(2 / fan_in)``.")
-LecunUniform = _preset("LecunUniform", 1.0, "fan_in", "uniform",
-                       "Uniform on ``±sqrt(3 / fan_in)``.")
-LecunNormal = _preset("LecunNormal", 1.0, "fan_in", "truncated_normal",
-                      "Truncated normal, stddev ``sqrt(1 / fan_in)``.")
+class GlorotNormal(_Preset):
+    """Truncated normal with std ``sqrt(2 / (fan_in + fan_out))`` after truncation."""
+
+    PRESET = (1.0, "fan_avg", "truncated_normal")
+
+
+class HeUniform(_Preset):
+    """Uniform on ``±sqrt(6 / fan_in)``."""
+
+    PRESET = (2.0, "fan_in", "uniform")
+
+
+class HeNormal(_Preset):
+    """Truncated normal with std ``sqrt(2 / fan_in)`` after truncation."""
+
+    PRESET = (2.0, "fan_in", "truncated_normal")
+
+
+class LecunUniform(_Preset):
+    """Uniform on ``±sqrt(3 / fan_in)``."""
+
+    PRESET = (1.0, "fan_in", "uniform")
+
+
+class LecunNormal(_Preset):
+    """Truncated normal with std ``sqrt(1 / fan_in)`` after truncation."""
+
+    PRESET = (1.0, "fan_in", "truncated_normal")
 
 
 class Orthogonal(Initializer):

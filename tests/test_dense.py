@@ -1,0 +1,369 @@
+"""The Dense layer against the NumPy reference, finite differences, and its contract."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+import fastdense as fd
+from fastdense import Dense, DtypeWarning, LayerStateError
+from fastdense.reference import NumpyDense
+from tests.bounds import unit_roundoff
+from tests.helpers import (
+    ACTIVATIONS,
+    Plain,
+    backprop_bounds,
+    forward_bound,
+    pair,
+    state_of,
+)
+
+DTYPES = [np.float32, np.float64]
+
+
+def _data(rng, shape, dtype):
+    return rng.standard_normal(shape).astype(dtype)
+
+
+# --------------------------------------------------------------------------- agreement
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize("use_bias", [True, False])
+def test_forward_matches_reference_within_derived_bound(activation, dtype, use_bias):
+    rng = np.random.default_rng(1)
+    layer, ref = pair(13, activation, dtype, 37, use_bias=use_bias)
+    x = _data(rng, (29, 37), dtype)
+    y = layer.forward(x)
+    y_ref = ref.forward(x.astype(np.float64))
+    assert y.dtype == dtype and y.shape == (29, 13)
+    b = ref.bias if use_bias else None
+    bound = forward_bound(x, ref.weight, b, y_ref, ref._z, activation, dtype)
+    err = np.abs(y - y_ref)
+    assert np.all(err <= bound), f"max err {err.max()}, bound there {bound.flat[err.argmax()]}"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize("fused", [True, False], ids=["plain-sgd", "optimizer"])
+def test_backprop_and_update_match_reference(activation, dtype, fused):
+    rng = np.random.default_rng(2)
+    layer, ref = pair(11, activation, dtype, 19, kreg="l2", breg="l1")
+    x = _data(rng, (23, 19), dtype)
+    g = _data(rng, (23, 11), dtype)
+    w0, b0 = (a.astype(np.float64) for a in layer.get_weights())
+    layer.forward(x)
+    xs, z, y, _ = state_of(layer)
+    # The reference differentiates the very state fastdense kept, so both take the same
+    # branch at every kink and the comparison isolates backprop.
+    ref._x, ref._z, ref._y = xs, z, y
+    dW, db, dx_ref = ref.gradients(g.astype(np.float64))
+    lr = 0.5
+    dx = layer.backprop(g, Plain(lr) if fused else _NotPlainSGD(lr))
+    _, dw_err, db_err, dx_err = backprop_bounds(xs, z, y, g.astype(np.float64), w0, activation,
+                                                dtype)
+    u = unit_roundoff(dtype)
+    assert dx.dtype == dtype
+    assert np.all(np.abs(dx - dx_ref) <= dx_err)
+    w_ref = w0 - lr * dW
+    b_ref = b0 - lr * db
+    # penalties add a few roundings relative to |w|; the update rounds once more.
+    w_bound = lr * (dw_err + 8 * u * (np.abs(dW) + np.abs(w0))) + 4 * u * np.abs(w_ref)
+    b_bound = lr * (db_err + 8 * u * (np.abs(db) + np.abs(b0))) + 4 * u * np.abs(b_ref)
+    assert np.all(np.abs(layer.weight - w_ref) <= w_bound)
+    assert np.all(np.abs(layer.bias - b_ref) <= b_bound)
+
+
+class _NotPlainSGD(fd.Optimizer):
+    """Forces the unfused path: gradients come back to Python, then a separate update."""
+
+    def update(self, param, grad, l1=0.0, l2=0.0):
+        param -= self.learning_rate * (grad + l1 * np.sign(param) + 2 * l2 * param)
+
+
+def test_same_dtype_reference_agrees_in_float32():
+    """fastdense and NumpyDense both in float32: the peer the benchmarks time."""
+    rng = np.random.default_rng(3)
+    layer = Dense(64, activation="relu", seed=0)
+    x = _data(rng, (32, 100), np.float32)
+    layer.build(100)
+    ref = NumpyDense(64, "relu", dtype=np.float32)
+    ref.set_weights(layer.get_weights())
+    y, y_ref = layer(x), ref(x)
+    np.testing.assert_allclose(y, y_ref, rtol=0, atol=float(100 * np.finfo(np.float32).eps
+                                                            * np.abs(y_ref).max()))
+
+
+def test_dx_uses_weights_before_update():
+    """A large step makes dZ W_new^T far from dZ W_old^T: dx must use the old weights."""
+    rng = np.random.default_rng(4)
+    layer, _ = pair(5, None, np.float64, 7)
+    x, g = rng.standard_normal((6, 7)), rng.standard_normal((6, 5))
+    w_old = layer.weight.copy()
+    layer.forward(x)
+    dx = layer.backprop(g, Plain(10.0))
+    np.testing.assert_allclose(dx, g @ w_old.T, rtol=1e-12, atol=1e-12)
+    assert not np.allclose(dx, g @ layer.weight.T)
+
+
+def test_gradients_are_batch_sums_not_means():
+    """Two identical rows give twice the one-row gradient: X is kept, db is summed."""
+    rng = np.random.default_rng(5)
+    x1 = rng.standard_normal((1, 4))
+    g1 = rng.standard_normal((1, 3))
+    steps = []
+    for reps in (1, 2):
+        layer = Dense(3, dtype=np.float64, seed=0, bias_initializer="zeros")
+        w0 = layer.forward(np.repeat(x1, reps, 0)) is not None and layer.weight.copy()
+        layer.backprop(np.repeat(g1, reps, 0), Plain(1.0))
+        steps.append((w0 - layer.weight, -layer.bias))
+    np.testing.assert_allclose(steps[1][0], 2 * steps[0][0], rtol=1e-13)
+    np.testing.assert_allclose(steps[1][1], 2 * steps[0][1], rtol=1e-13)
+    np.testing.assert_allclose(steps[0][0], x1.T @ g1, rtol=1e-13)
+
+
+# --------------------------------------------------------------------------- finite differences
+
+REGULARIZERS = [None, "l1", "l2", "l1_l2",
+                (lambda w: 0.3 * np.sum(w ** 4), lambda w: 1.2 * w ** 3)]
+
+
+def _loss(layer_cfg, weights, x, G):
+    probe = Dense.from_config({**layer_cfg, "training": False})
+    probe.set_weights(weights)
+    loss = float(np.sum(G * probe.forward(x)))
+    return loss + probe.regularization_loss()
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize("use_bias", [True, False])
+@pytest.mark.parametrize("reg", REGULARIZERS, ids=["none", "l1", "l2", "l1_l2", "custom"])
+def test_finite_difference_gradients(activation, use_bias, reg):
+    rng = np.random.default_rng(6)
+    layer = Dense(3, activation=activation, use_bias=use_bias, dtype=np.float64, seed=1,
+                  kernel_regularizer=reg, bias_regularizer=reg, bias_initializer="random_normal")
+    x = rng.standard_normal((5, 4))
+    layer.build(4)
+    # Keep every pre-activation away from the kinks of relu-like functions, where a central
+    # difference straddles the corner.
+    while np.min(np.abs(x @ layer.weight + (layer.bias if use_bias else 0))) < 1e-3:
+        x = rng.standard_normal((5, 4))
+    G = rng.standard_normal((5, 3))
+    cfg = layer.get_config()
+    weights = layer.get_weights()
+    layer.forward(x)
+    dx = layer.backprop(G, Plain(1.0))
+    analytic = [w - n for w, n in zip(weights, layer.get_weights(), strict=True)]
+    h = 1e-6
+
+    def numeric(array, f):
+        out = np.zeros_like(array)
+        for idx in np.ndindex(array.shape):
+            keep = array[idx]
+            array[idx] = keep + h
+            up = f()
+            array[idx] = keep - h
+            down = f()
+            array[idx] = keep
+            out[idx] = (up - down) / (2 * h)
+        return out
+
+    # Central differences are O(h^2) accurate with O(eps / h) cancellation: about 1e-9
+    # relative to the loss scale, far below what any wrong gradient term would give.
+    scale = 1.0 + np.abs(G).sum()
+    tol = 1e-6 * scale
+    for i, w in enumerate(weights):
+        num = numeric(w, lambda: _loss(cfg, weights, x, G))
+        np.testing.assert_allclose(analytic[i], num, atol=tol, rtol=1e-6)
+    num_dx = numeric(x, lambda: _loss(cfg, weights, x, G))
+    # the penalty does not depend on x, so dL/dx is exactly the layer's dx
+    np.testing.assert_allclose(dx, num_dx, atol=tol, rtol=1e-6)
+
+
+# --------------------------------------------------------------------------- shapes and layout
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_rank3_input_acts_on_last_axis(dtype):
+    rng = np.random.default_rng(7)
+    layer = Dense(6, activation="tanh", dtype=dtype, seed=0)
+    x = _data(rng, (2, 3, 5), dtype)
+    y = layer(x)
+    assert y.shape == (2, 3, 6)
+    flat = Dense.from_config({**layer.get_config(), "training": False})
+    flat.set_weights(layer.get_weights())
+    np.testing.assert_array_equal(y.reshape(6, 6), flat(x.reshape(6, 5)))
+    dx = layer.backprop(np.ones((2, 3, 6), dtype), Plain(0.1))
+    assert dx.shape == x.shape and dx.dtype == dtype
+
+
+def test_one_dimensional_input_is_one_sample():
+    layer = Dense(4, seed=0, dtype=np.float64)
+    x = np.arange(3.0)
+    y = layer(x)
+    assert y.shape == (4,)
+    np.testing.assert_allclose(y, x @ layer.weight + layer.bias, rtol=1e-14)
+    dx = layer.backprop(np.ones(4), Plain(0.0))
+    assert dx.shape == (3,)
+    np.testing.assert_allclose(dx, layer.weight.sum(axis=1), rtol=1e-14)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_empty_batch(dtype):
+    layer = Dense(4, dtype=dtype, seed=0, kernel_regularizer="l2")
+    y = layer(np.empty((0, 3), dtype))
+    assert y.shape == (0, 4) and y.dtype == dtype
+    w0 = layer.weight.copy()
+    dx = layer.backprop(np.empty((0, 4), dtype), Plain(0.1))
+    assert dx.shape == (0, 3)
+    # no data: only the penalty moves the weights
+    np.testing.assert_allclose(layer.weight, w0 - 0.1 * 2 * 0.01 * w0, rtol=1e-6)
+
+
+@pytest.mark.parametrize("layout", ["fortran", "strided", "transposed-view"])
+def test_non_contiguous_inputs_give_identical_results(layout):
+    rng = np.random.default_rng(8)
+    base = _data(rng, (12, 10), np.float32)
+    if layout == "fortran":
+        x = np.asfortranarray(base)
+    elif layout == "strided":
+        big = np.zeros((24, 20), np.float32)
+        big[::2, ::2] = base
+        x = big[::2, ::2]
+    else:
+        x = np.ascontiguousarray(base.T).T
+    assert not x.flags.c_contiguous
+    a = Dense(7, activation="relu", seed=3)
+    b = Dense(7, activation="relu", seed=3)
+    np.testing.assert_array_equal(a(x), b(np.ascontiguousarray(x)))
+    g = _data(rng, (12, 7), np.float32)
+    g_f = np.asfortranarray(g)
+    np.testing.assert_array_equal(a.backprop(g_f, Plain(0.1)), b.backprop(g, Plain(0.1)))
+    np.testing.assert_array_equal(a.weight, b.weight)
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_nan_and_inf_propagate_per_sample(activation):
+    layer = Dense(4, activation=activation, seed=0, dtype=np.float64)
+    x = np.ones((3, 5))
+    x[1, 2] = np.nan
+    y = layer(x)
+    assert np.all(np.isnan(y[1])), y[1]
+    assert np.all(np.isfinite(y[[0, 2]]))
+    x[1, 2] = np.inf
+    y = layer(x)
+    assert np.all(np.isfinite(y[[0, 2]]))
+    if activation == "linear":
+        # each unit gets +-inf * w plus finite terms: an infinity, never a finite number
+        assert np.all(np.isinf(y[1]))
+
+
+def test_nan_in_upstream_gradient_reaches_weights():
+    layer = Dense(2, seed=0, dtype=np.float64)
+    layer(np.ones((2, 3)))
+    g = np.array([[np.nan, 0.0], [0.0, 0.0]])
+    dx = layer.backprop(g, Plain(0.1))
+    assert np.all(np.isnan(dx[0])) and np.all(np.isfinite(dx[1]))
+    assert np.all(np.isnan(layer.weight[:, 0])) and np.all(np.isfinite(layer.weight[:, 1]))
+
+
+# --------------------------------------------------------------------------- dtypes
+
+
+@pytest.mark.parametrize("in_dtype", [np.float64, np.int32, np.bool_, np.float16, np.uint8])
+def test_other_real_dtypes_warn_once_and_cast(in_dtype):
+    layer = Dense(3, seed=0)
+    x = np.ones((2, 4), dtype=in_dtype)
+    with pytest.warns(DtypeWarning, match="float32"):
+        y = layer(x)
+    assert y.dtype == np.float32
+    np.testing.assert_array_equal(y, Dense(3, seed=0)(np.ones((2, 4), np.float32)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        layer(x)  # second time: silent
+
+
+@pytest.mark.parametrize("bad", [np.ones((2, 3), complex), np.array([["a", "b"]]),
+                                 np.array([[object(), 1]], dtype=object)],
+                         ids=["complex", "str", "object"])
+def test_non_real_inputs_raise_type_error(bad):
+    layer = Dense(3, seed=0)
+    with pytest.raises(TypeError, match="real"):
+        layer(bad)
+    assert not layer.built
+
+
+def test_float64_layer():
+    layer = Dense(3, dtype="float64", seed=0)
+    assert layer(np.ones((2, 2))).dtype == np.float64
+    assert layer.weight.dtype == np.float64 and layer.bias.dtype == np.float64
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.float16, "complex64", "nonsense"])
+def test_unsupported_layer_dtype(dtype):
+    with pytest.raises(TypeError, match="float32 or float64"):
+        Dense(3, dtype=dtype)
+
+
+# --------------------------------------------------------------------------- training flag
+
+
+def test_training_false_keeps_nothing_and_backprop_raises():
+    layer = Dense(3, seed=0, training=False)
+    layer(np.ones((2, 2), np.float32))
+    assert layer._cache is None
+    with pytest.raises(RuntimeError, match="training=False"):
+        layer.backprop(np.ones((2, 3), np.float32), fd.SGD())
+    layer.training = True
+    layer(np.ones((2, 2), np.float32))
+    layer.backprop(np.ones((2, 3), np.float32), fd.SGD())
+
+
+def test_each_forward_allows_one_backprop():
+    layer = Dense(3, seed=0)
+    layer(np.ones((2, 2), np.float32))
+    layer.backprop(np.ones((2, 3), np.float32), fd.SGD())
+    with pytest.raises(LayerStateError, match="forward pass first"):
+        layer.backprop(np.ones((2, 3), np.float32), fd.SGD())
+
+
+def test_regularization_loss():
+    layer = Dense(3, seed=0, kernel_regularizer=fd.regularizers.L1L2(0.1, 0.2),
+                  bias_regularizer="l2", bias_initializer="ones", dtype=np.float64)
+    assert layer.regularization_loss() == 0.0
+    layer.build(4)
+    w = layer.weight
+    expected = 0.1 * np.abs(w).sum() + 0.2 * (w ** 2).sum() + 0.01 * 3
+    assert layer.regularization_loss() == pytest.approx(expected, rel=1e-12)
+
+
+def test_sgd_learning_rate_and_kernel_alias():
+    layer = Dense(2, seed=0, dtype=np.float64)
+    assert layer.kernel is None
+    layer(np.ones((1, 2)))
+    assert layer.kernel is layer.weight
+    w0 = layer.weight.copy()
+    layer.backprop(np.ones((1, 2)), fd.SGD(learning_rate=0.25))
+    np.testing.assert_allclose(layer.weight, w0 - 0.25, rtol=1e-14)
+    assert fd.SGD().learning_rate == 0.01
+
+
+# --------------------------------------------------------------------------- determinism
+
+
+def test_bitwise_identical_for_one_and_two_threads():
+    rng = np.random.default_rng(9)
+    x = _data(rng, (64, 300), np.float32)
+    g = _data(rng, (64, 200), np.float32)
+    results = []
+    for n in (1, 2):
+        with fd.threads(n):
+            layer = Dense(200, activation="gelu", seed=4, bias_initializer="random_normal")
+            y = layer(x)
+            dx = layer.backprop(g, fd.SGD(0.1))
+            results.append((y, dx, layer.weight.copy(), layer.bias.copy()))
+    for a, b in zip(*results, strict=True):
+        np.testing.assert_array_equal(a, b)
