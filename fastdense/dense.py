@@ -369,7 +369,10 @@ class Dense:
         arrays = {"kernel": weights[0]}
         if self.use_bias:
             arrays["bias"] = weights[1]
-        np.savez(path, **arrays)
+        # Through a file object, so that the file is written at exactly ``path`` (np.savez
+        # appends ".npz" to a bare name).
+        with open(path, "wb") as f:
+            np.savez(f, **arrays)
 
     def load_weights(self, path: str | os.PathLike) -> None:
         """Read kernel and bias from an ``.npz`` written by :meth:`save_weights`.
