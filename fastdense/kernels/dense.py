@@ -1,43 +1,50 @@
 """Fused forward and backward passes of a Dense layer.
 
-Forward writes ``act(x @ w + bias)`` and backward turns the upstream gradient into the gradients
-of the input, the kernel and the bias in one call, so the layer module only allocates and
-validates.
+Forward writes ``act(x @ w + bias)`` as each output tile is stored (softmax, which needs whole
+rows, takes a second pass).  Backward turns the upstream gradient into the gradients of the
+input, the kernel and the bias in one call: the activation derivative is applied while dZ is
+packed for ``dx = dz @ w.T``, the bias gradient is summed while dZ is packed for
+``dw = x.T @ dz``, and with ``fuse_sgd`` the SGD step is applied to ``w`` as each ``dw`` tile is
+stored.  ``dx`` is computed first, so it always sees the weights of the forward pass.
 """
 
 import numpy as np
-from numba import njit, prange
+from numba import prange
 
 from fastdense.kernels import activation as act
-from fastdense.kernels.gemm import gemm
-from fastdense.kernels.update import sgd
+from fastdense.kernels._codegen import kernel
+from fastdense.kernels.gemm import (
+    EP_BIAS_ACT,
+    EP_SGD,
+    EP_STORE,
+    _packed,
+    _small,
+    is_small,
+    product,
+)
+from fastdense.kernels.update import penalty_grad
 
 
-@njit(cache=True, parallel=True)
-def _bias_activation(z, y, bias, code):
-    m, n = z.shape
-    has_bias = bias.shape[0] > 0
-    for i in prange(m):
-        zi = z[i]
-        yi = y[i]
-        if has_bias:
-            for j in range(n):
-                zi[j] += bias[j]
-        if code == act.SOFTMAX:
-            act.softmax_row(zi, yi)
-        elif code != act.LINEAR:
-            for j in range(n):
-                yi[j] = act.apply(code, zi[j])
+@kernel(parallel=True)
+def _softmax_rows(z, y):
+    for i in prange(z.shape[0]):
+        act.softmax_row(z[i], y[i])
 
 
-@njit(cache=True)
+@kernel
+def _softmax_rows_serial(z, y):
+    for i in range(z.shape[0]):
+        act.softmax_row(z[i], y[i])
+
+
+@kernel
 def forward(x, w, bias, code, z, y):
     """``z = x @ w + bias`` and ``y = act(z)``.
 
     Parameters
     ----------
-    x : ndarray (N, in)
-    w : ndarray (in, units)
+    x : ndarray (N, in), C-contiguous
+    w : ndarray (in, units), C-contiguous
     bias : ndarray (units,) or (0,)
         An empty array means no bias.
     code : int
@@ -45,11 +52,16 @@ def forward(x, w, bias, code, z, y):
     z, y : ndarray (N, units), C-contiguous
         Outputs; ``y`` may be ``z`` itself when ``z`` need not be kept.
     """
-    gemm(x, w, z, False, False)
-    _bias_activation(z, y, bias, code)
+    m, n = z.shape
+    product(x, w, z, False, False, EP_BIAS_ACT, bias, code, y, z, 0.0, 0.0, 0.0)
+    if code == act.SOFTMAX:
+        if m * n < 16384:
+            _softmax_rows_serial(z, y)
+        else:
+            _softmax_rows(z, y)
 
 
-@njit(cache=True, parallel=True)
+@kernel(parallel=True)
 def _activation_grad(g, z, y, code, dz):
     m, n = g.shape
     for i in prange(m):
@@ -57,9 +69,6 @@ def _activation_grad(g, z, y, code, dz):
         dzi = dz[i]
         if code == act.SOFTMAX:
             act.softmax_row_backward(gi, y[i], dzi)
-        elif code == act.LINEAR:
-            for j in range(n):
-                dzi[j] = gi[j]
         else:
             zi = z[i]
             yi = y[i]
@@ -67,7 +76,18 @@ def _activation_grad(g, z, y, code, dz):
                 dzi[j] = gi[j] * act.derivative(code, zi[j], yi[j])
 
 
-@njit(cache=True, parallel=True)
+@kernel
+def _activation_grad_serial(g, z, y, code, dz):
+    m, n = g.shape
+    for i in range(m):
+        if code == act.SOFTMAX:
+            act.softmax_row_backward(g[i], y[i], dz[i])
+        else:
+            for j in range(n):
+                dz[i, j] = g[i, j] * act.derivative(code, z[i, j], y[i, j])
+
+
+@kernel(parallel=True)
 def column_sums(a, out):
     """``out[j] = sum_i a[i, j]``, summed in row order for every thread count."""
     m, n = a.shape
@@ -84,33 +104,82 @@ def column_sums(a, out):
                 out[j] += ai[j]
 
 
-@njit(cache=True)
+@kernel
+def _column_sums_serial(a, out):
+    m, n = a.shape
+    for j in range(n):
+        out[j] = 0.0
+    for i in range(m):
+        ai = a[i]
+        for j in range(n):
+            out[j] += ai[j]
+
+
+@kernel
+def _sgd_serial(param, grad, lr, l1, l2):
+    # Same formula as kernels.update.sgd, without its thread launch (bias vectors are short).
+    if l1 == 0.0 and l2 == 0.0:
+        for i in range(param.shape[0]):
+            param[i] -= lr * grad[i]
+    else:
+        for i in range(param.shape[0]):
+            param[i] -= lr * (grad[i] + penalty_grad(param[i], l1, l2))
+
+
+@kernel
 def backward(x, w, bias, z, y, g, code, dz, dw, db, dx, lr, l1w, l2w, l1b, l2b, fuse_sgd):
     """Gradients of a Dense layer from the upstream gradient ``g = dL/dy``.
 
     ``dz = g * act'(z)``, ``db = sum_rows(dz)``, ``dw = x.T @ dz``, ``dx = dz @ w.T``, all with
-    the weights as they were in the forward pass.  With ``fuse_sgd`` the kernel then applies
-    plain SGD in place, ``w -= lr * (dw + l1w * sign(w) + 2 * l2w * w)`` and likewise for the
-    bias, so the caller needs no separate update; otherwise ``dw`` and ``db`` hold the raw
+    the weights as they were in the forward pass.  With ``fuse_sgd`` the kernel applies plain
+    SGD in place, ``w -= lr * (dw + l1w * sign(w) + 2 * l2w * w)`` (likewise for the bias) as
+    the ``dw`` tiles are stored, so ``dw`` is then only a workspace (its contents are
+    unspecified); ``db`` holds the bias gradient.  Otherwise ``dw`` and ``db`` hold the raw
     gradients (without penalties) and ``w``, ``bias`` are untouched.
 
     ``z`` and ``y`` may be the same array when the activation needs only one of them; ``bias``
     and ``db`` are empty without a bias; ``dz`` is a workspace left untouched for the linear
     activation, where ``dz = g``.
     """
+    batch, units = g.shape
+    n_in = x.shape[1]
+    has_bias = db.shape[0] > 0
+    e1 = np.empty(0, dtype=dw.dtype)
+    # dz: for softmax (whole rows) and for shapes that skip packing it is computed here;
+    # otherwise it is fused into the packing of the dx product below.
     d = g
+    fused_dz = False
     if code != act.LINEAR:
-        _activation_grad(g, z, y, code, dz)
         d = dz
-    if db.shape[0] > 0:
-        column_sums(d, db)
+        if code == act.SOFTMAX or batch == 0 or is_small(batch, n_in, units) or units == 0:
+            if batch * units < 65536:
+                # A thread launch costs more than this work (far more on a busy machine).
+                _activation_grad_serial(g, z, y, code, dz)
+            else:
+                _activation_grad(g, z, y, code, dz)
+        else:
+            fused_dz = True
     # dx first: it must see the weights before any update.
-    gemm(d, w, dx, False, True)
-    gemm(x, d, dw, True, False)
-    if fuse_sgd:
-        sgd(w.reshape(-1), dw.reshape(-1), lr, l1w, l2w)
-        if db.shape[0] > 0:
-            sgd(bias, db, lr, l1b, l2b)
+    if batch > 0:
+        if fused_dz:
+            e2 = np.empty((0, 0), dtype=dw.dtype)
+            _packed(g, w, dx, False, True, EP_STORE, e1, act.LINEAR, dx, dx, 0.0, 0.0, 0.0,
+                    code, z, y, dz, False, e1)
+        else:
+            product(d, w, dx, False, True, EP_STORE, e1, act.LINEAR, dx, dx, 0.0, 0.0, 0.0)
+    ep = EP_SGD if fuse_sgd else EP_STORE
+    lr_w = lr if fuse_sgd else 0.0
+    if batch == 0 or is_small(n_in, units, batch):
+        if has_bias:
+            _column_sums_serial(d, db)
+        _small(x, d, dw, True, False, ep, e1, act.LINEAR, dw, w, lr_w, l1w, l2w,
+               np.empty(units, dtype=dw.dtype))
+    else:
+        e2 = np.empty((0, 0), dtype=dw.dtype)
+        _packed(x, d, dw, True, False, ep, e1, act.LINEAR, dw, w, lr_w, l1w, l2w,
+                act.LINEAR, e2, e2, e2, has_bias, db)
+    if fuse_sgd and has_bias:
+        _sgd_serial(bias, db, lr, l1b, l2b)
 
 
 def empty_bias(dtype):

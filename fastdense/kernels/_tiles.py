@@ -1,0 +1,42 @@
+"""Compile-time tile constants and micro-kernel selection per dtype."""
+
+from numba import types
+from numba.extending import overload
+
+from fastdense.kernels._microkernels import (
+    MR_F32,
+    MR_F64,
+    NR_F32,
+    NR_F64,
+    ukernel_8x16,
+    ukernel_8x32,
+)
+
+# Cache blocking.  KC * NR (B micro-panel) stays in L1 next to the A stream, MC * KC (A block) in
+# L2 (1-2 MiB on the targets), NC * KC (B block) in L3.
+KC_F32, MC_F32, NC_F32 = 256, 128, 2048
+KC_F64, MC_F64, NC_F64 = 256, 64, 1024
+
+
+def _ukernel(kc, ap, bp, tile):
+    """Dispatch to the dtype's micro-kernel (resolved at compile time)."""
+
+
+@overload(_ukernel, jit_options={"cache": True})
+def _ukernel_ol(kc, ap, bp, tile):
+    if ap.dtype == types.float32:
+        return lambda kc, ap, bp, tile: ukernel_8x32(kc, ap, bp, tile)
+    return lambda kc, ap, bp, tile: ukernel_8x16(kc, ap, bp, tile)
+
+
+def _blocking(a):
+    """``(MR, NR, KC, MC, NC)`` for ``a``'s dtype (compile-time constants)."""
+
+
+@overload(_blocking, jit_options={"cache": True})
+def _blocking_ol(a):
+    if a.dtype == types.float32:
+        return lambda a: (MR_F32, NR_F32, KC_F32, MC_F32, NC_F32)
+    return lambda a: (MR_F64, NR_F64, KC_F64, MC_F64, NC_F64)
+
+

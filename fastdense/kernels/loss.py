@@ -1,0 +1,350 @@
+"""Loss values, their gradients and accuracy counts, one fused pass each.
+
+Every loss kernel takes ``n``, the number of valid leading rows: rows ``n..`` of the buffers are
+padding (a fixed-size last batch, so the layers' workspaces keep their shape), and their
+gradient rows are set to zero so they contribute nothing to the weight gradients.  The kernel
+writes ``d mean_loss / d y_pred`` into ``grad`` (the Keras "sum over batch size" reduction:
+per-sample losses averaged over the ``n`` samples) and each sample's loss into ``rows``; the
+batch loss is then summed over ``rows`` in row order, so it is identical for any thread count.
+
+Arithmetic is in float64 and rounded once when stored.  ``EPSILON`` is Keras' fuzz factor,
+used to clip probabilities for the non-logit cross-entropies.
+"""
+
+import math
+
+from numba import njit, prange
+
+EPSILON = 1e-7
+
+#: Below this many elements a kernel runs on one thread: a parallel launch (fork and join)
+#: costs more than the work, and far more when another process holds a core.
+PARALLEL_MIN = 1 << 15
+
+
+@njit(cache=True)
+def _mean_rows(rows, n):
+    s = 0.0
+    for i in range(n):
+        s += rows[i]
+    return s / n if n > 0 else 0.0
+
+
+@njit(cache=True)
+def _zero_tail(grad, n):
+    # At most one batch of padding: not worth a parallel launch.
+    for i in range(n, grad.shape[0]):
+        for j in range(grad.shape[1]):
+            grad[i, j] = 0.0
+
+
+@njit(cache=True, inline="always")
+def _sign(x):
+    return 1.0 if x > 0 else (-1.0 if x < 0 else x * 0.0)
+
+
+@njit(cache=True, parallel=True)
+def mean_squared_error(y_true, y_pred, grad, rows, n):
+    """``mean_j (p - t)**2`` per sample; gradient ``2 (p - t) / (n d)``."""
+    d = y_pred.shape[1]
+    c = 2.0 / (n * d)
+    if n * d < PARALLEL_MIN:
+        for i in range(n):
+            _mse_row(i, y_true, y_pred, grad, rows, c)
+    else:
+        for i in prange(n):
+            _mse_row(i, y_true, y_pred, grad, rows, c)
+    _zero_tail(grad, n)
+    return _mean_rows(rows, n)
+
+
+@njit(cache=True, inline="always")
+def _mse_row(i, y_true, y_pred, grad, rows, c):
+    d = y_pred.shape[1]
+    s = 0.0
+    for j in range(d):
+        e = y_pred[i, j] - y_true[i, j]
+        s += e * e
+        grad[i, j] = c * e
+    rows[i] = s / d
+
+
+@njit(cache=True, parallel=True)
+def mean_absolute_error(y_true, y_pred, grad, rows, n):
+    """``mean_j |p - t|`` per sample; gradient ``sign(p - t) / (n d)`` with ``sign(0) = 0``."""
+    d = y_pred.shape[1]
+    c = 1.0 / (n * d)
+    if n * d < PARALLEL_MIN:
+        for i in range(n):
+            _mae_row(i, y_true, y_pred, grad, rows, c)
+    else:
+        for i in prange(n):
+            _mae_row(i, y_true, y_pred, grad, rows, c)
+    _zero_tail(grad, n)
+    return _mean_rows(rows, n)
+
+
+@njit(cache=True, inline="always")
+def _mae_row(i, y_true, y_pred, grad, rows, c):
+    d = y_pred.shape[1]
+    s = 0.0
+    for j in range(d):
+        e = y_pred[i, j] - y_true[i, j]
+        s += abs(e)
+        grad[i, j] = c * _sign(e)
+    rows[i] = s / d
+
+
+@njit(cache=True, inline="always")
+def _sigmoid(z):
+    if z >= 0:
+        return 1.0 / (1.0 + math.exp(-z))
+    e = math.exp(z)
+    return e / (1.0 + e)
+
+
+@njit(cache=True, parallel=True)
+def binary_crossentropy(y_true, y_pred, grad, rows, n, from_logits):
+    """Per sample ``mean_j -(t log p + (1 - t) log(1 - p))``.
+
+    From logits ``z``: ``max(z, 0) - z t + log1p(exp(-|z|))``, gradient ``(sigmoid(z) - t) /
+    (n d)``.  From probabilities: ``p`` is clipped to ``[EPSILON, 1 - EPSILON]`` as in Keras;
+    the gradient is ``(p - t) / (p (1 - p)) / (n d)`` inside the clip range and 0 outside it
+    (the clip's derivative).
+    """
+    d = y_pred.shape[1]
+    c = 1.0 / (n * d)
+    if n * d < PARALLEL_MIN:
+        for i in range(n):
+            _bce_row(i, y_true, y_pred, grad, rows, c, from_logits)
+    else:
+        for i in prange(n):
+            _bce_row(i, y_true, y_pred, grad, rows, c, from_logits)
+    _zero_tail(grad, n)
+    return _mean_rows(rows, n)
+
+
+@njit(cache=True, inline="always")
+def _bce_row(i, y_true, y_pred, grad, rows, c, from_logits):
+    d = y_pred.shape[1]
+    s = 0.0
+    for j in range(d):
+        t = y_true[i, j]
+        x = y_pred[i, j]
+        if from_logits:
+            s += max(x, 0.0) - x * t + math.log1p(math.exp(-abs(x)))
+            grad[i, j] = c * (_sigmoid(x) - t)
+        else:
+            p = x
+            inside = 1.0
+            if p < EPSILON:
+                p = EPSILON
+                inside = 0.0
+            elif p > 1.0 - EPSILON:
+                p = 1.0 - EPSILON
+                inside = 0.0
+            s -= t * math.log(p) + (1.0 - t) * math.log(1.0 - p)
+            grad[i, j] = c * inside * ((1.0 - t) / (1.0 - p) - t / p)
+    rows[i] = s / d
+
+
+@njit(cache=True, inline="always")
+def _row_max(z, i, d):
+    m = z[i, 0]
+    for j in range(1, d):
+        # ``not <=`` lets a NaN win, so a NaN row gives a NaN loss rather than a silent value.
+        if not z[i, j] <= m:
+            m = z[i, j]
+    if m == -math.inf:
+        m = 0.0
+    return m
+
+
+@njit(cache=True, parallel=True)
+def categorical_crossentropy(y_true, y_pred, grad, rows, n, from_logits):
+    """Per sample ``-sum_j t_j log p_j``.
+
+    From logits ``z``: ``p = softmax(z)`` through a stable log-sum-exp, gradient
+    ``(p - t) / n`` (exactly ``(p - t) / n`` only when ``sum t = 1``; in general
+    ``(p sum(t) - t) / n``).  From probabilities: Keras first renormalizes
+    ``q = p / sum(p)`` and clips ``q`` to ``[EPSILON, 1 - EPSILON]``; the gradient goes through
+    both (zero through a clipped entry).
+    """
+    d = y_pred.shape[1]
+    c = 1.0 / n
+    if n * d < PARALLEL_MIN:
+        for i in range(n):
+            _cce_row(i, y_true, y_pred, grad, rows, c, from_logits)
+    else:
+        for i in prange(n):
+            _cce_row(i, y_true, y_pred, grad, rows, c, from_logits)
+    _zero_tail(grad, n)
+    return _mean_rows(rows, n)
+
+
+@njit(cache=True, inline="always")
+def _cce_row(i, y_true, y_pred, grad, rows, c, from_logits):
+    d = y_pred.shape[1]
+    if from_logits:
+        m = _row_max(y_pred, i, d)
+        se = 0.0
+        for j in range(d):
+            se += math.exp(y_pred[i, j] - m)
+        lse = m + math.log(se)
+        tsum = 0.0
+        s = 0.0
+        for j in range(d):
+            t = y_true[i, j]
+            tsum += t
+            s -= t * (y_pred[i, j] - lse)
+        for j in range(d):
+            p = math.exp(y_pred[i, j] - lse)
+            grad[i, j] = c * (p * tsum - y_true[i, j])
+        rows[i] = s
+    else:
+        total = 0.0
+        for j in range(d):
+            total += y_pred[i, j]
+        # dL/dp_k = -t_k / p_k [k unclipped] + (1 / S) sum_{j unclipped} t_j.
+        acc = 0.0
+        s = 0.0
+        for j in range(d):
+            q = y_pred[i, j] / total
+            t = y_true[i, j]
+            if q < EPSILON:
+                s -= t * math.log(EPSILON)
+            elif q > 1.0 - EPSILON:
+                s -= t * math.log(1.0 - EPSILON)
+            else:
+                s -= t * math.log(q)
+                acc += t
+        for j in range(d):
+            q = y_pred[i, j] / total
+            g = acc / total
+            if EPSILON <= q <= 1.0 - EPSILON:
+                g -= y_true[i, j] / y_pred[i, j]
+            elif q != q:
+                g = q
+            grad[i, j] = c * g
+        rows[i] = s
+
+
+@njit(cache=True, parallel=True)
+def sparse_categorical_crossentropy(labels, y_pred, grad, rows, n, from_logits):
+    """:func:`categorical_crossentropy` with integer class ``labels`` (valid, in ``[0, d)``)."""
+    d = y_pred.shape[1]
+    c = 1.0 / n
+    if n * d < PARALLEL_MIN:
+        for i in range(n):
+            _sparse_row(i, labels, y_pred, grad, rows, c, from_logits)
+    else:
+        for i in prange(n):
+            _sparse_row(i, labels, y_pred, grad, rows, c, from_logits)
+    _zero_tail(grad, n)
+    return _mean_rows(rows, n)
+
+
+@njit(cache=True, inline="always")
+def _sparse_row(i, labels, y_pred, grad, rows, c, from_logits):
+    d = y_pred.shape[1]
+    k = labels[i]
+    if from_logits:
+        m = _row_max(y_pred, i, d)
+        se = 0.0
+        for j in range(d):
+            se += math.exp(y_pred[i, j] - m)
+        lse = m + math.log(se)
+        rows[i] = lse - y_pred[i, k]
+        for j in range(d):
+            grad[i, j] = c * math.exp(y_pred[i, j] - lse)
+        grad[i, k] -= c
+    else:
+        total = 0.0
+        for j in range(d):
+            total += y_pred[i, j]
+        q = y_pred[i, k] / total
+        inside = EPSILON <= q <= 1.0 - EPSILON
+        qc = min(max(q, EPSILON), 1.0 - EPSILON) if q == q else q
+        rows[i] = -math.log(qc)
+        g = c / total if inside else 0.0
+        for j in range(d):
+            grad[i, j] = g
+        if inside:
+            grad[i, k] -= c / y_pred[i, k]
+
+
+@njit(cache=True)
+def _argmax_row(a, i):
+    d = a.shape[1]
+    best = 0
+    m = a[i, 0]
+    for j in range(1, d):
+        if a[i, j] > m:
+            m = a[i, j]
+            best = j
+    return best
+
+
+@njit(cache=True)
+def count_categorical(y_true, y_pred, n):
+    """Rows among the first ``n`` whose argmax agrees (ties: first index, as NumPy)."""
+    hits = 0
+    for i in range(n):
+        if _argmax_row(y_true, i) == _argmax_row(y_pred, i):
+            hits += 1
+    return hits
+
+
+@njit(cache=True)
+def count_sparse(labels, y_pred, n):
+    """Rows among the first ``n`` whose argmax equals the integer label."""
+    hits = 0
+    for i in range(n):
+        if _argmax_row(y_pred, i) == labels[i]:
+            hits += 1
+    return hits
+
+
+@njit(cache=True)
+def count_binary(y_true, y_pred, n, threshold):
+    """Elements of the first ``n`` rows with ``(p > threshold) == (t > 0.5)``."""
+    hits = 0
+    for i in range(n):
+        for j in range(y_pred.shape[1]):
+            if (y_pred[i, j] > threshold) == (y_true[i, j] > 0.5):
+                hits += 1
+    return hits
+
+
+@njit(cache=True, parallel=True)
+def gather_rows(src, index, start, n, dst):
+    """``dst[:n] = src[index[start:start + n]]`` and ``dst[n:] = 0`` (padding rows).
+
+    ``src`` and ``dst`` are 2-D with the same number of columns.
+    """
+    m = dst.shape[0]
+    if m * dst.shape[1] < PARALLEL_MIN:
+        for r in range(m):
+            _gather_row(r, src, index, start, n, dst)
+    else:
+        for r in prange(m):
+            _gather_row(r, src, index, start, n, dst)
+
+
+@njit(cache=True, inline="always")
+def _gather_row(r, src, index, start, n, dst):
+    d = dst.shape[1]
+    if r < n:
+        s = index[start + r]
+        for j in range(d):
+            dst[r, j] = src[s, j]
+    else:
+        for j in range(d):
+            dst[r, j] = 0
+
+
+@njit(cache=True)
+def gather_labels(src, index, start, n, dst):
+    """``dst[:n] = src[index[start:start + n]]`` and ``dst[n:] = 0`` for 1-D integer labels."""
+    for r in range(dst.shape[0]):
+        dst[r] = src[index[start + r]] if r < n else 0

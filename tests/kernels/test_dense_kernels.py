@@ -1,0 +1,172 @@
+"""Fused Dense forward/backward kernels against the plain NumPy reference."""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+import pytest
+
+from fastdense import activations, reference
+from fastdense.kernels import activation as act
+from fastdense.kernels import dense as kd
+from tests.kernels.conftest import product_tolerance
+
+NAMES = ["linear", "relu", "sigmoid", "tanh", "softmax", "gelu", "leaky_relu", "elu", "selu",
+         "swish", "softplus"]
+# (batch, in, units): the direct path, the packed path with edge tiles, a skinny training shape.
+SHAPES = [(1, 9, 5), (37, 70, 45), (130, 300, 70)]
+# Largest |act'| over the reals (bounds how a tolerance on z carries to y).
+LIPSCHITZ = 2.0
+
+
+def _layer(rng, batch, n_in, units, dtype, use_bias=True):
+    x = rng.standard_normal((batch, n_in)).astype(dtype)
+    w = (rng.standard_normal((n_in, units)) / np.sqrt(n_in)).astype(dtype)
+    b = (rng.standard_normal(units) * 0.1).astype(dtype) if use_bias else kd.empty_bias(dtype)
+    return x, w, b
+
+
+def _z_reference(x, w, b):
+    z = x.astype(np.float64) @ w.astype(np.float64)
+    return z + b.astype(np.float64) if b.size else z
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_forward_fused_epilogue(name, shape, dtype):
+    batch, n_in, units = shape
+    rng = np.random.default_rng(batch + n_in)
+    x, w, b = _layer(rng, batch, n_in, units, dtype)
+    code = activations.get(name).code
+    z = np.full((batch, units), np.nan, dtype)
+    y = np.full((batch, units), np.nan, dtype)
+    kd.forward(x, w, b, code, z, y)
+    zref = _z_reference(x, w, b)
+    tol = product_tolerance(x, w, dtype) + 4 * np.finfo(dtype).eps * np.abs(zref)
+    assert np.all(np.abs(z - zref) <= tol)
+    yref = reference.act_forward(name, zref)
+    ytol = LIPSCHITZ * tol + 8 * np.finfo(dtype).eps * (np.abs(yref) + 1)
+    assert np.all(np.abs(y - yref) <= ytol)
+
+
+@pytest.mark.parametrize("name", ["linear", "relu", "softmax"])
+def test_forward_in_place_and_without_bias(name, dtype):
+    rng = np.random.default_rng(3)
+    x, w, b = _layer(rng, 50, 80, 33, dtype, use_bias=False)
+    code = activations.get(name).code
+    y = np.empty((50, 33), dtype)
+    kd.forward(x, w, b, code, y, y)
+    zref = _z_reference(x, w, b)
+    tol = LIPSCHITZ * product_tolerance(x, w, dtype) + 8 * np.finfo(dtype).eps
+    assert np.all(np.abs(y - reference.act_forward(name, zref)) <= tol)
+
+
+@pytest.mark.parametrize("batch", [1, 70])
+def test_nan_in_a_sample_stays_in_that_sample(batch, dtype):
+    rng = np.random.default_rng(4)
+    x, w, b = _layer(rng, batch, 300, 70, dtype)
+    x[batch // 2, 17] = np.nan
+    y = np.empty((batch, 70), dtype)
+    kd.forward(x, w, b, act.RELU, y, y)
+    bad = batch // 2
+    assert np.isnan(y[bad]).all()
+    assert np.isfinite(np.delete(y, bad, axis=0)).all()
+
+
+def _backward_reference(name, x, w, b, z, y, g):
+    d = reference.act_backward(name, z.astype(np.float64), y.astype(np.float64),
+                               g.astype(np.float64))
+    return d, d @ w.T.astype(np.float64), x.T.astype(np.float64) @ d, d.sum(axis=0)
+
+
+@pytest.mark.parametrize("fuse_sgd", [False, True], ids=["grads", "sgd"])
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_backward(name, shape, fuse_sgd, dtype):
+    batch, n_in, units = shape
+    rng = np.random.default_rng(batch * 3 + units)
+    x, w, b = _layer(rng, batch, n_in, units, dtype)
+    code = activations.get(name).code
+    z = np.empty((batch, units), dtype)
+    y = np.empty((batch, units), dtype)
+    kd.forward(x, w, b, code, z, y)
+    g = rng.standard_normal((batch, units)).astype(dtype)
+    dz, dw, db, dx = (np.empty_like(g), np.empty_like(w), np.empty_like(b), np.empty_like(x))
+    w0, b0 = w.copy(), b.copy()
+    lr, l1w, l2w, l1b, l2b = 0.05, 0.01, 0.02, 0.003, 0.004
+    kd.backward(x, w, b, z, y, g, code, dz, dw, db, dx, lr if fuse_sgd else 0.0,
+                l1w, l2w, l1b, l2b, fuse_sgd)
+    d, dx_ref, dw_ref, db_ref = _backward_reference(name, x, w0, b0, z, y, g)
+    eps = np.finfo(dtype).eps
+    dabs = np.abs(d)
+    # dz carries rounding from act': a few ulps of each of its terms, which are bounded by
+    # |g| (1 + |z|) (e.g. 1 - y*y for tanh loses eps absolutely, not relatively).
+    dtol = 8 * eps * (dabs + np.abs(g) * (1 + np.abs(z)))
+    dx_tol = product_tolerance(dabs, np.abs(w0.T), dtype) + dtol @ np.abs(w0.T) * 2
+    dw_tol = product_tolerance(np.abs(x.T), dabs, dtype) + np.abs(x.T) @ dtol * 2
+    db_tol = 2 * (batch + 2) * eps * dabs.sum(axis=0) + dtol.sum(axis=0) * 2
+    assert np.all(np.abs(dx - dx_ref) <= dx_tol)
+    assert np.all(np.abs(db - db_ref) <= db_tol)
+    if name != "linear":
+        assert np.all(np.abs(dz - d) <= dtol + np.finfo(dtype).tiny)
+    if fuse_sgd:
+        w64, b64 = w0.astype(np.float64), b0.astype(np.float64)
+        w_ref = w64 - lr * (dw_ref + l1w * np.sign(w64) + 2 * l2w * w64)
+        b_ref = b64 - lr * (db_ref + l1b * np.sign(b64) + 2 * l2b * b64)
+        assert np.all(np.abs(w - w_ref) <= lr * dw_tol + 4 * eps * (np.abs(w_ref) + lr))
+        assert np.all(np.abs(b - b_ref) <= lr * db_tol + 4 * eps * (np.abs(b_ref) + lr))
+    else:
+        assert np.all(np.abs(dw - dw_ref) <= dw_tol)
+        assert np.array_equal(w, w0) and np.array_equal(b, b0)
+
+
+def test_backward_without_bias_and_empty_batch(dtype):
+    rng = np.random.default_rng(5)
+    for batch in (0, 40):
+        x, w, b = _layer(rng, batch, 50, 60, dtype, use_bias=False)
+        z = np.empty((batch, 60), dtype)
+        kd.forward(x, w, b, act.TANH, z, z)
+        g = np.ones((batch, 60), dtype)
+        dz, dw, dx = np.empty_like(g), np.full_like(w, np.nan), np.empty_like(x)
+        kd.backward(x, w, b, z, z, g, act.TANH, dz, dw, b, dx, 0.0, 0.0, 0.0, 0.0, 0.0, False)
+        _, dx_ref, dw_ref, _ = _backward_reference("tanh", x, w, b, z, z, g)
+        tol = 1e3 * np.finfo(dtype).eps * (1 + batch)
+        assert np.allclose(dw, dw_ref, rtol=tol, atol=tol)
+        assert np.allclose(dx, dx_ref, rtol=tol, atol=tol)
+
+
+def test_forward_empty_batch(dtype):
+    x = np.empty((0, 7), dtype)
+    w = np.ones((7, 3), dtype)
+    y = np.empty((0, 3), dtype)
+    kd.forward(x, w, np.ones(3, dtype), act.SOFTMAX, y, y)
+    assert y.shape == (0, 3)
+
+
+@pytest.mark.parametrize("name", ["relu", "softmax", "tanh"])
+def test_bitwise_identical_for_any_thread_count(name, dtype):
+    rng = np.random.default_rng(6)
+    code = activations.get(name).code
+    batch, n_in, units = 96, 600, 300
+    x0, w0, b0 = _layer(rng, batch, n_in, units, dtype)
+    g = rng.standard_normal((batch, units)).astype(dtype)
+    runs = []
+    before = numba.get_num_threads()
+    try:
+        for nt in (1, numba.config.NUMBA_NUM_THREADS):
+            numba.set_num_threads(nt)
+            x, w, b = x0.copy(), w0.copy(), b0.copy()
+            z = np.empty((batch, units), dtype)
+            y = np.empty((batch, units), dtype)
+            kd.forward(x, w, b, code, z, y)
+            dz, dw, db, dx = (np.empty_like(g), np.empty_like(w), np.empty_like(b),
+                              np.empty_like(x))
+            kd.backward(x, w, b, z, y, g, code, dz, dw, db, dx, 0.0, 0.0, 0.0, 0.0, 0.0, False)
+            out = [z, y, dx, dw.copy(), db.copy()]
+            kd.backward(x, w, b, z, y, g, code, dz, dw, db, dx, 0.01, 0.001, 0.002, 0.0, 0.0,
+                        True)
+            runs.append([*out, w, b, dx])
+    finally:
+        numba.set_num_threads(before)
+    for r1, r2 in zip(runs[0], runs[1], strict=True):
+        assert np.array_equal(r1, r2)

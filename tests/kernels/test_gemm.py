@@ -1,0 +1,106 @@
+"""The packed GEMM against a float64 NumPy reference, over every edge-tile case."""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+import pytest
+
+from fastdense.kernels._microkernels import MR_F32, MR_F64, NR_F32, NR_F64
+from fastdense.kernels._tiles import KC_F32
+from fastdense.kernels.gemm import gemm, is_small
+from tests.kernels.conftest import product_tolerance
+
+MR = MR_F32
+assert MR == MR_F64
+KC = KC_F32
+# M, N, K around MR, both NRs and KC, primes, and 1; every shape here is large enough to take
+# the packed path except where noted, so edge panels, edge tiles and partial KC blocks all run.
+SHAPES = [
+    (1, 1, 1),  # direct path
+    (MR - 1, NR_F32 - 1, KC - 1),
+    (MR + 1, NR_F32 + 1, KC + 1),
+    (MR, NR_F32, KC),
+    (MR + 1, NR_F64 - 1, 2 * KC + 3),
+    (3, NR_F64 + 1, 701),
+    (67, 97, 13),
+    (131, 61, 257),
+    (37, 5, 1),  # direct path
+    (2, 300, 300),  # direct path (m <= 2)
+    (200, 3, 2),
+]
+
+
+def _operands(rng, m, n, k, ta, tb, dtype):
+    a = rng.standard_normal((k, m) if ta else (m, k)).astype(dtype)
+    b = rng.standard_normal((n, k) if tb else (k, n)).astype(dtype)
+    return a, b
+
+
+@pytest.mark.parametrize("trans", [(False, False), (True, False), (False, True), (True, True)],
+                         ids=["NN", "TN", "NT", "TT"])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_gemm_matches_reference(shape, trans, dtype):
+    m, n, k = shape
+    ta, tb = trans
+    rng = np.random.default_rng(m * 10007 + n * 101 + k)
+    a, b = _operands(rng, m, n, k, ta, tb, dtype)
+    out = np.full((m, n), np.nan, dtype=dtype)
+    gemm(a, b, out, ta, tb)
+    opa = a.T if ta else a
+    opb = b.T if tb else b
+    ref = opa.astype(np.float64) @ opb.astype(np.float64)
+    tol = product_tolerance(opa, opb, dtype)
+    assert out.dtype == dtype
+    assert np.all(np.abs(out - ref) <= tol)
+
+
+def test_shapes_cover_both_paths():
+    assert is_small(1, 1, 1) and not is_small(MR + 1, NR_F32 + 1, KC + 1)
+
+
+@pytest.mark.parametrize("shape", [(0, 5, 3), (5, 0, 3), (5, 3, 0), (0, 0, 0), (40, 50, 0)])
+def test_empty_dims(shape, dtype):
+    m, n, k = shape
+    a = np.ones((m, k), dtype)
+    b = np.ones((k, n), dtype)
+    out = np.full((m, n), np.nan, dtype=dtype)
+    gemm(a, b, out, False, False)
+    assert np.array_equal(out, np.zeros((m, n), dtype))
+
+
+def test_nan_and_inf_propagate(dtype):
+    rng = np.random.default_rng(1)
+    a = rng.standard_normal((70, 300)).astype(dtype)
+    b = rng.standard_normal((300, 90)).astype(dtype)
+    a[5, 7] = np.nan
+    b[11, 3] = np.inf
+    out = np.empty((70, 90), dtype)
+    gemm(a, b, out, False, False)
+    assert np.isnan(out[5]).all()
+    col = out[:, 3]
+    assert not np.isfinite(col).any()
+    mask = np.ones(out.shape, bool)
+    mask[5] = False
+    mask[:, 3] = False
+    assert np.isfinite(out[mask]).all()
+
+
+@pytest.mark.parametrize("shape", [(300, 200, 600), (16, 2000, 300), (1000, 40, 100)])
+@pytest.mark.parametrize("trans", [(False, False), (True, True)], ids=["NN", "TT"])
+def test_bitwise_identical_for_any_thread_count(shape, trans, dtype):
+    m, n, k = shape
+    ta, tb = trans
+    rng = np.random.default_rng(7)
+    a, b = _operands(rng, m, n, k, ta, tb, dtype)
+    results = []
+    before = numba.get_num_threads()
+    try:
+        for nt in (1, numba.config.NUMBA_NUM_THREADS, 1):
+            numba.set_num_threads(nt)
+            out = np.empty((m, n), dtype)
+            gemm(a, b, out, ta, tb)
+            results.append(out)
+    finally:
+        numba.set_num_threads(before)
+    assert all(np.array_equal(results[0], r) for r in results[1:])

@@ -1,0 +1,323 @@
+"""Optimizers against NumPy transcriptions of Keras 3's update formulas."""
+
+from __future__ import annotations
+
+import gc
+import math
+
+import numpy as np
+import pytest
+
+from fastdense.dense import Dense
+from fastdense.optimizers import (
+    SGD,
+    Adam,
+    AdamW,
+    Optimizer,
+    RMSprop,
+    apply_update,
+    get,
+    plain_sgd_rate,
+)
+
+# ------------------------------------------------------------------ NumPy references (float64)
+
+
+def _grad(w, g, l1, l2, clipnorm, clipvalue):
+    """Keras: the penalty is part of the loss, so its gradient is clipped with the rest."""
+    g = g + l1 * np.sign(w) + 2.0 * l2 * w
+    if clipnorm is not None:
+        norm = math.sqrt(float(np.sum(g * g)))
+        g = g * clipnorm / max(norm, clipnorm)
+    if clipvalue is not None:
+        g = np.clip(g, -clipvalue, clipvalue)
+    return g
+
+
+class RefSGD:
+    def __init__(self, lr=0.01, momentum=0.0, nesterov=False, clipnorm=None, clipvalue=None,
+                 weight_decay=None):
+        self.__dict__.update(locals())
+        self.m = None
+
+    def step(self, w, g, l1, l2):
+        g = _grad(w, g, l1, l2, self.clipnorm, self.clipvalue)
+        if self.weight_decay:
+            w = w - w * self.weight_decay * self.lr
+        if self.momentum:
+            if self.m is None:
+                self.m = np.zeros_like(w)
+            self.m = -g * self.lr + self.m * self.momentum
+            return w + (-g * self.lr + self.m * self.momentum if self.nesterov else self.m)
+        return w - g * self.lr
+
+
+class RefAdam:
+    def __init__(self, lr=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7, amsgrad=False,
+                 clipnorm=None, clipvalue=None, weight_decay=None):
+        self.__dict__.update(locals())
+        self.t = 0
+        self.m = self.v = self.vhat = None
+
+    def step(self, w, g, l1, l2):
+        g = _grad(w, g, l1, l2, self.clipnorm, self.clipvalue)
+        if self.weight_decay:
+            w = w - w * self.weight_decay * self.lr
+        if self.m is None:
+            self.m, self.v, self.vhat = np.zeros_like(w), np.zeros_like(w), np.zeros_like(w)
+        self.t += 1
+        alpha = self.lr * math.sqrt(1 - self.beta_2**self.t) / (1 - self.beta_1**self.t)
+        self.m = self.m + (g - self.m) * (1 - self.beta_1)
+        self.v = self.v + (g * g - self.v) * (1 - self.beta_2)
+        v = self.v
+        if self.amsgrad:
+            self.vhat = np.maximum(self.vhat, self.v)
+            v = self.vhat
+        return w - self.m * alpha / (np.sqrt(v) + self.epsilon)
+
+
+class RefRMSprop:
+    def __init__(self, lr=0.001, rho=0.9, momentum=0.0, epsilon=1e-7, centered=False,
+                 clipnorm=None, clipvalue=None):
+        self.__dict__.update(locals())
+        self.v = self.mom = self.a = None
+
+    def step(self, w, g, l1, l2):
+        g = _grad(w, g, l1, l2, self.clipnorm, self.clipvalue)
+        if self.v is None:
+            self.v, self.mom, self.a = np.zeros_like(w), np.zeros_like(w), np.zeros_like(w)
+        self.v = self.rho * self.v + (1 - self.rho) * g * g
+        if self.centered:
+            self.a = self.rho * self.a + (1 - self.rho) * g
+            denom = self.v - self.a * self.a + self.epsilon
+        else:
+            denom = self.v + self.epsilon
+        inc = self.lr * g / np.sqrt(denom)
+        if self.momentum > 0:
+            self.mom = self.momentum * self.mom + inc
+            return w - self.mom
+        return w - inc
+
+
+CASES = [
+    ("sgd", dict(), dict()),
+    ("sgd-momentum", dict(momentum=0.9), dict(momentum=0.9)),
+    ("sgd-nesterov", dict(momentum=0.8, nesterov=True), dict(momentum=0.8, nesterov=True)),
+    ("sgd-clipnorm", dict(momentum=0.5, clipnorm=0.3), dict(momentum=0.5, clipnorm=0.3)),
+    ("sgd-clipvalue", dict(clipvalue=0.2), dict(clipvalue=0.2)),
+    ("sgd-wd", dict(learning_rate=0.1, weight_decay=0.05), dict(lr=0.1, weight_decay=0.05)),
+    ("adam", dict(), dict()),
+    ("adam-lr", dict(learning_rate=0.05, beta_1=0.8, beta_2=0.99, epsilon=1e-4),
+     dict(lr=0.05, beta_1=0.8, beta_2=0.99, epsilon=1e-4)),
+    ("adam-amsgrad", dict(amsgrad=True, learning_rate=0.01), dict(amsgrad=True, lr=0.01)),
+    ("adam-clipnorm", dict(clipnorm=0.5), dict(clipnorm=0.5)),
+    ("adam-clipvalue", dict(clipvalue=0.1), dict(clipvalue=0.1)),
+    ("rmsprop", dict(), dict()),
+    ("rmsprop-centered-momentum", dict(centered=True, momentum=0.7, learning_rate=0.01),
+     dict(centered=True, momentum=0.7, lr=0.01)),
+    ("rmsprop-clipnorm", dict(rho=0.8, clipnorm=0.4), dict(rho=0.8, clipnorm=0.4)),
+]
+
+
+def _make(case):
+    name, kwargs, refkw = case
+    kind = name.split("-")[0]
+    cls, ref = {"sgd": (SGD, RefSGD), "adam": (Adam, RefAdam),
+                "rmsprop": (RMSprop, RefRMSprop)}[kind]
+    return cls(**kwargs), ref(**refkw)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+@pytest.mark.parametrize("penalty", [(0.0, 0.0), (0.01, 0.02)], ids=["nopen", "l1l2"])
+def test_update_matches_keras_formula(case, penalty):
+    opt, ref = _make(case)
+    rng = np.random.default_rng(1)
+    w = rng.standard_normal((7, 5))
+    w_ref = w.copy()
+    for _ in range(6):
+        g = rng.standard_normal(w.shape)
+        opt.update(w, g, *penalty)
+        w_ref = ref.step(w_ref, g, *penalty)
+        np.testing.assert_allclose(w, w_ref, rtol=1e-12, atol=1e-14)
+    assert opt.iterations == 6
+
+
+@pytest.mark.parametrize("amsgrad", [False, True])
+def test_adamw_decoupled_weight_decay(amsgrad):
+    opt = AdamW(learning_rate=0.01, weight_decay=0.1, amsgrad=amsgrad)
+    ref = RefAdam(lr=0.01, weight_decay=0.1, amsgrad=amsgrad)
+    rng = np.random.default_rng(2)
+    w = rng.standard_normal(40)
+    w_ref = w.copy()
+    for _ in range(5):
+        g = rng.standard_normal(w.shape)
+        opt.update(w, g, 0.0, 0.01)
+        w_ref = ref.step(w_ref, g, 0.0, 0.01)
+    np.testing.assert_allclose(w, w_ref, rtol=1e-12)
+    # The decay is not an L2 penalty: with a zero gradient the Adam step is 0 and only the
+    # decay remains.
+    opt2 = AdamW(learning_rate=0.5, weight_decay=0.2)
+    w2 = np.ones(3)
+    opt2.update(w2, np.zeros(3))
+    np.testing.assert_allclose(w2, 1 - 0.2 * 0.5)
+
+
+def test_adamw_defaults_are_keras():
+    opt = AdamW()
+    assert (opt.learning_rate, opt.weight_decay, opt.beta_1, opt.beta_2, opt.epsilon) == (
+        0.001, 0.004, 0.9, 0.999, 1e-7)
+    assert RMSprop().get_config() == {"learning_rate": 0.001, "rho": 0.9, "momentum": 0.0,
+                                      "epsilon": 1e-7, "centered": False}
+    assert Adam().epsilon == 1e-7 and SGD().learning_rate == 0.01
+
+
+def test_float32_params_track_float64_reference():
+    opt, ref = Adam(learning_rate=0.01), RefAdam(lr=0.01)
+    rng = np.random.default_rng(3)
+    w64 = rng.standard_normal(100)
+    w32 = w64.astype(np.float32)
+    for _ in range(10):
+        g = rng.standard_normal(100)
+        opt.update(w32, g.astype(np.float32))
+        w64 = ref.step(w64, g, 0.0, 0.0)
+    assert w32.dtype == np.float32
+    np.testing.assert_allclose(w32, w64, rtol=1e-5, atol=1e-6)
+
+
+def test_large_param_parallel_path_and_clipnorm_thread_independent():
+    from fastdense.threads import threads
+
+    rng = np.random.default_rng(4)
+    w0 = rng.standard_normal(70_001)  # above the parallel threshold, odd block count
+    g = rng.standard_normal(w0.shape)
+    results = []
+    for n in (1, 2):
+        with threads(min(n, __import__("numba").config.NUMBA_NUM_THREADS)):
+            w = w0.copy()
+            opt = Adam(clipnorm=1.0)
+            for _ in range(3):
+                opt.update(w, g, 1e-3, 1e-3)
+            results.append(w)
+    assert np.array_equal(results[0], results[1])
+    ref = RefAdam(clipnorm=1.0)
+    w_ref = w0.copy()
+    for _ in range(3):
+        w_ref = ref.step(w_ref, g, 1e-3, 1e-3)
+    np.testing.assert_allclose(results[0], w_ref, rtol=1e-10, atol=1e-13)
+
+
+def test_each_parameter_counts_its_own_steps():
+    """Two parameters updated once per step: both see t = step, as Keras' iterations + 1."""
+    opt, ref_a, ref_b = Adam(learning_rate=0.1), RefAdam(lr=0.1), RefAdam(lr=0.1)
+    rng = np.random.default_rng(5)
+    a, b = rng.standard_normal(4), rng.standard_normal(3)
+    ra, rb = a.copy(), b.copy()
+    for _ in range(4):
+        ga, gb = rng.standard_normal(4), rng.standard_normal(3)
+        opt.update(a, ga)
+        opt.update(b, gb)
+        ra, rb = ref_a.step(ra, ga, 0, 0), ref_b.step(rb, gb, 0, 0)
+    np.testing.assert_allclose(a, ra, rtol=1e-12)
+    np.testing.assert_allclose(b, rb, rtol=1e-12)
+    assert opt.iterations == 4
+    # A parameter added later starts at t = 1 rather than inheriting the count.
+    c = np.ones(2)
+    opt.update(c, np.ones(2))
+    np.testing.assert_allclose(c, RefAdam(lr=0.1).step(np.ones(2), np.ones(2), 0, 0))
+
+
+def test_slots_are_keyed_to_the_array_object_and_freed_with_it():
+    opt = SGD(learning_rate=0.1, momentum=0.9)
+    w = np.zeros(3)
+    opt.update(w, np.ones(3))
+    opt.update(w, np.ones(3))
+    np.testing.assert_allclose(w, -0.1 - 0.19)  # momentum carried over
+    other = np.zeros(3)
+    opt.update(other, np.ones(3))
+    np.testing.assert_allclose(other, -0.1)  # fresh state for a different array
+    assert len(opt._slots) == 2
+    del other
+    gc.collect()
+    assert len(opt._slots) == 1  # the freed array's state went with it
+    opt.reset()
+    assert opt.iterations == 0
+
+
+def test_is_plain_sgd_and_plain_sgd_rate():
+    assert SGD(0.1).is_plain_sgd and plain_sgd_rate(SGD(0.1)) == 0.1
+    for opt in (SGD(momentum=0.1), SGD(clipnorm=1.0), SGD(clipvalue=1.0),
+                SGD(weight_decay=0.1), Adam(), AdamW(), RMSprop()):
+        assert not opt.is_plain_sgd
+        assert plain_sgd_rate(opt) is None
+
+    class Foreign:
+        learning_rate = 0.5
+
+    assert plain_sgd_rate(Foreign()) == 0.5
+    w = np.ones(3)
+    apply_update(Foreign(), w, np.ones(3), 0.0, 0.0)
+    np.testing.assert_allclose(w, 0.5)
+
+
+def test_dense_layer_with_adam_matches_reference():
+    """Dense computes batch-summed gradients and hands each parameter to the optimizer."""
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((8, 4))
+    g_out = rng.standard_normal((8, 3))
+    layer = Dense(3, dtype=np.float64, seed=0, kernel_regularizer="l2")
+    layer.build(4)
+    w, b = layer.get_weights()
+    opt, ref_w, ref_b = Adam(learning_rate=0.01), RefAdam(lr=0.01), RefAdam(lr=0.01)
+    for _ in range(3):
+        layer.forward(x)
+        layer.backprop(g_out, opt)
+        w = ref_w.step(w, x.T @ g_out, 0.0, 0.01)
+        b = ref_b.step(b, g_out.sum(0), 0.0, 0.0)
+    np.testing.assert_allclose(layer.weight, w, rtol=1e-10)
+    np.testing.assert_allclose(layer.bias, b, rtol=1e-10)
+
+
+def test_get_and_config_round_trip():
+    assert isinstance(get("adam"), Adam) and isinstance(get("RMSprop"), RMSprop)
+    assert isinstance(get("adamw"), AdamW) and isinstance(get("sgd"), SGD)
+    opt = SGD(0.2, momentum=0.5, nesterov=True, clipvalue=1.0)
+    assert get(opt) is opt
+    again = SGD.from_config(opt.get_config())
+    assert again.get_config() == opt.get_config()
+    assert "nesterov=True" in repr(opt)
+
+
+@pytest.mark.parametrize(
+    "make, exc, words",
+    [
+        (lambda: Adam(learning_rate=-1.0), ValueError, "learning_rate"),
+        (lambda: Adam(learning_rate="fast"), TypeError, "real number"),
+        (lambda: Adam(beta_1=1.0), ValueError, "beta_1"),
+        (lambda: SGD(momentum=1.5), ValueError, "momentum"),
+        (lambda: SGD(nesterov="yes"), TypeError, "nesterov"),
+        (lambda: Adam(clipnorm=1.0, clipvalue=1.0), ValueError, "only one"),
+        (lambda: Adam(clipnorm=0.0), ValueError, "clipnorm"),
+        (lambda: RMSprop(rho=2.0), ValueError, "rho"),
+        (lambda: AdamW(weight_decay=None), ValueError, "weight_decay"),
+        (lambda: get("adagrad"), ValueError, "unknown optimizer"),
+        (lambda: get(3), TypeError, "optimizer must be"),
+    ],
+)
+def test_bad_arguments(make, exc, words):
+    with pytest.raises(exc, match=words):
+        make()
+
+
+def test_bad_update_inputs():
+    opt = Adam()
+    with pytest.raises(ValueError, match="shape"):
+        opt.update(np.zeros(3), np.zeros(4))
+    with pytest.raises(TypeError, match="float ndarray"):
+        opt.update([1.0, 2.0], np.zeros(2))
+    with pytest.raises(ValueError, match="C-contiguous"):
+        opt.update(np.zeros((3, 4))[:, ::2], np.zeros((3, 2)))
+
+
+def test_base_class_is_abstract():
+    with pytest.raises(NotImplementedError):
+        Optimizer(0.1).update(np.zeros(2), np.zeros(2))
