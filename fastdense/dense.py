@@ -223,7 +223,8 @@ class Dense:
 
     __call__ = forward
 
-    def backprop(self, dLdy: Any, optimizer: Any) -> np.ndarray:
+    def backprop(self, dLdy: Any, optimizer: Any, *,
+                 compute_input_grad: bool = True) -> np.ndarray | None:
         """Backpropagate ``dLdy`` through the last forward pass and update the weights.
 
         All gradients are computed with the weights of that forward pass; the optimizer then
@@ -235,10 +236,13 @@ class Dense:
             Gradient of the loss with respect to the last output, of the output's shape.
         optimizer : object
             A fastdense optimizer, or any object with a numeric ``learning_rate`` (plain SGD).
+        compute_input_grad : bool, default True
+            False skips ``dL/dinputs`` (and returns None): a network's first layer has no use
+            for it, and it is one of the three products of a backward pass.
 
         Returns
         -------
-        ndarray
+        ndarray or None
             ``dL/dinputs``, shaped like the last input.
         """
         if not self.training:
@@ -267,7 +271,8 @@ class Dense:
         dz = self._buffer("dz", g2.shape)
         dw = self._buffer("dw", self.weight.shape)
         db = self._buffer("db", (self.units,)) if self.use_bias else _k.empty_bias(self.dtype)
-        dx = self._buffer("dx", (n, self.input_dim), self._reuse_outputs)
+        dx_rows = n if compute_input_grad else 0
+        dx = self._buffer("dx", (dx_rows, self.input_dim), self._reuse_outputs)
         bias = self.bias if self.use_bias else _k.empty_bias(self.dtype)
         l1w, l2w = _factors(kreg)
         l1b, l2b = _factors(breg)
@@ -278,7 +283,7 @@ class Dense:
             if self.use_bias:
                 self._apply(optimizer, self.bias, db, breg)
         self._cache = None
-        return dx.reshape(in_shape)
+        return dx.reshape(in_shape) if compute_input_grad else None
 
     def _buffer(self, key: str, shape: tuple[int, ...], reuse: bool = True) -> np.ndarray:
         """A workspace of ``shape`` kept across calls, so steady-state steps do not allocate."""

@@ -583,6 +583,7 @@ class Sequential:
         optimizer = self.optimizer
         layers = self.layers
         reversed_layers = layers[::-1]
+        first_layer = layers[0]
         has_reg = any(layer.kernel_regularizer is not None or layer.bias_regularizer is not None
                       for layer in layers)
 
@@ -610,7 +611,9 @@ class Sequential:
                         value += self._regularization()  # Keras reports the penalty too
                     g = ws.grad
                     for layer in reversed_layers:
-                        g = layer.backprop(g, optimizer)
+                        # nothing consumes the first layer's input gradient: skip that product
+                        g = layer.backprop(g, optimizer,
+                                           compute_input_grad=layer is not first_layer)
                     loss_sum += n * value
                     seen += n
                     if bar is not None:

@@ -367,3 +367,17 @@ def test_bitwise_identical_for_one_and_two_threads():
             results.append((y, dx, layer.weight.copy(), layer.bias.copy()))
     for a, b in zip(*results, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("activation", ["relu", "softmax", "linear"])
+def test_skipping_the_input_gradient_updates_the_same(activation):
+    rng = np.random.default_rng(10)
+    x = _data(rng, (40, 70), np.float32)
+    g = _data(rng, (40, 50), np.float32)
+    a, b = (Dense(50, activation=activation, seed=1) for _ in range(2))
+    a(x)
+    b(x)
+    assert a.backprop(g, fd.SGD(0.1), compute_input_grad=False) is None
+    assert b.backprop(g, fd.SGD(0.1)).shape == x.shape
+    np.testing.assert_array_equal(a.weight, b.weight)
+    np.testing.assert_array_equal(a.bias, b.bias)

@@ -139,11 +139,13 @@ def backward(x, w, bias, z, y, g, code, dz, dw, db, dx, lr, l1w, l2w, l1b, l2b, 
 
     ``z`` and ``y`` may be the same array when the activation needs only one of them; ``bias``
     and ``db`` are empty without a bias; ``dz`` is a workspace left untouched for the linear
-    activation, where ``dz = g``.
+    activation, where ``dz = g``.  A ``dx`` with no rows (shape ``(0, in)``) skips the input
+    gradient, which a network's first layer does not need.
     """
     batch, units = g.shape
     n_in = x.shape[1]
     has_bias = db.shape[0] > 0
+    want_dx = dx.shape[0] > 0
     e1 = np.empty(0, dtype=dw.dtype)
     # dz: for softmax (whole rows) and for shapes that skip packing it is computed here;
     # otherwise it is fused into the packing of the dx product below.
@@ -151,7 +153,8 @@ def backward(x, w, bias, z, y, g, code, dz, dw, db, dx, lr, l1w, l2w, l1b, l2b, 
     fused_dz = False
     if code != act.LINEAR:
         d = dz
-        if code == act.SOFTMAX or batch == 0 or is_small(batch, n_in, units) or units == 0:
+        if (code == act.SOFTMAX or batch == 0 or not want_dx or is_small(batch, n_in, units)
+                or units == 0):
             if batch * units < 65536:
                 # A thread launch costs more than this work (far more on a busy machine).
                 _activation_grad_serial(g, z, y, code, dz)
@@ -160,7 +163,7 @@ def backward(x, w, bias, z, y, g, code, dz, dw, db, dx, lr, l1w, l2w, l1b, l2b, 
         else:
             fused_dz = True
     # dx first: it must see the weights before any update.
-    if batch > 0:
+    if batch > 0 and want_dx:
         if fused_dz:
             e2 = np.empty((0, 0), dtype=dw.dtype)
             _packed(g, w, dx, False, True, EP_STORE, e1, act.LINEAR, dx, dx, 0.0, 0.0, 0.0,
