@@ -211,7 +211,8 @@ class Dense:
         keep_z = self.training and act.needs_z and not act.is_custom
         z = self._buffer("z", (n, self.units)) if keep_z else y
         bias = self.bias if self.use_bias else _k.empty_bias(self.dtype)
-        _k.forward(x2, self.weight, bias, act.code, z, y)
+        ws = self._buffer("ws", (_k.workspace_size(in_dim, self.units, self.dtype),))
+        _k.forward(x2, self.weight, bias, act.code, z, y, ws)
         if act.is_custom:
             z = y.copy() if self.training else y
             y = np.ascontiguousarray(act.fn(z), dtype=self.dtype)
@@ -276,8 +277,9 @@ class Dense:
         bias = self.bias if self.use_bias else _k.empty_bias(self.dtype)
         l1w, l2w = _factors(kreg)
         l1b, l2b = _factors(breg)
+        ws = self._buffer("ws", (_k.workspace_size(self.input_dim, self.units, self.dtype),))
         _k.backward(x2, self.weight, bias, z, y, g2, act.code, dz, dw, db, dx,
-                    lr if fuse else 0.0, l1w, l2w, l1b, l2b, fuse)
+                    lr if fuse else 0.0, l1w, l2w, l1b, l2b, fuse, ws)
         if not fuse:
             self._apply(optimizer, self.weight, dw, kreg)
             if self.use_bias:

@@ -2,13 +2,27 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import numpy as np
 
 from fastdense import activations
 from fastdense.kernels import dense as _dense
-from fastdense.kernels.gemm import gemm
+from fastdense.kernels.gemm import gemm, workspace_size
+
+# Kernel workspaces (packing buffers) kept between calls, one per dtype and Python thread,
+# grown to the largest size asked for: repeated calls then allocate only their result.
+_workspaces = threading.local()
+
+
+def _workspace(size: int, dtype: np.dtype) -> np.ndarray:
+    cache = _workspaces.__dict__.setdefault("by_dtype", {})
+    buf = cache.get(dtype)
+    if buf is None or buf.shape[0] < size:
+        buf = np.empty(size, dtype=dtype)
+        cache[dtype] = buf
+    return buf
 
 
 def _real_2d(a: Any, name: str) -> np.ndarray:
@@ -46,7 +60,8 @@ def matmul(a: Any, b: Any) -> np.ndarray:
     a = np.ascontiguousarray(a, dtype=dt)
     b = np.ascontiguousarray(b, dtype=dt)
     out = np.empty((a.shape[0], b.shape[1]), dtype=dt)
-    gemm(a, b, out, False, False)
+    ws = _workspace(workspace_size(a.shape[0], b.shape[1], a.shape[1], dt), dt)
+    gemm(a, b, out, False, False, ws)
     return out
 
 
@@ -84,5 +99,6 @@ def linear(x: Any, kernel: Any, bias: Any = None, activation: Any = None) -> np.
     x2 = np.ascontiguousarray(x.reshape(-1, x.shape[-1]), dtype=dt)
     w = np.ascontiguousarray(kernel, dtype=dt)
     y = np.empty((x2.shape[0], units), dtype=dt)
-    _dense.forward(x2, w, b, act.code, y, y)
+    ws = _workspace(_dense.workspace_size(w.shape[0], units, dt), dt)
+    _dense.forward(x2, w, b, act.code, y, y, ws)
     return y.reshape((*x.shape[:-1], units))

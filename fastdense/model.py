@@ -15,6 +15,13 @@ Training loop design
   no "gradient with respect to z" entry point, so the model swaps the layer's activation to
   linear for the duration of the call and restores it in a ``finally``.)  ``predict`` runs the
   layer as configured.
+* **One optimizer call per step.**  The layers hand their updates to a
+  :class:`fastdense.optimizers.StepCollector`, which applies the whole step after the last
+  backprop (plain Adam: one fused kernel call for every parameter).  The result is bitwise that
+  of updating each layer inside its backprop: an update touches only its own parameter and no
+  backprop reads another layer's weights.  Other per-step Python work is kept small as well:
+  one kernel gathers a batch's inputs and labels, and the progress bar is touched only a few
+  times per second.
 * **Deterministic.**  Shuffling uses ``numpy.random.default_rng(seed)``; every kernel splits
   work over rows or elements and reduces in a fixed order, so the same seed gives bitwise the
   same weights for any thread count.
@@ -41,6 +48,8 @@ from fastdense.kernels import activation as _ak
 from fastdense.kernels import loss as _lk
 
 _FORMAT = "fastdense.Sequential"
+#: Seconds between progress-bar updates during ``fit`` (a few per second at most).
+_BAR_REFRESH = 0.25
 _FORMAT_VERSION = 1
 _CONFIG_KEY = "__config__"
 
@@ -474,10 +483,10 @@ class Sequential:
 
     @staticmethod
     def _gather(data: _Data, index: np.ndarray, start: int, n: int, ws: _Workspace) -> None:
-        _lk.gather_rows(data.x, index, start, n, ws.x)
         if data.y.ndim == 1:
-            _lk.gather_labels(data.y, index, start, n, ws.y)
+            _lk.gather_batch(data.x, data.y, index, start, n, ws.x, ws.y)
         else:
+            _lk.gather_rows(data.x, index, start, n, ws.x)
             _lk.gather_rows(data.y, index, start, n, ws.y)
 
     # ------------------------------------------------------------------ fit
@@ -581,6 +590,13 @@ class Sequential:
             keys += [f"val_{k}" for k in keys]
         history.history = {k: [] for k in keys}
         optimizer = self.optimizer
+        # The layers hand their updates to a collector that applies the whole step at once
+        # (one fused kernel call for plain Adam): see fastdense.optimizers.  Plain SGD stays
+        # fused into the layers' kernels, and foreign optimizer objects are used as they are.
+        collector = None
+        if isinstance(optimizer, _optimizers.Optimizer) and not optimizer.is_plain_sgd:
+            collector = _optimizers.StepCollector(optimizer)
+            optimizer = collector
         layers = self.layers
         reversed_layers = layers[::-1]
         first_layer = layers[0]
@@ -599,32 +615,46 @@ class Sequential:
                 if verbose == 1 and bar is None:
                     verbose = 2  # no tqdm: one line per epoch instead of a bar
                 last_refresh = t0
+                pending = 0  # samples not yet shown on the bar
                 loss_sum = 0.0
                 totals = [0.0] * len(kinds)
                 seen = 0
                 for start in range(0, data.n, batch_size):
                     n = min(batch_size, data.n - start)
                     self._gather(data, index, start, n, ws)
-                    out = self._forward(ws.x)
+                    out = ws.x
+                    for layer in layers:
+                        out = layer.forward(out)
                     value = self._batch_stats(ws, out, n, fused, kinds, totals)
                     if has_reg:
                         value += self._regularization()  # Keras reports the penalty too
                     g = ws.grad
-                    for layer in reversed_layers:
-                        # nothing consumes the first layer's input gradient: skip that product
-                        g = layer.backprop(g, optimizer,
-                                           compute_input_grad=layer is not first_layer)
+                    try:
+                        for layer in reversed_layers:
+                            # nothing consumes the first layer's input gradient: skip that
+                            # product
+                            g = layer.backprop(g, optimizer,
+                                               compute_input_grad=layer is not first_layer)
+                    finally:
+                        # Also when a backprop raises: the layers before it are updated, as
+                        # they would have been without the collector.
+                        if collector is not None:
+                            collector.flush()
                     loss_sum += n * value
                     seen += n
                     if bar is not None:
-                        bar.update(n)
+                        pending += n
                         now = time.perf_counter()
-                        # Formatting the postfix costs more than a step: refresh it at most
-                        # as often as tqdm redraws.
-                        if now - last_refresh >= bar.mininterval:
+                        # A bar update and the postfix's formatting cost more than a step:
+                        # touch the bar only a few times per second.
+                        if now - last_refresh >= _BAR_REFRESH:
                             last_refresh = now
                             bar.set_postfix_str(self._format(
                                 self._epoch_logs(loss_sum, totals, kinds, seen)), refresh=False)
+                            bar.update(pending)
+                            pending = 0
+                if bar is not None and pending:
+                    bar.update(pending)
                 logs = self._epoch_logs(loss_sum, totals, kinds, data.n)
                 if val is not None:
                     assert val_index is not None

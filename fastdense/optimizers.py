@@ -22,6 +22,16 @@ Slots are keyed to the parameter *object*: ``id(param)`` plus a weak reference c
 lookup, so a freed array whose id is reused never inherits stale state.  Pass the same array
 object every step (a layer passes its ``weight`` and ``bias``); replacing it, e.g. through
 ``Dense.set_weights``, starts fresh state for the new array.
+
+One step, many parameters
+-------------------------
+:meth:`Optimizer.update_many` updates several parameters as one step, exactly as calling
+:meth:`Optimizer.update` on each in turn would.  :class:`fastdense.Sequential` hands the layers a
+:class:`StepCollector` in place of the optimizer: it records each ``(param, grad)`` of a
+step's backprops and applies them together at the end of the step.  That is exact because an
+update changes only its own parameter and no layer reads another layer's parameters during
+backprop; it turns a step's per-parameter Python calls into one, and plain Adam (no penalty,
+clipping, decay or AMSGrad) then updates every parameter in a single kernel call.
 """
 
 from __future__ import annotations
@@ -46,6 +56,9 @@ def learning_rate_of(optimizer: Any) -> float:
     ValueError
         If it is negative, NaN or infinite.
     """
+    lr = getattr(optimizer, "learning_rate", None)
+    if type(lr) is float and 0.0 <= lr < math.inf:  # the common case, checked first: a
+        return lr  # layer validates the rate on every backprop
     if not hasattr(optimizer, "learning_rate"):
         raise TypeError(
             "optimizer must have a 'learning_rate' attribute (a real number), got "
@@ -159,6 +172,7 @@ class Optimizer:
     def reset(self) -> None:
         """Forget all slot state and step counts."""
         self._slots.clear()
+        self._resets = getattr(self, "_resets", 0) + 1  # invalidates prepared plans
 
     def _slot(self, param: np.ndarray) -> _Slot:
         """The slot of ``param``, created (zeros, step 0) on first use."""
@@ -234,6 +248,37 @@ class Optimizer:
             lr = learning_rate_of(self)
         slot.t += 1
         self._step(slot, p, g, lr, float(l1), float(l2))
+
+    def update_many(self, params: list[np.ndarray], grads: list[np.ndarray],
+                    l1s: list[float] | None = None, l2s: list[float] | None = None) -> None:
+        """Update several parameters as one step: exactly :meth:`update` on each in turn.
+
+        Parameters
+        ----------
+        params, grads : lists of ndarray
+            As for :meth:`update`, pairwise.
+        l1s, l2s : lists of float, optional
+            Penalty factors per parameter (zeros when omitted).
+        """
+        if len(params) != len(grads):
+            raise ValueError(f"got {len(params)} params but {len(grads)} grads")
+        n = len(params)
+        l1s = [0.0] * n if l1s is None else l1s
+        l2s = [0.0] * n if l2s is None else l2s
+        if len(l1s) != n or len(l2s) != n:
+            raise ValueError(f"l1s and l2s must have one factor per param ({n})")
+        for k in range(n):
+            self.update(params[k], grads[k], l1s[k], l2s[k])
+
+    def _plan(self, params: list[np.ndarray], grads: list[np.ndarray]) -> Any:
+        """Prepared state for :meth:`_run_plan` over these exact arrays, or None (no fast
+        path).  Subclasses with a fused many-parameter kernel override both."""
+        return None
+
+    def _run_plan(self, plan: Any, l1s: list[float], l2s: list[float]) -> bool:
+        """One step of every parameter of ``plan``; False (nothing done) when the fast path
+        does not apply now, in which case the caller uses :meth:`update_many`."""
+        return False
 
     def _step(self, slot: _Slot, p: np.ndarray, g: np.ndarray, lr: float, l1: float,
               l2: float) -> None:
@@ -336,32 +381,110 @@ class Adam(Optimizer):
             raise TypeError(f"amsgrad must be a bool, got {type(amsgrad).__name__}")
         self.amsgrad = bool(amsgrad)
         self._slot_names = ("m", "v", "vhat") if self.amsgrad else ("m", "v")
-        self._typed: dict[type, tuple] = {}  # (1 - beta_1, 1 - beta_2, epsilon) per dtype
+        # (1 - beta_1, 1 - beta_2, epsilon) in a parameter dtype, as scalars and as an array,
+        # keyed by the dtype and the hyper-parameters (which may be changed between steps).
+        self._typed: dict[tuple, tuple] = {}
+
+    def _consts(self, dtype: np.dtype) -> tuple:
+        key = (dtype, self.beta_1, self.beta_2, self.epsilon)
+        consts = self._typed.get(key)
+        if consts is None:
+            dt = np.dtype(dtype).type
+            scalars = (dt(1.0 - self.beta_1), dt(1.0 - self.beta_2), dt(self.epsilon))
+            consts = (scalars, np.array(scalars, dtype=dtype))
+            if len(self._typed) > 16:  # hyper-parameters changed many times: forget old ones
+                self._typed.clear()
+            self._typed[key] = consts
+        return consts
+
+    def _is_plain(self) -> bool:
+        return (not self.amsgrad and self.clipnorm is None and self.clipvalue is None
+                and not self.weight_decay)
 
     def _step(self, slot, p, g, lr, l1, l2):
         t = float(slot.t)
         alpha = lr * math.sqrt(1.0 - self.beta_2**t) / (1.0 - self.beta_1**t)
         a = slot.arrays
-        if (not self.amsgrad and l1 == 0.0 and l2 == 0.0 and self.clipnorm is None
-                and self.clipvalue is None and not self.weight_decay):
+        if l1 == 0.0 and l2 == 0.0 and self._is_plain():
             # The common case: a branch-free kernel in the parameter's dtype.
-            dt = p.dtype.type
-            consts = self._typed.get(dt)
-            if consts is None:
-                consts = (dt(1.0 - self.beta_1), dt(1.0 - self.beta_2), dt(self.epsilon))
-                self._typed[dt] = consts
-            _k.adam_plain(p, g, a["m"], a["v"], dt(alpha), *consts)
+            _k.adam_plain(p, g, a["m"], a["v"], p.dtype.type(alpha), *self._consts(p.dtype)[0])
             return
         vhat = a["vhat"] if self.amsgrad else _k.empty_like_dtype(p.dtype)
         _k.adam(p, g, a["m"], a["v"], vhat, alpha, self.beta_1, self.beta_2, self.epsilon,
                 self.amsgrad, l1, l2, self._scale(slot, p, g, l1, l2), self.clipvalue or 0.0,
                 self._decay(lr))
 
+    def _plan(self, params, grads):
+        if not params:
+            return None
+        dtype = params[0].dtype
+        for p, g in zip(params, grads, strict=True):
+            if not (isinstance(p, np.ndarray) and isinstance(g, np.ndarray)
+                    and p.dtype == dtype and g.dtype == dtype and p.shape == g.shape
+                    and p.flags.c_contiguous and g.flags.c_contiguous and p.flags.writeable
+                    and dtype.kind == "f"):
+                return None  # mixed dtypes or arrays needing conversion: per-parameter path
+        if any(p is q for i, p in enumerate(params) for q in params[:i]):
+            return None  # one parameter twice in a step: let update count both steps
+        return _AdamPlan(self, params, grads)
+
+    def _run_plan(self, plan, l1s, l2s):
+        if self.amsgrad or self.clipnorm is not None or self.clipvalue is not None \
+                or self.weight_decay:
+            return False
+        for k in range(len(l1s)):
+            if l1s[k] != 0.0 or l2s[k] != 0.0:
+                return False
+        if plan.resets != getattr(self, "_resets", 0):
+            plan.attach(self)  # reset() since the plan was made: fresh slots
+        lr = self.learning_rate
+        if type(lr) is not float or not 0.0 <= lr < math.inf:
+            lr = learning_rate_of(self)
+        alphas = plan.alphas
+        last_t = -1
+        alpha = 0.0
+        for k, slot in enumerate(plan.slots):
+            t = slot.t + 1
+            slot.t = t
+            if t != last_t:  # the same count for every parameter, except right after a change
+                alpha = lr * math.sqrt(1.0 - self.beta_2**t) / (1.0 - self.beta_1**t)
+                last_t = t
+            alphas[k] = alpha  # rounded to the parameter dtype, as the scalar kernel does
+        consts = plan.consts
+        if consts is None or plan.hyper != (self.beta_1, self.beta_2, self.epsilon):
+            plan.hyper = (self.beta_1, self.beta_2, self.epsilon)
+            consts = plan.consts = self._consts(plan.dtype)[1]
+        _k.adam_plain_many(plan.flat, plan.grad_flat, plan.m, plan.v, alphas, consts)
+        return True
+
     def get_config(self):
         config = super().get_config()
         config.update(beta_1=self.beta_1, beta_2=self.beta_2, epsilon=self.epsilon,
                       amsgrad=self.amsgrad)
         return config
+
+
+class _AdamPlan:
+    """The flat views, slot arrays and alpha workspace of one list of parameters."""
+
+    def __init__(self, opt: Adam, params: list[np.ndarray], grads: list[np.ndarray]) -> None:
+        self.params = tuple(params)
+        self.grads = tuple(grads)
+        self.dtype = params[0].dtype
+        # Views (they keep the arrays alive: a plan lives only as long as its collector).
+        self.flat = tuple(p.reshape(-1) for p in params)
+        self.grad_flat = tuple(g.reshape(-1) for g in grads)
+        self.alphas = np.zeros(len(params), dtype=self.dtype)
+        self.hyper: tuple | None = None
+        self.consts: np.ndarray | None = None
+        self.attach(opt)
+
+    def attach(self, opt: Adam) -> None:
+        """Take the optimizer's slots of the parameters (created if need be)."""
+        self.resets = getattr(opt, "_resets", 0)
+        self.slots = tuple(opt._slot(p) for p in self.params)
+        self.m = tuple(s.arrays["m"] for s in self.slots)
+        self.v = tuple(s.arrays["v"] for s in self.slots)
 
 
 class AdamW(Adam):
@@ -436,6 +559,96 @@ class RMSprop(Optimizer):
         config.update(rho=self.rho, momentum=self.momentum, epsilon=self.epsilon,
                       centered=self.centered)
         return config
+
+
+class StepCollector(Optimizer):
+    """Stands in for ``target`` during one step's backprops and applies the step at the end.
+
+    Each :meth:`update` a layer makes is recorded (the arrays, not copies: the gradients must
+    stay untouched until :meth:`flush`, as a layer's gradient workspaces do);
+    :meth:`flush` hands them all to ``target`` in the recorded order, through its fused
+    many-parameter path when it has one (prepared once and reused while the same arrays come
+    back every step), else :meth:`Optimizer.update_many`.  The result is exactly that of
+    updating each parameter when it is handed over, provided nothing reads an updated
+    parameter before :meth:`flush`, which holds for the layers of a
+    :class:`fastdense.Sequential` (see the module notes).
+
+    Parameters
+    ----------
+    target : Optimizer
+        A fastdense optimizer that is not plain SGD (plain SGD is fused into the layers'
+        kernels instead).
+    """
+
+    def __init__(self, target: Optimizer) -> None:
+        # No Optimizer.__init__: the collector keeps no state of its own besides the records.
+        if not isinstance(target, Optimizer) or isinstance(target, StepCollector):
+            raise TypeError(f"target must be a fastdense optimizer, got {type(target).__name__}")
+        self.target = target
+        self._slots = {}
+        self._params: list[Any] = []
+        self._grads: list[Any] = []
+        self._l1s: list[float] = []
+        self._l2s: list[float] = []
+        self._count = 0
+        self._plan_of: Any = None
+
+    @property
+    def learning_rate(self) -> Any:  # type: ignore[override]
+        """The target's (a layer validates it before its update)."""
+        return self.target.learning_rate
+
+    @property
+    def iterations(self) -> int:
+        """The target's."""
+        return self.target.iterations
+
+    def update(self, param, grad, l1=0.0, l2=0.0):
+        """Record one parameter's update; it is applied by :meth:`flush`."""
+        k = self._count
+        if k < len(self._params):
+            self._params[k] = param
+            self._grads[k] = grad
+            self._l1s[k] = l1
+            self._l2s[k] = l2
+        else:
+            self._params.append(param)
+            self._grads.append(grad)
+            self._l1s.append(l1)
+            self._l2s.append(l2)
+        self._count = k + 1
+
+    def flush(self) -> None:
+        """Apply every recorded update as one step of ``target`` and clear the records."""
+        k = self._count
+        if k == 0:
+            return
+        self._count = 0
+        params, grads, l1s, l2s = self._params, self._grads, self._l1s, self._l2s
+        if k < len(params):  # fewer updates than an earlier step: drop the stale tail
+            del params[k:], grads[k:], l1s[k:], l2s[k:]
+        target = self.target
+        plan = self._plan_of
+        if plan is None or not _same(plan.params, params) or not _same(plan.grads, grads):
+            plan = self._plan_of = target._plan(params, grads)
+        if plan is None or not target._run_plan(plan, l1s, l2s):
+            target.update_many(params, grads, l1s, l2s)
+
+    def get_config(self) -> dict[str, Any]:
+        return self.target.get_config()
+
+    def __repr__(self) -> str:
+        return f"StepCollector({self.target!r})"
+
+
+def _same(a: tuple, b: list) -> bool:
+    """Whether ``a`` and ``b`` hold the same objects, in order."""
+    if len(a) != len(b):
+        return False
+    for i in range(len(a)):
+        if a[i] is not b[i]:
+            return False
+    return True
 
 
 _BY_NAME: dict[str, type[Optimizer]] = {

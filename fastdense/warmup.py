@@ -1,7 +1,9 @@
 """``python -m fastdense warmup``: compile every kernel once so it lands in Numba's cache.
 
 Run it after installing (or after upgrading Numba): later processes then load machine code
-from the cache instead of compiling, and the first call of a layer takes milliseconds.
+from the cache instead of compiling, and the first call of a layer takes milliseconds.  It
+drives the public API (layers, functions, optimizers, losses, a model fit) on tiny data rather
+than listing kernels, so whatever path a user's code takes is compiled.
 """
 
 from __future__ import annotations
@@ -14,32 +16,41 @@ import numpy as np
 
 def _compile_all(dtype: np.dtype) -> None:
     # Imported here so that ``--help`` does not pay for Numba.
-    from fastdense.kernels import activation as act
-    from fastdense.kernels import dense as kd
-    from fastdense.kernels import update
-    from fastdense.kernels.gemm import gemm
+    import fastdense as fd
+    from fastdense import activations
 
     rng = np.random.default_rng(0)
-    # Large enough for the packed, multi-threaded path; small ones for the direct path.
+    # A small shape (the direct path) and one large enough for the packed, threaded path.
     for batch, n_in, units in ((1, 3, 2), (40, 120, 100)):
         x = rng.standard_normal((batch, n_in)).astype(dtype)
-        w = rng.standard_normal((n_in, units)).astype(dtype)
-        b = np.zeros(units, dtype)
-        z = np.empty((batch, units), dtype)
-        y = np.empty((batch, units), dtype)
         g = np.ones((batch, units), dtype)
-        dz, dw, db, dx = np.empty_like(g), np.empty_like(w), np.empty_like(b), np.empty_like(x)
-        for code in (act.LINEAR, act.RELU, act.SOFTMAX):
-            kd.forward(x, w, b, code, z, y)
-            kd.backward(x, w, b, z, y, g, code, dz, dw, db, dx, 0.0, 0.0, 0.0, 0.0, 0.0, False)
-        kd.forward(x, w, kd.empty_bias(dtype), act.RELU, z, y)
-        out = np.empty((batch, units), dtype)
-        for ta, tb in ((False, False), (True, True)):
-            a = np.ascontiguousarray(x.T) if ta else x
-            bb = np.ascontiguousarray(w.T) if tb else w
-            gemm(a, bb, out, ta, tb)
-        act.activate(act.RELU, z, y)
-        update.sgd(w.reshape(-1), dw.reshape(-1), 0.0, 0.0, 0.0)
+        for name in activations.NAMES:
+            for use_bias in (True, False):
+                layer = fd.Dense(units, activation=name, use_bias=use_bias, dtype=dtype, seed=0,
+                                 kernel_regularizer="l2")
+                layer(x)
+                layer.backprop(g, fd.SGD(0.0))
+                layer(x)
+                layer.backprop(g, fd.Adam(0.0), compute_input_grad=False)
+        fd.matmul(x, x.T)
+        fd.linear(x, np.ones((n_in, units), dtype), np.ones(units, dtype), "relu")
+    x = rng.standard_normal((64, 8)).astype(dtype)
+    labels = (x[:, 0] > 0).astype(np.int64)
+    onehot = np.eye(2, dtype=dtype)[labels]
+    setups = [("sparse_categorical_crossentropy", labels, "softmax"),
+              ("categorical_crossentropy", onehot, "softmax"),
+              ("binary_crossentropy", labels[:, None].astype(dtype), "sigmoid"),
+              ("mean_squared_error", onehot, None), ("mean_absolute_error", onehot, None)]
+    optimizers = [fd.SGD(0.01), fd.SGD(0.01, momentum=0.9, nesterov=True), fd.Adam(),
+                  fd.AdamW(), fd.RMSprop()]
+    for (loss, y, last), opt in zip(setups, optimizers, strict=True):
+        units = 1 if last == "sigmoid" else 2
+        model = fd.Sequential([fd.Dense(4, activation="relu", dtype=dtype, seed=0),
+                               fd.Dense(units, activation=last, dtype=dtype, seed=1)])
+        model.compile(optimizer=opt, loss=loss, metrics=["accuracy"])
+        model.fit(x, y, batch_size=16, epochs=1, verbose=0, seed=0)
+        model.evaluate(x, y, batch_size=16)
+        model.predict(x, batch_size=16)
 
 
 def main(argv: list[str]) -> int:

@@ -99,6 +99,10 @@ def backprop_bounds(x, z, y, g, w, activation, dtype):
         terms = (1.0 + np.abs(z) * np.exp(-0.5 * z * z)) if activation == "gelu" else (
             s + np.abs(z) * s * (1 - s))
         magnitude = magnitude + np.abs(g) * terms
+    elif activation == "tanh":  # 1 - y*y cancels near saturation
+        magnitude = magnitude + np.abs(g) * (1 + y * y)
+    elif activation == "sigmoid":  # y (1 - y) likewise
+        magnitude = magnitude + np.abs(g) * np.abs(y) * (1 + np.abs(y))
     dz_err = 8 * u * magnitude
     if activation == "softmax":
         n = y.shape[-1]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import math
 
+import numba
 import numpy as np
 import pytest
 
@@ -15,10 +16,13 @@ from fastdense.optimizers import (
     AdamW,
     Optimizer,
     RMSprop,
+    StepCollector,
     apply_update,
     get,
+    learning_rate_of,
     plain_sgd_rate,
 )
+from fastdense.threads import threads
 
 # ------------------------------------------------------------------ NumPy references (float64)
 
@@ -321,3 +325,133 @@ def test_bad_update_inputs():
 def test_base_class_is_abstract():
     with pytest.raises(NotImplementedError):
         Optimizer(0.1).update(np.zeros(2), np.zeros(2))
+
+
+# ------------------------------------------------------------------ one step, many parameters
+
+
+def _params(dtype, seed=0):
+    rng = np.random.default_rng(seed)
+    shapes = [(7, 5), (5,), (40000,), (3, 2)]  # one above the parallel threshold
+    params = [rng.standard_normal(s).astype(dtype) for s in shapes]
+    grads = [rng.standard_normal(s).astype(dtype) for s in shapes]
+    return params, grads
+
+
+MANY_CASES = [
+    dict(),
+    dict(learning_rate=0.02, beta_1=0.8, beta_2=0.99, epsilon=1e-5),
+    dict(amsgrad=True),  # not fused: falls back to update per parameter
+    dict(clipnorm=0.5),
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("kwargs", MANY_CASES, ids=str)
+def test_collector_and_update_many_equal_update_per_parameter_bitwise(dtype, kwargs):
+    direct, via_many, via_collector = Adam(**kwargs), Adam(**kwargs), Adam(**kwargs)
+    p1, grads = _params(dtype)
+    p2 = [p.copy() for p in p1]
+    p3 = [p.copy() for p in p1]
+    collector = StepCollector(via_collector)
+    for step in range(4):
+        scaled = [g * (step + 1) for g in grads]
+        for p, g in zip(p1, scaled, strict=True):
+            direct.update(p, g)
+        via_many.update_many(p2, scaled)
+        before = [p.copy() for p in p3]
+        for p, g in zip(p3, scaled, strict=True):
+            collector.update(p, g)
+        assert all(np.array_equal(a, b) for a, b in zip(before, p3, strict=True))
+        collector.flush()
+        for a, b, c in zip(p1, p2, p3, strict=True):
+            assert np.array_equal(a, b) and np.array_equal(a, c)
+    assert direct.iterations == via_many.iterations == via_collector.iterations == 4
+
+
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs 2 Numba threads")
+def test_fused_adam_is_bitwise_the_same_for_any_thread_count():
+    results = []
+    for n in (1, 2):
+        with threads(n):
+            params, grads = _params(np.float32, seed=2)  # one parameter takes the prange path
+            opt = Adam(0.01)
+            collector = StepCollector(opt)
+            for _ in range(3):
+                for p, g in zip(params, grads, strict=True):
+                    collector.update(p, g)
+                collector.flush()
+            results.append(params)
+    for a, b in zip(*results, strict=True):
+        assert np.array_equal(a, b)
+
+
+def test_collector_defers_until_flush_and_follows_changes():
+    opt = Adam(0.01)
+    ref = Adam(0.01)
+    params, grads = _params(np.float32, seed=1)
+    mirror = [p.copy() for p in params]
+    collector = StepCollector(opt)
+    assert learning_rate_of(collector) == 0.01 and plain_sgd_rate(collector) is None
+
+    def step():
+        before = [p.copy() for p in params]
+        for p, g in zip(params, grads, strict=True):
+            apply_update(collector, p, g, 0.0, 0.0)  # as a layer hands it over
+        assert all(np.array_equal(a, b) for a, b in zip(before, params, strict=True))
+        collector.flush()
+        for p, g in zip(mirror, grads, strict=True):
+            ref.update(p, g)
+        for a, b in zip(params, mirror, strict=True):
+            assert np.array_equal(a, b)
+
+    step()
+    step()
+    opt.learning_rate = ref.learning_rate = 0.003  # a schedule between steps
+    step()
+    opt.beta_1 = ref.beta_1 = 0.5  # hyper-parameters are read every step
+    step()
+    opt.reset()
+    ref.reset()  # fresh state, step counts from 1 again
+    step()
+    assert opt.iterations == collector.iterations == 1
+    params[0] = params[0].copy()  # a replaced parameter (set_weights) starts fresh state
+    mirror[0] = mirror[0].copy()
+    step()
+    collector.update(params[1], grads[1], 0.0, 0.01)  # a penalty: per-parameter path
+    collector.flush()
+    ref.update(mirror[1], grads[1], 0.0, 0.01)
+    assert np.array_equal(params[1], mirror[1])
+    collector.flush()  # nothing recorded: nothing happens
+    assert np.array_equal(params[1], mirror[1])
+
+
+def test_adam_honours_hyper_parameters_changed_after_the_first_step():
+    opt = Adam(0.1)
+    w = np.zeros(3, dtype=np.float32)
+    opt.update(w, np.ones(3, dtype=np.float32))
+    opt.beta_1, opt.epsilon = 0.5, 1e-3
+    opt.update(w, np.ones(3, dtype=np.float32))
+    ref = RefAdam(lr=0.1)
+    expected = ref.step(np.zeros(3), np.ones(3), 0, 0)
+    ref.beta_1, ref.epsilon = 0.5, 1e-3
+    expected = ref.step(expected, np.ones(3), 0, 0)
+    np.testing.assert_allclose(w, expected, rtol=1e-6)
+
+
+def test_update_many_and_collector_reject_bad_input():
+    opt = Adam()
+    with pytest.raises(ValueError, match="2 params but 1 grads"):
+        opt.update_many([np.zeros(2), np.zeros(2)], [np.zeros(2)])
+    with pytest.raises(ValueError, match="one factor per param"):
+        opt.update_many([np.zeros(2)], [np.zeros(2)], l1s=[0.0, 0.0])
+    with pytest.raises(TypeError, match="fastdense optimizer"):
+        StepCollector(object())
+    collector = StepCollector(opt)
+    collector.update(np.zeros(2), np.zeros(3))
+    with pytest.raises(ValueError, match="param's shape"):
+        collector.flush()  # validated like update when applied
+    bad = Adam()
+    bad.learning_rate = -1.0
+    with pytest.raises(ValueError, match="finite and >= 0"):
+        learning_rate_of(StepCollector(bad))

@@ -9,7 +9,7 @@ Numba cannot cache code built with ``exec``, so the unrolled source must be a re
 
 Each kernel computes ``tile[i * NR + j] = sum_p ap[p * MR + i] * bp[p * NR + j]`` over
 ``p < kc`` in increasing ``p`` (a fixed reduction order, whatever the thread count), reading
-panels packed by :mod:`fastdense.kernels.pack`.
+panels packed by :mod:`fastdense.kernels.pack`, and stores or adds it to the output.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ accumulated in scalar locals that LLVM's SLP vectorizer maps onto zmm registers 
 :mod:`fastdense.kernels._codegen` for the compile settings this needs).
 """
 
-from fastdense.kernels._codegen import kernel, wide_vectors
+from fastdense.kernels._codegen import kernel, prefetch, wide_vectors, zero_of
 
 '''
 
@@ -37,17 +37,27 @@ def _kernel(name: str, mr: int, nr: int, dtype: str) -> str:
     lines = [
         "",
         "@kernel",
-        f"def {name}(kc, ap, bp, tile):",
-        f'{ind}"""{mr} x {nr} tile of ``A_panel @ B_panel`` ({dtype}); ``kc`` >= 0 steps."""',
+        f"def {name}(kc, ap, bp, tile, out, i0, j0, mode):",
+        f'{ind}"""{mr} x {nr} tile ``A_panel @ B_panel`` ({dtype}) over ``kc`` >= 0 steps.',
+        "",
+        f"{ind}``tile[i * {nr} + j]`` holds it (row-major); ``mode`` 1 also stores it to",
+        f"{ind}``out[i0:i0 + {mr}, j0:j0 + {nr}]``, 2 adds it there (``out + tile``: the next KC",
+        f"{ind}block of a running sum); 0 leaves ``out`` alone (the caller's epilogue).",
+        f'{ind}"""',
         f"{ind}wide_vectors()",
     ]
+    body = ind * 2
+    # The output tile is read or written after the loop: fetch its lines now, while the FMAs
+    # run, instead of stalling on up to 3 * MR misses at the end.
+    lines.append(f"{ind}if mode != 0:")
+    for i in range(mr):
+        lines.append(f"{body}o = out[i0 + {i}, j0:j0 + {nr}]")
+        for j in (0, nr // 2, nr - 1):
+            lines.append(f"{body}prefetch(o, {j})")
+    lines.append(f"{ind}zero = zero_of(tile)")
     for i in range(mr):
         lines.extend(f"{ind}c{i}_{j} = zero" for j in range(nr))
-    # A zero of the array's dtype (tile is scratch, so writing it first is free).
-    lines.insert(5, f"{ind}tile[0] = 0")
-    lines.insert(6, f"{ind}zero = tile[0]")
     lines.append(f"{ind}for p in range(kc):")
-    body = ind * 2
     lines.append(f"{body}pa = ap[p * {mr}:p * {mr} + {mr}]")
     lines.append(f"{body}pb = bp[p * {nr}:p * {nr} + {nr}]")
     for j in range(nr):
@@ -59,6 +69,18 @@ def _kernel(name: str, mr: int, nr: int, dtype: str) -> str:
     for i in range(mr):
         for j in range(nr):
             lines.append(f"{ind}tile[{i * nr + j}] = c{i}_{j}")
+    # Then into the output by (vectorized) loops, not more unrolled code: unrolled statements
+    # are what makes these kernels slow to compile, and the tile is in L1.
+    lines.append(f"{ind}if mode != 0:")
+    lines.append(f"{body}for i in range({mr}):")
+    lines.append(f"{body}    o = out[i0 + i, j0:j0 + {nr}]")
+    lines.append(f"{body}    t = tile[i * {nr}:i * {nr} + {nr}]")
+    lines.append(f"{body}    if mode == 1:")
+    lines.append(f"{body}        for j in range({nr}):")
+    lines.append(f"{body}            o[j] = t[j]")
+    lines.append(f"{body}    else:")
+    lines.append(f"{body}        for j in range({nr}):")
+    lines.append(f"{body}            o[j] = o[j] + t[j]")
     return "\n".join(lines) + "\n"
 
 

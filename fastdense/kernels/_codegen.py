@@ -29,12 +29,12 @@ import functools
 import numba
 from numba import njit, types
 from numba.core.compiler_lock import global_compiler_lock
-from numba.extending import intrinsic
+from numba.extending import intrinsic, overload
 
 FASTMATH = frozenset({"contract"})
 
 
-def _with_slp(compile_fn):
+def _with_slp(compile_fn, slp=1):
     @functools.wraps(compile_fn)
     def compile_with_slp(sig):
         # Calls from jitted code pass constants as literal types (``Literal[bool](False)``,
@@ -45,7 +45,7 @@ def _with_slp(compile_fn):
             sig = tuple(types.unliteral(t) for t in sig)
         with global_compiler_lock:
             previous = numba.config.SLP_VECTORIZE
-            numba.config.SLP_VECTORIZE = 1
+            numba.config.SLP_VECTORIZE = slp
             try:
                 return compile_fn(sig)
             finally:
@@ -54,7 +54,7 @@ def _with_slp(compile_fn):
     return compile_with_slp
 
 
-def kernel(fn=None, *, parallel=False, inline="never"):
+def kernel(fn=None, *, parallel=False, inline="never", slp=True):
     """``njit(cache=True, fastmath={'contract'})`` compiled with SLP vectorization on.
 
     Parameters
@@ -65,19 +65,25 @@ def kernel(fn=None, *, parallel=False, inline="never"):
         Passed to :func:`numba.njit` (``prange`` support).
     inline : str
         Passed to :func:`numba.njit`.
+    slp : bool
+        False compiles with SLP *off* (whatever the process-wide setting): for drivers that
+        only call other kernels.  Each caller re-optimizes the code of its callees, already
+        vectorized when they compiled, and SLP over the large unrolled micro-kernels is a good
+        part of the cold-compile time.
     """
     if fn is None:
-        return functools.partial(kernel, parallel=parallel, inline=inline)
+        return functools.partial(kernel, parallel=parallel, inline=inline, slp=slp)
     disp = njit(cache=True, fastmath=set(FASTMATH), parallel=parallel, inline=inline)(fn)
     # ``compile`` is the single entry both for calls from Python (``_compile_for_args``) and
     # for calls from other jitted functions (typing resolves callees through it).
-    disp.compile = _with_slp(disp.compile)
+    disp.compile = _with_slp(disp.compile, 1 if slp else 0)
     return disp
 
 
 @intrinsic
 def wide_vectors(typingctx):
-    """Let LLVM vectorize the calling function with 512-bit vectors (no code emitted)."""
+    """Let LLVM vectorize the calling function with 512-bit vectors and never inline it (no
+    code emitted)."""
     sig = types.none()
 
     def codegen(context, builder, signature, args):
@@ -85,6 +91,86 @@ def wide_vectors(typingctx):
         # llvmlite's AttributeSet only validates names in ``add``; string attributes are
         # rendered verbatim into the ``define`` line, which is what LLVM expects.
         set.add(attrs, '"prefer-vector-width"="512"')
+        # Never inlined: every caller's module is optimized again with its callees linked in,
+        # and a copy of a large unrolled body in each would be optimized again each time.
+        attrs.add("noinline")
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def prefetch(typingctx, arr, idx):
+    """Prefetch the cache line of ``arr[idx]`` (1-D array) for writing, into all cache levels.
+
+    No code but the ``prefetchw`` instruction; an address out of range is harmless (prefetches
+    never fault).
+    """
+    sig = types.none(arr, idx)
+
+    def codegen(context, builder, signature, args):
+        from llvmlite import ir
+
+        ary = context.make_array(signature.args[0])(context, builder, args[0])
+        ptr = builder.gep(ary.data, [args[1]])
+        i8p = ir.IntType(8).as_pointer()
+        i32 = ir.IntType(32)
+        fnty = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
+        fn = builder.module.declare_intrinsic("llvm.prefetch", [i8p], fnty)
+        builder.call(fn, [builder.bitcast(ptr, i8p), i32(1), i32(3), i32(1)])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+def zero_of(a):
+    """``0`` of ``a``'s dtype (a compile-time constant in kernels)."""
+
+
+@overload(zero_of, jit_options={"cache": True})
+def _zero_of_ol(a):
+    zero = a.dtype(0)
+    return lambda a: zero
+
+
+@intrinsic
+def fetch_add(typingctx, arr, idx, val):
+    """Atomically add ``val`` to the integer whose bits are stored in ``arr[idx]``; return the old.
+
+    ``arr`` is a float array used as a workspace: its element is reinterpreted as an integer of
+    the same width (all-zero bits are both ``0.0`` and ``0``), so a float workspace can hold a
+    task counter shared by threads.  Sequentially consistent ordering.
+    """
+    sig = types.int64(arr, idx, val)
+
+    def codegen(context, builder, signature, args):
+        from llvmlite import ir
+
+        aryty = signature.args[0]
+        ary = context.make_array(aryty)(context, builder, args[0])
+        ptr = builder.gep(ary.data, [args[1]])
+        ity = ir.IntType(aryty.dtype.bitwidth)
+        iptr = builder.bitcast(ptr, ity.as_pointer())
+        v = context.cast(builder, args[2], signature.args[2], types.int64)
+        v = builder.trunc(v, ity) if ity.width < 64 else v
+        old = builder.atomic_rmw("add", iptr, v, "seq_cst")
+        return builder.sext(old, ir.IntType(64)) if ity.width < 64 else old
+
+    return sig, codegen
+
+
+@intrinsic
+def no_inline(typingctx):
+    """Keep LLVM from inlining the calling function (no code emitted).
+
+    Numba links every callee's code into each caller's module and optimizes it again there;
+    inlined copies of a large kernel at several call sites multiply that work (cold-compile
+    time), for no speed: these kernels run long loops per call.
+    """
+    sig = types.none()
+
+    def codegen(context, builder, signature, args):
+        builder.function.attributes.add("noinline")
         return context.get_dummy_value()
 
     return sig, codegen

@@ -5,18 +5,55 @@ accumulated in scalar locals that LLVM's SLP vectorizer maps onto zmm registers 
 :mod:`fastdense.kernels._codegen` for the compile settings this needs).
 """
 
-from fastdense.kernels._codegen import kernel, wide_vectors
+from fastdense.kernels._codegen import kernel, prefetch, wide_vectors, zero_of
 
 MR_F32, NR_F32 = 8, 32
 MR_F64, NR_F64 = 8, 16
 
 
 @kernel
-def ukernel_8x32(kc, ap, bp, tile):
-    """8 x 32 tile of ``A_panel @ B_panel`` (float32); ``kc`` >= 0 steps."""
+def ukernel_8x32(kc, ap, bp, tile, out, i0, j0, mode):
+    """8 x 32 tile ``A_panel @ B_panel`` (float32) over ``kc`` >= 0 steps.
+
+    ``tile[i * 32 + j]`` holds it (row-major); ``mode`` 1 also stores it to
+    ``out[i0:i0 + 8, j0:j0 + 32]``, 2 adds it there (``out + tile``: the next KC
+    block of a running sum); 0 leaves ``out`` alone (the caller's epilogue).
+    """
     wide_vectors()
-    tile[0] = 0
-    zero = tile[0]
+    if mode != 0:
+        o = out[i0 + 0, j0:j0 + 32]
+        prefetch(o, 0)
+        prefetch(o, 16)
+        prefetch(o, 31)
+        o = out[i0 + 1, j0:j0 + 32]
+        prefetch(o, 0)
+        prefetch(o, 16)
+        prefetch(o, 31)
+        o = out[i0 + 2, j0:j0 + 32]
+        prefetch(o, 0)
+        prefetch(o, 16)
+        prefetch(o, 31)
+        o = out[i0 + 3, j0:j0 + 32]
+        prefetch(o, 0)
+        prefetch(o, 16)
+        prefetch(o, 31)
+        o = out[i0 + 4, j0:j0 + 32]
+        prefetch(o, 0)
+        prefetch(o, 16)
+        prefetch(o, 31)
+        o = out[i0 + 5, j0:j0 + 32]
+        prefetch(o, 0)
+        prefetch(o, 16)
+        prefetch(o, 31)
+        o = out[i0 + 6, j0:j0 + 32]
+        prefetch(o, 0)
+        prefetch(o, 16)
+        prefetch(o, 31)
+        o = out[i0 + 7, j0:j0 + 32]
+        prefetch(o, 0)
+        prefetch(o, 16)
+        prefetch(o, 31)
+    zero = zero_of(tile)
     c0_0 = zero
     c0_1 = zero
     c0_2 = zero
@@ -828,14 +865,61 @@ def ukernel_8x32(kc, ap, bp, tile):
     tile[253] = c7_29
     tile[254] = c7_30
     tile[255] = c7_31
+    if mode != 0:
+        for i in range(8):
+            o = out[i0 + i, j0:j0 + 32]
+            t = tile[i * 32:i * 32 + 32]
+            if mode == 1:
+                for j in range(32):
+                    o[j] = t[j]
+            else:
+                for j in range(32):
+                    o[j] = o[j] + t[j]
 
 
 @kernel
-def ukernel_8x16(kc, ap, bp, tile):
-    """8 x 16 tile of ``A_panel @ B_panel`` (float64); ``kc`` >= 0 steps."""
+def ukernel_8x16(kc, ap, bp, tile, out, i0, j0, mode):
+    """8 x 16 tile ``A_panel @ B_panel`` (float64) over ``kc`` >= 0 steps.
+
+    ``tile[i * 16 + j]`` holds it (row-major); ``mode`` 1 also stores it to
+    ``out[i0:i0 + 8, j0:j0 + 16]``, 2 adds it there (``out + tile``: the next KC
+    block of a running sum); 0 leaves ``out`` alone (the caller's epilogue).
+    """
     wide_vectors()
-    tile[0] = 0
-    zero = tile[0]
+    if mode != 0:
+        o = out[i0 + 0, j0:j0 + 16]
+        prefetch(o, 0)
+        prefetch(o, 8)
+        prefetch(o, 15)
+        o = out[i0 + 1, j0:j0 + 16]
+        prefetch(o, 0)
+        prefetch(o, 8)
+        prefetch(o, 15)
+        o = out[i0 + 2, j0:j0 + 16]
+        prefetch(o, 0)
+        prefetch(o, 8)
+        prefetch(o, 15)
+        o = out[i0 + 3, j0:j0 + 16]
+        prefetch(o, 0)
+        prefetch(o, 8)
+        prefetch(o, 15)
+        o = out[i0 + 4, j0:j0 + 16]
+        prefetch(o, 0)
+        prefetch(o, 8)
+        prefetch(o, 15)
+        o = out[i0 + 5, j0:j0 + 16]
+        prefetch(o, 0)
+        prefetch(o, 8)
+        prefetch(o, 15)
+        o = out[i0 + 6, j0:j0 + 16]
+        prefetch(o, 0)
+        prefetch(o, 8)
+        prefetch(o, 15)
+        o = out[i0 + 7, j0:j0 + 16]
+        prefetch(o, 0)
+        prefetch(o, 8)
+        prefetch(o, 15)
+    zero = zero_of(tile)
     c0_0 = zero
     c0_1 = zero
     c0_2 = zero
@@ -1247,3 +1331,13 @@ def ukernel_8x16(kc, ap, bp, tile):
     tile[125] = c7_13
     tile[126] = c7_14
     tile[127] = c7_15
+    if mode != 0:
+        for i in range(8):
+            o = out[i0 + i, j0:j0 + 16]
+            t = tile[i * 16:i * 16 + 16]
+            if mode == 1:
+                for j in range(16):
+                    o[j] = t[j]
+            else:
+                for j in range(16):
+                    o[j] = o[j] + t[j]

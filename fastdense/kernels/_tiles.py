@@ -14,19 +14,27 @@ from fastdense.kernels._microkernels import (
 
 # Cache blocking.  KC * NR (B micro-panel) stays in L1 next to the A stream, MC * KC (A block) in
 # L2 (1-2 MiB on the targets), NC * KC (B block) in L3.
-KC_F32, MC_F32, NC_F32 = 256, 128, 2048
-KC_F64, MC_F64, NC_F64 = 256, 64, 1024
+KC_F32, MC_F32, NC_F32 = 512, 64, 2048
+KC_F64, MC_F64, NC_F64 = 512, 32, 1024
+
+# ``(MR, NR, KC, MC, NC)`` by dtype name, for Python callers sizing workspaces.
+BLOCKING = {
+    "float32": (MR_F32, NR_F32, KC_F32, MC_F32, NC_F32),
+    "float64": (MR_F64, NR_F64, KC_F64, MC_F64, NC_F64),
+}
 
 
-def _ukernel(kc, ap, bp, tile):
+def _ukernel(kc, ap, bp, tile, out, i0, j0, mode):
     """Dispatch to the dtype's micro-kernel (resolved at compile time)."""
 
 
 @overload(_ukernel, jit_options={"cache": True})
-def _ukernel_ol(kc, ap, bp, tile):
+def _ukernel_ol(kc, ap, bp, tile, out, i0, j0, mode):
     if ap.dtype == types.float32:
-        return lambda kc, ap, bp, tile: ukernel_8x32(kc, ap, bp, tile)
-    return lambda kc, ap, bp, tile: ukernel_8x16(kc, ap, bp, tile)
+        return lambda kc, ap, bp, tile, out, i0, j0, mode: ukernel_8x32(kc, ap, bp, tile, out,
+                                                                         i0, j0, mode)
+    return lambda kc, ap, bp, tile, out, i0, j0, mode: ukernel_8x16(kc, ap, bp, tile, out,
+                                                                     i0, j0, mode)
 
 
 def _blocking(a):
@@ -38,5 +46,6 @@ def _blocking_ol(a):
     if a.dtype == types.float32:
         return lambda a: (MR_F32, NR_F32, KC_F32, MC_F32, NC_F32)
     return lambda a: (MR_F64, NR_F64, KC_F64, MC_F64, NC_F64)
+
 
 

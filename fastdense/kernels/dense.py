@@ -8,19 +8,22 @@ packed for ``dx = dz @ w.T``, the bias gradient is summed while dZ is packed for
 stored.  ``dx`` is computed first, so it always sees the weights of the forward pass.
 """
 
+import numba
 import numpy as np
 from numba import prange
+from numba.np.ufunc.parallel import _iget_num_threads
 
 from fastdense.kernels import activation as act
 from fastdense.kernels._codegen import kernel
+from fastdense.kernels._tiles import BLOCKING, _blocking
 from fastdense.kernels.gemm import (
     EP_BIAS_ACT,
     EP_SGD,
     EP_STORE,
     _packed,
     _small,
+    _ws_len,
     is_small,
-    product,
 )
 from fastdense.kernels.update import penalty_grad
 
@@ -37,8 +40,29 @@ def _softmax_rows_serial(z, y):
         act.softmax_row(z[i], y[i])
 
 
+def workspace_size(n_in, units, dtype):
+    """Length of the 1-D workspace :func:`forward` and :func:`backward` need for a layer.
+
+    Independent of the batch size, so one workspace per layer serves every batch: an upper
+    bound of :func:`fastdense.kernels.gemm.workspace_size` over the three products
+    (``x @ w``, ``dz @ w.T``, ``x.T @ dz``) for any batch.
+    """
+    MR, NR, KC, MC, NC = BLOCKING[np.dtype(dtype).name]
+    widest = max(n_in, units)
+    return _ws_len(MC, widest, KC, MR, NR, KC, MC, NC, numba.config.NUMBA_NUM_THREADS)
+
+
 @kernel
-def forward(x, w, bias, code, z, y):
+def _layer_ws(n_in, units, out):
+    """:func:`workspace_size` inside kernels (for callers that pass no workspace)."""
+    MR, NR, KC, MC, NC = _blocking(out)
+    widest = max(n_in, units)
+    return np.empty(_ws_len(MC, widest, KC, MR, NR, KC, MC, NC, _iget_num_threads()),
+                    dtype=out.dtype)
+
+
+@kernel
+def forward(x, w, bias, code, z, y, ws=None):
     """``z = x @ w + bias`` and ``y = act(z)``.
 
     Parameters
@@ -51,9 +75,24 @@ def forward(x, w, bias, code, z, y):
         Activation code from :mod:`fastdense.kernels.activation`.
     z, y : ndarray (N, units), C-contiguous
         Outputs; ``y`` may be ``z`` itself when ``z`` need not be kept.
+    ws : ndarray (workspace_size(in, units, dtype),), optional
+        Workspace (packing buffers), kept by the caller across calls so that no call
+        allocates; without it the kernel allocates one.
     """
     m, n = z.shape
-    product(x, w, z, False, False, EP_BIAS_ACT, bias, code, y, z, 0.0, 0.0, 0.0)
+    if ws is None:
+        buf = _layer_ws(w.shape[0], w.shape[1], w)
+    else:
+        buf = ws
+    k = x.shape[1]
+    # ``gemm.product``'s dispatch, inlined: one call level less to compile.
+    if m > 0 and n > 0:
+        if k == 0 or is_small(m, n, k):
+            acc = buf[:n] if buf.shape[0] >= n else np.empty(n, dtype=z.dtype)
+            _small(x, w, z, False, False, EP_BIAS_ACT, bias, code, y, z, 0.0, 0.0, 0.0, acc)
+        else:
+            _packed(x, w, z, False, False, EP_BIAS_ACT, bias, code, y, z, 0.0, 0.0, 0.0,
+                    act.LINEAR, z[:0], z[:0], z[:0], False, bias[:0], buf)
     if code == act.SOFTMAX:
         if m * n < 16384:
             _softmax_rows_serial(z, y)
@@ -127,7 +166,8 @@ def _sgd_serial(param, grad, lr, l1, l2):
 
 
 @kernel
-def backward(x, w, bias, z, y, g, code, dz, dw, db, dx, lr, l1w, l2w, l1b, l2b, fuse_sgd):
+def backward(x, w, bias, z, y, g, code, dz, dw, db, dx, lr, l1w, l2w, l1b, l2b, fuse_sgd,
+             ws=None):
     """Gradients of a Dense layer from the upstream gradient ``g = dL/dy``.
 
     ``dz = g * act'(z)``, ``db = sum_rows(dz)``, ``dw = x.T @ dz``, ``dx = dz @ w.T``, all with
@@ -140,13 +180,18 @@ def backward(x, w, bias, z, y, g, code, dz, dw, db, dx, lr, l1w, l2w, l1b, l2b, 
     ``z`` and ``y`` may be the same array when the activation needs only one of them; ``bias``
     and ``db`` are empty without a bias; ``dz`` is a workspace left untouched for the linear
     activation, where ``dz = g``.  A ``dx`` with no rows (shape ``(0, in)``) skips the input
-    gradient, which a network's first layer does not need.
+    gradient, which a network's first layer does not need.  ``ws`` is the workspace of
+    :func:`forward` (optional likewise).
     """
+    if ws is None:
+        buf = _layer_ws(w.shape[0], w.shape[1], w)
+    else:
+        buf = ws
     batch, units = g.shape
     n_in = x.shape[1]
     has_bias = db.shape[0] > 0
     want_dx = dx.shape[0] > 0
-    e1 = np.empty(0, dtype=dw.dtype)
+    e1 = db[:0]
     # dz: for softmax (whole rows) and for shapes that skip packing it is computed here;
     # otherwise it is fused into the packing of the dx product below.
     d = g
@@ -165,22 +210,27 @@ def backward(x, w, bias, z, y, g, code, dz, dw, db, dx, lr, l1w, l2w, l1b, l2b, 
     # dx first: it must see the weights before any update.
     if batch > 0 and want_dx:
         if fused_dz:
-            e2 = np.empty((0, 0), dtype=dw.dtype)
             _packed(g, w, dx, False, True, EP_STORE, e1, act.LINEAR, dx, dx, 0.0, 0.0, 0.0,
-                    code, z, y, dz, False, e1)
+                    code, z, y, dz, False, e1, buf)
         else:
-            product(d, w, dx, False, True, EP_STORE, e1, act.LINEAR, dx, dx, 0.0, 0.0, 0.0)
+            if units == 0 or is_small(batch, n_in, units):
+                acc = buf[:n_in] if buf.shape[0] >= n_in else np.empty(n_in, dtype=dx.dtype)
+                _small(d, w, dx, False, True, EP_STORE, e1, act.LINEAR, dx, dx, 0.0, 0.0, 0.0,
+                       acc)
+            else:
+                _packed(d, w, dx, False, True, EP_STORE, e1, act.LINEAR, dx, dx, 0.0, 0.0, 0.0,
+                        act.LINEAR, dx[:0], dx[:0], dx[:0], False, e1, buf)
     ep = EP_SGD if fuse_sgd else EP_STORE
     lr_w = lr if fuse_sgd else 0.0
     if batch == 0 or is_small(n_in, units, batch):
         if has_bias:
             _column_sums_serial(d, db)
-        _small(x, d, dw, True, False, ep, e1, act.LINEAR, dw, w, lr_w, l1w, l2w,
-               np.empty(units, dtype=dw.dtype))
+        acc = buf[:units] if buf.shape[0] >= units else np.empty(units, dtype=dw.dtype)
+        _small(x, d, dw, True, False, ep, e1, act.LINEAR, dw, w, lr_w, l1w, l2w, acc)
     else:
-        e2 = np.empty((0, 0), dtype=dw.dtype)
+        e2 = dw[:0]
         _packed(x, d, dw, True, False, ep, e1, act.LINEAR, dw, w, lr_w, l1w, l2w,
-                act.LINEAR, e2, e2, e2, has_bias, db)
+                act.LINEAR, e2, e2, e2, has_bias, db, buf)
     if fuse_sgd and has_bias:
         _sgd_serial(bias, db, lr, l1b, l2b)
 

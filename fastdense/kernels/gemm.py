@@ -7,18 +7,25 @@ block (:mod:`fastdense.kernels.pack`) and run a generated register-tile micro-ke
 weights for the fused backward pass (so the full ``dW`` need not exist).  Small products take a
 direct path with no packing and no thread launch.
 
-Reproducibility: threads split the *output* into row or column slabs; every output element sums
-its K products in increasing ``p`` inside each KC block, and the blocks in increasing order, the
-same for any thread count and any slab split.  The small path is chosen from the shape alone.
+Threads: per KC x NC block, the B block is packed once into a shared buffer (each thread a share
+of its panels), then the threads take *tasks* (an MC-row block times a range of B panels) from an
+atomic counter, so a core slowed down by another process simply does fewer of them.  Callers
+pass the packing buffers as a workspace (:func:`workspace_size`), so no call allocates.
+
+Reproducibility: every output element sums its K products in increasing ``p`` inside each KC
+block (one micro-kernel call), and the blocks in increasing order, whichever thread runs which
+task and for any thread count.  The small path is chosen from the shape alone.
 """
 
+import numba
 import numpy as np
 from numba import prange
+from numba.extending import register_jitable
 from numba.np.ufunc.parallel import _iget_num_threads, _launch_threads
 
 from fastdense.kernels import activation as act
-from fastdense.kernels._codegen import kernel
-from fastdense.kernels._tiles import _blocking, _ukernel
+from fastdense.kernels._codegen import fetch_add, kernel, no_inline, wide_vectors
+from fastdense.kernels._tiles import BLOCKING, _blocking, _ukernel
 from fastdense.kernels.pack import pack_a, pack_b
 from fastdense.kernels.update import penalty_grad
 
@@ -34,9 +41,12 @@ EP_STORE = 0
 EP_BIAS_ACT = 1
 EP_SGD = 2
 
-# Below this many multiply-adds (m * n * k) the direct path wins: packing and a ~1.5 us
-# thread launch cost more than they save (measured with tools/bench_kernels.py).
-SMALL_WORK = 32 * 32 * 32
+# Up to this many multiply-adds (m * n * k) the direct path wins: packing costs more than it
+# saves.  Measured single-thread, per call incl. ~2 us of dispatch, direct vs packed (f32/f64):
+# 16^3 3.5/3.9 vs 4.0/3.4 us, 24^3 5.2/6.4 vs 5.1/6.1 us, 32^3 8.2/8.1 vs 4.3/5.3 us,
+# 32x64x64 17.9/21.3 vs 7.8/11.4 us; so the crossover is ~20^3.  Rows m <= 2 stay direct
+# (3x256x256: 12.6/21.7 vs 32.2/61.4 us; 8x128x128 is a tie).
+SMALL_WORK = 20 * 20 * 20
 # Below this many multiply-adds one thread does the packed product (no prange launch).
 SERIAL_WORK = 96 * 96 * 96
 
@@ -82,6 +92,7 @@ def _epilogue_row(acc, o, j0, ep, bias, code, yrow, wrow, lr, l1, l2):
 
 @kernel
 def _store_tile(tile, NR, out, i0, mr, j0, nr, first, last, ep, bias, code, y, w, lr, l1, l2):
+    no_inline()
     for r in range(mr):
         t = tile[r * NR:r * NR + nr]
         o = out[i0 + r, j0:j0 + nr]
@@ -97,75 +108,200 @@ def _store_tile(tile, NR, out, i0, mr, j0, nr, first, last, ep, bias, code, y, w
                 o[j] = t[j]
 
 
+# Workspace elements before the shared B block: the task counter, alone in its cache line.
+_CTR = 16
+
+
+@register_jitable
+def _ws_len(m, n, k, MR, NR, KC, MC, NC, threads):
+    """Workspace elements an ``m x n x k`` product needs with ``threads`` threads.
+
+    The task counter and one packed B block (<= NC columns, whole panels, one KC step), shared;
+    per thread an A block (<= MC rows) and the MR x NR edge tile; at least ``n`` for the direct
+    path's scratch row.  Callable from Python and from kernels.
+    """
+    kc = min(KC, k)
+    blen = ((min(NC, n) + NR - 1) // NR) * NR * kc
+    alen = ((min(MC, m) + MR - 1) // MR) * MR * kc
+    return max(n, _CTR + blen + threads * (alen + MR * NR))
+
+
+def workspace_size(m, n, k, dtype):
+    """Length of the 1-D workspace ``product``/``gemm`` need for ``(m x k) @ (k x n)``.
+
+    Enough for the direct path and for every Numba thread (up to
+    ``numba.config.NUMBA_NUM_THREADS``, whatever ``set_num_threads`` says later).  A smaller
+    workspace is still correct: fewer threads are used, and below one thread's share the
+    kernel allocates its own.
+    """
+    MR, NR, KC, MC, NC = BLOCKING[np.dtype(dtype).name]
+    return _ws_len(m, n, k, MR, NR, KC, MC, NC, numba.config.NUMBA_NUM_THREADS)
+
+
 @kernel
-def _slab(a, b, out, trans_a, trans_b, m0, m1, n0, n1, ep, bias, code, y, w, lr, l1, l2,
-          dcode, z, yd, dz, colsum, db, abuf, bbuf, tile):
-    """The packed product for the output slab ``[m0:m1, n0:n1]`` (one thread's work)."""
+def _phase(phase, t, nthreads, a, b, out, trans_a, trans_b, ep, bias, code, y, w, lr, l1, l2,
+           dcode, z, yd, dz, colsum, db, jc, nc, pc, kc, ws, alen, ctr, ntasks, ncol,
+           shared_a):
+    """Thread ``t``'s part of one KC x NC block: phase 0 packs its share of the B block into
+    the shared buffer (summing those columns for the bias gradient), and with ``shared_a`` its
+    share of the single A block; phase 1 runs tasks from the shared counter ``ctr[0]``."""
+    no_inline()
     MR, NR, KC, MC, NC = _blocking(out)
+    m = out.shape[0]
+    n = out.shape[1]
     k = a.shape[0] if trans_a else a.shape[1]
-    for jc in range(n0, n1, NC):
-        nc = min(NC, n1 - jc)
-        for pc in range(0, k, KC):
-            kc = min(KC, k - pc)
-            first = pc == 0
-            last = pc + kc >= k
-            # Column sums belong to the slab that owns the first rows, so each is summed once.
-            pack_b(b, trans_b, pc, kc, jc, nc, bbuf, colsum and m0 == 0, db)
-            for ic in range(m0, m1, MC):
-                mc = min(MC, m1 - ic)
-                pack_a(a, trans_a, ic, mc, pc, kc, abuf, dcode, z, yd, dz,
-                       n0 == 0 and jc == n0)
-                for jr in range(0, nc, NR):
-                    nr = min(NR, nc - jr)
-                    bp = bbuf[jr * kc:jr * kc + NR * kc]
-                    for ir in range(0, mc, MR):
-                        mr = min(MR, mc - ir)
-                        ap = abuf[ir * kc:ir * kc + MR * kc]
-                        _ukernel(kc, ap, bp, tile)
-                        _store_tile(tile, NR, out, ic + ir, mr, jc + jr, nr, first, last, ep,
-                                    bias, code, y, w, lr, l1, l2)
+    kcap = min(KC, k)
+    blen = ((min(NC, n) + NR - 1) // NR) * NR * kcap
+    shared = _CTR + blen
+    per = alen + MR * NR
+    bbuf = ws[_CTR:shared]
+    abuf0 = ws[shared:shared + alen]
+    if phase == 0:
+        npan = (nc + NR - 1) // NR
+        q0 = (npan * t) // nthreads
+        q1 = (npan * (t + 1)) // nthreads
+        if q1 > q0:
+            pack_b(b, trans_b, pc, kc, jc + q0 * NR, min(nc, q1 * NR) - q0 * NR,
+                   bbuf[q0 * NR * kc:], colsum, db)
+        if shared_a:
+            pm = (m + MR - 1) // MR
+            r0 = (pm * t) // nthreads
+            r1 = (pm * (t + 1)) // nthreads
+            if r1 > r0:
+                pack_a(a, trans_a, r0 * MR, min(m, r1 * MR) - r0 * MR, pc, kc,
+                       abuf0[r0 * MR * kc:], dcode, z, yd, dz, jc == 0)
+        return
+    # Phase 1: task ``i`` is row block ``i // ncol`` (MC rows) times column chunk ``i % ncol``
+    # (whole NR panels) of ``out[:, jc:jc + nc]``; it packs its A block (unless shared) and
+    # multiplies it by the shared B block.  Threads take tasks from the counter as they
+    # become free, so a core slowed down by another process does less of the work (results
+    # do not depend on who does what).
+    buf = ws[shared + t * per:shared + (t + 1) * per]
+    abuf = abuf0 if shared_a else buf[:alen]
+    tile = buf[alen:]
+    first = pc == 0
+    last = pc + kc >= k
+    npan = (nc + NR - 1) // NR
+    while True:
+        task = fetch_add(ctr, 0, 1)
+        if task >= ntasks:
+            break
+        ib = task // ncol
+        cb = task - ib * ncol
+        ic = ib * MC
+        mc = min(MC, m - ic)
+        q0 = (npan * cb) // ncol
+        q1 = (npan * (cb + 1)) // ncol
+        if not shared_a:
+            # dz (fused activation derivative) is written by the task packing these rows first.
+            pack_a(a, trans_a, ic, mc, pc, kc, abuf, dcode, z, yd, dz, jc == 0 and cb == 0)
+        for q in range(q0, q1):
+            jr = q * NR
+            nr = min(NR, nc - jr)
+            bp = bbuf[jr * kc:jr * kc + NR * kc]
+            for ir in range(0, mc, MR):
+                mr = min(MR, mc - ir)
+                ap = abuf[ir * kc:ir * kc + MR * kc]
+                # A full tile without epilogue is stored (or added) by the micro-kernel
+                # itself; otherwise it stays in ``tile`` for _store_tile.  (One call site:
+                # each would be compiled and optimized again.)
+                direct = mr == MR and nr == NR and (ep == EP_STORE or not last)
+                mode = (1 if first else 2) if direct else 0
+                _ukernel(kc, ap, bp, tile, out, ic + ir, jc + jr, mode)
+                if not direct:
+                    _store_tile(tile, NR, out, ic + ir, mr, jc + jr, nr, first, last, ep,
+                                bias, code, y, w, lr, l1, l2)
 
 
 @kernel(parallel=True)
 def _packed(a, b, out, trans_a, trans_b, ep, bias, code, y, w, lr, l1, l2,
-            dcode, z, yd, dz, colsum, db):
+            dcode, z, yd, dz, colsum, db, ws):
     m, n = out.shape
     k = a.shape[0] if trans_a else a.shape[1]
     MR, NR, KC, MC, NC = _blocking(out)
     if colsum:
         for j in range(n):
             db[j] = 0
-    pm = (m + MR - 1) // MR
-    pn = (n + NR - 1) // NR
     nthreads = _iget_num_threads()
     if m * n * k < SERIAL_WORK:
         nthreads = 1
-    # Split the output where the duplicated packing is cheaper: row slabs each pack all of
-    # op(b) (k * n), column slabs all of op(a) (k * m).  Skinny shapes (few rows) thus split
-    # columns and still use every core.
-    by_rows = (n <= m and pm >= nthreads) or pn < nthreads
-    panels = pm if by_rows else pn
-    ntask = max(1, min(nthreads, panels))
-    kc = min(KC, k)
-    mcap = min(MC, ((pm + ntask - 1) // ntask) * MR if by_rows else pm * MR)
-    ncap = min(NC, pn * NR if by_rows else ((pn + ntask - 1) // ntask) * NR)
-    abufs = np.empty((ntask, ((mcap + MR - 1) // MR) * MR * kc), dtype=out.dtype)
-    bbufs = np.empty((ntask, ((ncap + NR - 1) // NR) * NR * kc), dtype=out.dtype)
-    tiles = np.empty((ntask, MR * NR), dtype=out.dtype)
-    if ntask == 1:
-        _slab(a, b, out, trans_a, trans_b, 0, m, 0, n, ep, bias, code, y, w, lr, l1, l2,
-              dcode, z, yd, dz, colsum, db, abufs[0], bbufs[0], tiles[0])
-        return
-    for t in prange(ntask):
-        # Balanced slabs in whole panels.
-        p0 = (panels * t) // ntask
-        p1 = (panels * (t + 1)) // ntask
-        if by_rows:
-            m0, m1, n0, n1 = p0 * MR, min(m, p1 * MR), 0, n
-        else:
-            m0, m1, n0, n1 = 0, m, p0 * NR, min(n, p1 * NR)
-        _slab(a, b, out, trans_a, trans_b, m0, m1, n0, n1, ep, bias, code, y, w, lr, l1, l2,
-              dcode, z, yd, dz, colsum, db, abufs[t], bbufs[t], tiles[t])
+    kcap = min(KC, k)
+    alen = ((min(MC, m) + MR - 1) // MR) * MR * kcap
+    blen = ((min(NC, n) + NR - 1) // NR) * NR * kcap
+    per = alen + MR * NR
+    shared = _CTR + blen
+    if ws.shape[0] < shared + per:
+        ws = np.empty(shared + per * nthreads, dtype=out.dtype)
+    # A workspace too small for every thread only means fewer threads (same results).
+    nthreads = max(1, min(nthreads, (ws.shape[0] - shared) // per))
+    ctr = ws[:_CTR]
+    nib = (m + MC - 1) // MC
+    # With a single row block (few rows, e.g. a small batch) the A block is packed once, by
+    # all threads, rather than by each column chunk's task.
+    shared_a = nib == 1
+    for jc in range(0, n, NC):
+        nc = min(NC, n - jc)
+        npan = (nc + NR - 1) // NR
+        ncol = 1
+        if nthreads > 1:
+            # About 4 tasks per thread, so that a thread slowed down (busy core) sheds work.
+            ncol = min(npan, max(1, (4 * nthreads + nib - 1) // nib))
+        ntasks = nib * ncol
+        for pc in range(0, k, KC):
+            kc = min(KC, k - pc)
+            ctr[0] = 0
+            if nthreads == 1:
+                for phase in range(2):
+                    _phase(phase, 0, 1, a, b, out, trans_a, trans_b, ep, bias, code, y, w, lr,
+                           l1, l2, dcode, z, yd, dz, colsum, db, jc, nc, pc, kc, ws, alen, ctr,
+                           ntasks, ncol, False)
+                continue
+            # One prange, run twice (one parallel loop compiles much faster than two): first
+            # the shared packing, then the tasks.
+            for phase in range(2):
+                for t in prange(nthreads):
+                    _phase(phase, t, nthreads, a, b, out, trans_a, trans_b, ep, bias, code, y,
+                           w, lr, l1, l2, dcode, z, yd, dz, colsum, db, jc, nc, pc, kc, ws,
+                           alen, ctr, ntasks, ncol, shared_a)
+
+
+@kernel
+def _vecmat(ai, b, j0, j1, acc):
+    """``acc[j] = sum_p ai[p] * b[p, j]`` for ``j0 <= j < j1``: one FMA chain per element in
+    increasing ``p``, whatever the column range.
+
+    Four rows of ``b`` per pass over the columns, so ``acc`` is loaded and stored once per four
+    FMAs and every stream is contiguous (measured 1.6-2.5x faster than 64-column register
+    strips walking ``b`` down its columns, for 784x512 to 4096x1024).
+    """
+    wide_vectors()
+    k = ai.shape[0]
+    o = acc[j0:j1]
+    nn = j1 - j0
+    for j in range(nn):
+        o[j] = 0
+    k4 = (k // 4) * 4
+    for p in range(0, k4, 4):
+        a0 = ai[p]
+        a1 = ai[p + 1]
+        a2 = ai[p + 2]
+        a3 = ai[p + 3]
+        b0 = b[p, j0:j1]
+        b1 = b[p + 1, j0:j1]
+        b2 = b[p + 2, j0:j1]
+        b3 = b[p + 3, j0:j1]
+        for j in range(nn):
+            s = o[j]
+            s += a0 * b0[j]
+            s += a1 * b1[j]
+            s += a2 * b2[j]
+            s += a3 * b3[j]
+            o[j] = s
+    for p in range(k4, k):
+        a0 = ai[p]
+        b0 = b[p, j0:j1]
+        for j in range(nn):
+            o[j] += a0 * b0[j]
 
 
 @kernel
@@ -174,9 +310,14 @@ def _small(a, b, out, trans_a, trans_b, ep, bias, code, y, w, lr, l1, l2, acc):
 
     Each element still sums its products in increasing ``p`` (one FMA chain per element).
     """
+    no_inline()
     m, n = out.shape
     k = a.shape[0] if trans_a else a.shape[1]
     for i in range(m):
+        if not trans_a and not trans_b:
+            _vecmat(a[i], b, 0, n, acc)
+            _epilogue_row(acc[:n], out[i], 0, ep, bias, code, y[i], w[i], lr, l1, l2)
+            continue
         for j in range(n):
             acc[j] = 0
         if trans_b:
@@ -212,24 +353,26 @@ def is_small(m, n, k):
 
 
 @kernel
-def product(a, b, out, trans_a, trans_b, ep, bias, code, y, w, lr, l1, l2):
-    """``out = op(a) @ op(b)`` with epilogue ``ep`` (see module constants); no fusion in A/B."""
+def product(a, b, out, trans_a, trans_b, ep, bias, code, y, w, lr, l1, l2, ws):
+    """``out = op(a) @ op(b)`` with epilogue ``ep`` (see module constants); no fusion in A/B.
+
+    ``ws`` is a 1-D workspace of the output's dtype, :func:`workspace_size` long.
+    """
     m, n = out.shape
     k = a.shape[0] if trans_a else a.shape[1]
     if m == 0 or n == 0:
         return
     if k == 0 or is_small(m, n, k):
-        _small(a, b, out, trans_a, trans_b, ep, bias, code, y, w, lr, l1, l2,
-               np.empty(n, dtype=out.dtype))
+        acc = ws[:n] if ws.shape[0] >= n else np.empty(n, dtype=out.dtype)
+        _small(a, b, out, trans_a, trans_b, ep, bias, code, y, w, lr, l1, l2, acc)
         return
-    e2 = np.empty((0, 0), dtype=out.dtype)
-    e1 = np.empty(0, dtype=out.dtype)
+    e2 = out[:0]
     _packed(a, b, out, trans_a, trans_b, ep, bias, code, y, w, lr, l1, l2,
-            act.LINEAR, e2, e2, e2, False, e1)
+            act.LINEAR, e2, e2, e2, False, bias[:0], ws)
 
 
 @kernel
-def gemm(a, b, out, trans_a, trans_b):
+def gemm(a, b, out, trans_a, trans_b, ws=None):
     """Overwrite ``out`` (M, N) with ``op(a) @ op(b)``.
 
     Parameters
@@ -242,6 +385,16 @@ def gemm(a, b, out, trans_a, trans_b):
         ``(M, N)``; overwritten.
     trans_a, trans_b : bool
         Whether to read ``a`` / ``b`` transposed.
+    ws : ndarray, 1-D, optional
+        Workspace of ``out``'s dtype, ``workspace_size(M, N, K, dtype)`` long; without it the
+        kernel allocates one.
     """
-    e1 = np.empty(0, dtype=out.dtype)
-    product(a, b, out, trans_a, trans_b, EP_STORE, e1, act.LINEAR, out, out, 0.0, 0.0, 0.0)
+    e1 = out[0, :0] if out.shape[0] > 0 else np.empty(0, dtype=out.dtype)
+    if ws is None:
+        k = a.shape[0] if trans_a else a.shape[1]
+        MR, NR, KC, MC, NC = _blocking(out)
+        buf = np.empty(_ws_len(out.shape[0], out.shape[1], k, MR, NR, KC, MC, NC,
+                               _iget_num_threads()), dtype=out.dtype)
+    else:
+        buf = ws
+    product(a, b, out, trans_a, trans_b, EP_STORE, e1, act.LINEAR, out, out, 0.0, 0.0, 0.0, buf)

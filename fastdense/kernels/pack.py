@@ -12,8 +12,76 @@ dZ as the B operand of ``dw = x.T @ dz``.
 """
 
 from fastdense.kernels import activation as act
-from fastdense.kernels._codegen import kernel
+from fastdense.kernels._codegen import kernel, no_inline
 from fastdense.kernels._tiles import _blocking
+
+
+@kernel
+def _pack_rows8(src, i, p0, kc, dst):
+    """Pack 8 full rows ``src[i:i + 8, p0:p0 + kc]`` step-major: ``dst[p * 8 + r]``.
+
+    Eight separate row slices make the stores one interleaved group, which LLVM vectorizes as
+    an in-register 8 x 8 transpose instead of ``8 * kc`` scalar strided stores.
+    """
+    s0 = src[i, p0:p0 + kc]
+    s1 = src[i + 1, p0:p0 + kc]
+    s2 = src[i + 2, p0:p0 + kc]
+    s3 = src[i + 3, p0:p0 + kc]
+    s4 = src[i + 4, p0:p0 + kc]
+    s5 = src[i + 5, p0:p0 + kc]
+    s6 = src[i + 6, p0:p0 + kc]
+    s7 = src[i + 7, p0:p0 + kc]
+    for p in range(kc):
+        d = p * 8
+        dst[d] = s0[p]
+        dst[d + 1] = s1[p]
+        dst[d + 2] = s2[p]
+        dst[d + 3] = s3[p]
+        dst[d + 4] = s4[p]
+        dst[d + 5] = s5[p]
+        dst[d + 6] = s6[p]
+        dst[d + 7] = s7[p]
+
+
+@kernel
+def _pack_cols8(src, j, p0, kc, dst):
+    """``dst[p * NR + c] = src[j + c, p0 + p]`` for ``c < 8``: 8 rows of a transposed B."""
+    NR = _blocking(dst)[1]
+    s0 = src[j, p0:p0 + kc]
+    s1 = src[j + 1, p0:p0 + kc]
+    s2 = src[j + 2, p0:p0 + kc]
+    s3 = src[j + 3, p0:p0 + kc]
+    s4 = src[j + 4, p0:p0 + kc]
+    s5 = src[j + 5, p0:p0 + kc]
+    s6 = src[j + 6, p0:p0 + kc]
+    s7 = src[j + 7, p0:p0 + kc]
+    for p in range(kc):
+        d = p * NR
+        dst[d] = s0[p]
+        dst[d + 1] = s1[p]
+        dst[d + 2] = s2[p]
+        dst[d + 3] = s3[p]
+        dst[d + 4] = s4[p]
+        dst[d + 5] = s5[p]
+        dst[d + 6] = s6[p]
+        dst[d + 7] = s7[p]
+
+
+@kernel
+def _dz_rows(g, z, y, dcode, i0, mr, p0, kc, dz):
+    """``dz = g * act'(z, y)`` on rows ``i0:i0+mr``, steps ``p0:p0+kc`` (contiguous rows)."""
+    for i in range(i0, i0 + mr):
+        gi = g[i, p0:p0 + kc]
+        zi = z[i, p0:p0 + kc]
+        dzi = dz[i, p0:p0 + kc]
+        if dcode == act.RELU:
+            for p in range(kc):
+                zp = zi[p]
+                dzi[p] = gi[p] * (1.0 if zp > 0 else (0.0 if zp <= 0 else zp))
+        else:
+            yi = y[i, p0:p0 + kc]
+            for p in range(kc):
+                dzi[p] = gi[p] * act.derivative(dcode, zi[p], yi[p])
 
 
 @kernel
@@ -23,8 +91,16 @@ def pack_a(a, trans_a, i0, mr, p0, kc, ap, dcode, z, y, dz, write_dz):
     With ``dcode`` not LINEAR, ``a`` is the upstream gradient ``g`` and what is packed is
     ``g * act'(z, y)`` (also written to ``dz`` when ``write_dz``).
     """
+    no_inline()
     MR = _blocking(ap)[0]
     npan = (mr + MR - 1) // MR
+    src = a
+    code = dcode
+    if dcode != act.LINEAR and not trans_a and write_dz:
+        # dz rows first (contiguous, vectorized), then pack them as a plain operand.
+        _dz_rows(a, z, y, dcode, i0, mr, p0, kc, dz)
+        src = dz
+        code = act.LINEAR
     for q in range(npan):
         r0 = q * MR
         rows = min(MR, mr - r0)
@@ -32,33 +108,31 @@ def pack_a(a, trans_a, i0, mr, p0, kc, ap, dcode, z, y, dz, write_dz):
         if trans_a:
             # op(a)[i, p] = a[p, i]: each step is a contiguous run of the panel's rows.
             for p in range(kc):
-                src = a[p0 + p, i0 + r0:i0 + r0 + rows]
+                src_p = src[p0 + p, i0 + r0:i0 + r0 + rows]
                 d = dst[p * MR:p * MR + MR]
                 for r in range(rows):
-                    d[r] = src[r]
+                    d[r] = src_p[r]
                 for r in range(rows, MR):
                     d[r] = 0
+        elif MR == 8 and rows == 8 and code == act.LINEAR:
+            _pack_rows8(src, i0 + r0, p0, kc, dst)
         else:
             for r in range(rows):
                 i = i0 + r0 + r
-                src = a[i, p0:p0 + kc]
-                if dcode == act.LINEAR:
+                sr = src[i, p0:p0 + kc]
+                if code == act.LINEAR:
                     for p in range(kc):
-                        dst[p * MR + r] = src[p]
+                        dst[p * MR + r] = sr[p]
                 else:
                     zi = z[i, p0:p0 + kc]
                     yi = y[i, p0:p0 + kc]
-                    if dcode == act.RELU:
+                    if code == act.RELU:
                         for p in range(kc):
                             zp = zi[p]
-                            dst[p * MR + r] = src[p] * (1.0 if zp > 0 else (0.0 if zp <= 0 else zp))
+                            dst[p * MR + r] = sr[p] * (1.0 if zp > 0 else (0.0 if zp <= 0 else zp))
                     else:
                         for p in range(kc):
-                            dst[p * MR + r] = src[p] * act.derivative(dcode, zi[p], yi[p])
-                    if write_dz:
-                        dzi = dz[i, p0:p0 + kc]
-                        for p in range(kc):
-                            dzi[p] = dst[p * MR + r]
+                            dst[p * MR + r] = sr[p] * act.derivative(code, zi[p], yi[p])
             for r in range(rows, MR):
                 for p in range(kc):
                     dst[p * MR + r] = 0
@@ -71,13 +145,21 @@ def pack_b(b, trans_b, p0, kc, j0, nc, bp, colsum, db):
     With ``colsum``, ``db[j] += sum_p op(b)[p, j]`` over the packed steps in increasing ``p``
     (``db`` is zeroed by the caller before the first block).
     """
+    no_inline()
     NR = _blocking(bp)[1]
     npan = (nc + NR - 1) // NR
     for q in range(npan):
         c0 = q * NR
         cols = min(NR, nc - c0)
         dst = bp[q * NR * kc:(q + 1) * NR * kc]
-        if trans_b:
+        if trans_b and cols == NR and NR % 8 == 0 and not colsum:
+            # Eight source rows at a time: each step stores 8 contiguous panel elements; in
+            # chunks of 64 steps, so the panel lines are complete before they leave L1.
+            for pb in range(0, kc, 64):
+                pl = min(64, kc - pb)
+                for c8 in range(0, NR, 8):
+                    _pack_cols8(b, j0 + c0 + c8, p0 + pb, pl, dst[pb * NR + c8:])
+        elif trans_b:
             # op(b)[p, j] = b[j, p]: read each source row once, contiguously.
             for c in range(cols):
                 src = b[j0 + c0 + c, p0:p0 + kc]

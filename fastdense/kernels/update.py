@@ -11,7 +11,11 @@ follows Keras' order of operations for one ``apply``:
 4. the optimizer's own step.
 
 Each element is independent, so ``prange`` splits them over threads with the same result for
-any thread count.  Arithmetic is in float64 and rounded once when stored back.
+any thread count.  Arithmetic is in float64 and rounded once when stored back (the "plain"
+Adam kernels compute in the parameter's dtype, as Keras does).  The kernels use Numba's
+``error_model="numpy"``: a division by zero gives inf/NaN as in NumPy instead of a Python
+exception, which lets LLVM vectorize the loops (about 5x faster for Adam); results are
+otherwise bitwise the same.
 """
 
 import math
@@ -28,14 +32,14 @@ PARALLEL_MIN = 1 << 15
 SUMSQ_BLOCK = 4096
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, inline="always", error_model="numpy")
 def penalty_grad(w, l1, l2):
     """``l1 * sign(w) + 2 * l2 * w``; ``sign(0) = 0`` and a NaN weight stays NaN."""
     s = 1.0 if w > 0 else (-1.0 if w < 0 else w * 0.0)
     return l1 * s + 2.0 * l2 * w
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, inline="always", error_model="numpy")
 def _clipped(w, g, l1, l2, scale, clipvalue):
     """Steps 1 and 2 above for one element; comparisons written so that NaN stays NaN."""
     gi = g + penalty_grad(w, l1, l2) if (l1 != 0.0 or l2 != 0.0) else g
@@ -48,7 +52,7 @@ def _clipped(w, g, l1, l2, scale, clipvalue):
     return gi
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, error_model="numpy")
 def sgd(param, grad, lr, l1, l2):
     """``param -= lr * (grad + l1 * sign(param) + 2 * l2 * param)`` on flat 1-D arrays."""
     n = param.shape[0]
@@ -67,7 +71,7 @@ def sgd(param, grad, lr, l1, l2):
             param[i] -= lr * (grad[i] + penalty_grad(param[i], l1, l2))
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, error_model="numpy")
 def penalized_sumsq(param, grad, l1, l2, partial):
     """``sum((grad + penalty_grad(param))**2)``, the squared norm that ``clipnorm`` uses.
 
@@ -91,7 +95,7 @@ def penalized_sumsq(param, grad, l1, l2, partial):
     return total
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, error_model="numpy")
 def sgd_full(param, grad, velocity, lr, momentum, nesterov, l1, l2, scale, clipvalue, decay):
     """Keras' SGD with momentum, Nesterov, clipping and decoupled weight decay.
 
@@ -110,7 +114,7 @@ def sgd_full(param, grad, velocity, lr, momentum, nesterov, l1, l2, scale, clipv
                       clipvalue, decay)
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, inline="always", error_model="numpy")
 def _sgd_elem(i, param, grad, velocity, lr, momentum, nesterov, l1, l2, scale, clipvalue,
               decay):
     w = param[i]
@@ -128,7 +132,7 @@ def _sgd_elem(i, param, grad, velocity, lr, momentum, nesterov, l1, l2, scale, c
     param[i] = w
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, error_model="numpy")
 def adam(param, grad, m, v, vhat, alpha, beta_1, beta_2, epsilon, amsgrad, l1, l2, scale,
          clipvalue, decay):
     """Keras' Adam / AdamW step with the bias correction folded into ``alpha``.
@@ -148,7 +152,7 @@ def adam(param, grad, m, v, vhat, alpha, beta_1, beta_2, epsilon, amsgrad, l1, l
                        l1, l2, scale, clipvalue, decay)
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, error_model="numpy")
 def adam_plain(param, grad, m, v, alpha, one_minus_beta_1, one_minus_beta_2, epsilon):
     """:func:`adam` without penalty, clipping, decay or AMSGrad, in the scalars' dtype.
 
@@ -167,7 +171,34 @@ def adam_plain(param, grad, m, v, alpha, one_minus_beta_1, one_minus_beta_2, eps
                              epsilon)
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, parallel=True, error_model="numpy")
+def adam_plain_many(params, grads, ms, vs, alphas, consts):
+    """:func:`adam_plain` on several parameters in one call (one step of a whole model).
+
+    ``params``, ``grads``, ``ms``, ``vs`` are equally long tuples of flat arrays of one dtype;
+    ``alphas[k]`` is parameter ``k``'s bias-corrected step size and ``consts`` holds
+    ``(1 - beta_1, 1 - beta_2, epsilon)``, both arrays of that dtype, so the arithmetic is
+    exactly :func:`adam_plain`'s on each parameter.
+    """
+    omb1 = consts[0]
+    omb2 = consts[1]
+    epsilon = consts[2]
+    for k in range(len(params)):
+        param = params[k]
+        grad = grads[k]
+        m = ms[k]
+        v = vs[k]
+        alpha = alphas[k]
+        n = param.shape[0]
+        if n < PARALLEL_MIN:
+            for i in range(n):
+                _adam_plain_elem(i, param, grad, m, v, alpha, omb1, omb2, epsilon)
+        else:
+            for i in prange(n):
+                _adam_plain_elem(i, param, grad, m, v, alpha, omb1, omb2, epsilon)
+
+
+@njit(cache=True, inline="always", error_model="numpy")
 def _adam_plain_elem(i, param, grad, m, v, alpha, omb1, omb2, epsilon):
     g = grad[i]
     mi = m[i] + (g - m[i]) * omb1
@@ -177,7 +208,7 @@ def _adam_plain_elem(i, param, grad, m, v, alpha, omb1, omb2, epsilon):
     param[i] = param[i] - (mi * alpha) / (np.sqrt(vi) + epsilon)
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, inline="always", error_model="numpy")
 def _adam_elem(i, param, grad, m, v, vhat, alpha, beta_1, beta_2, epsilon, amsgrad, l1, l2,
                scale, clipvalue, decay):
     w = param[i]
@@ -195,7 +226,7 @@ def _adam_elem(i, param, grad, m, v, vhat, alpha, beta_1, beta_2, epsilon, amsgr
     param[i] = w - (mi * alpha) / (math.sqrt(vi) + epsilon)
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, error_model="numpy")
 def rmsprop(param, grad, velocity, mom, avg, lr, rho, momentum, epsilon, centered, l1, l2,
             scale, clipvalue, decay):
     """Keras' RMSprop: ``v = rho * v + (1 - rho) * g**2``, ``inc = lr * g / sqrt(v + eps)``.
@@ -215,7 +246,7 @@ def rmsprop(param, grad, velocity, mom, avg, lr, rho, momentum, epsilon, centere
                           centered, l1, l2, scale, clipvalue, decay)
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, inline="always", error_model="numpy")
 def _rmsprop_elem(i, param, grad, velocity, mom, avg, lr, rho, momentum, epsilon, centered,
                   l1, l2, scale, clipvalue, decay):
     w = param[i]

@@ -175,3 +175,29 @@ def test_bitwise_identical_for_any_thread_count(name, dtype):
         numba.set_num_threads(before)
     for r1, r2 in zip(runs[0], runs[1], strict=True):
         assert np.array_equal(r1, r2)
+
+
+@pytest.mark.parametrize("name", ["relu", "tanh", "softmax"])
+@pytest.mark.parametrize("shape", [*SHAPES, (16, 40, 2100)],
+                         ids=lambda s: "x".join(map(str, s)))
+def test_workspace_gives_same_bits(name, shape, dtype):
+    """The layer's workspace (``workspace_size``, NaN-filled) changes no bit of any output."""
+    batch, n_in, units = shape
+    code = activations.get(name).code
+    outs = []
+    for ws in (None, np.full(kd.workspace_size(n_in, units, dtype), np.nan, dtype)):
+        x, w, b = _layer(np.random.default_rng(5), batch, n_in, units, dtype)
+        z = np.empty((batch, units), dtype)
+        y = np.empty((batch, units), dtype)
+        g = np.random.default_rng(6).standard_normal((batch, units)).astype(dtype)
+        dz, dw, db, dx = (np.empty_like(g), np.empty_like(w), np.empty_like(b), np.empty_like(x))
+        if ws is None:
+            kd.forward(x, w, b, code, z, y)
+            kd.backward(x, w, b, z, y, g, code, dz, dw, db, dx, 0.01, 0.0, 0.0, 0.0, 0.0, True)
+        else:
+            kd.forward(x, w, b, code, z, y, ws)
+            kd.backward(x, w, b, z, y, g, code, dz, dw, db, dx, 0.01, 0.0, 0.0, 0.0, 0.0, True,
+                        ws)
+        outs.append((y, dx, db, w))
+    for a, b in zip(outs[0], outs[1], strict=True):
+        assert np.array_equal(a, b, equal_nan=True)

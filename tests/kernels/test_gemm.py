@@ -104,3 +104,20 @@ def test_bitwise_identical_for_any_thread_count(shape, trans, dtype):
     finally:
         numba.set_num_threads(before)
     assert all(np.array_equal(results[0], r) for r in results[1:])
+
+
+@pytest.mark.parametrize("shape", [(300, 200, 600), (16, 2000, 300), (2, 300, 300)])
+def test_workspace_argument(shape, dtype):
+    """A caller's workspace gives the same bits as the kernel's own; a short one still works."""
+    from fastdense.kernels.gemm import workspace_size
+
+    m, n, k = shape
+    rng = np.random.default_rng(3)
+    a, b = _operands(rng, m, n, k, False, False, dtype)
+    ref = np.empty((m, n), dtype)
+    gemm(a, b, ref, False, False)
+    for length in (workspace_size(m, n, k, dtype), 0, 7):
+        ws = np.full(length, np.nan, dtype)
+        out = np.empty((m, n), dtype)
+        gemm(a, b, out, False, False, ws)
+        assert np.array_equal(out, ref)
