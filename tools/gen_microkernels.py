@@ -27,7 +27,7 @@ accumulated in scalar locals that LLVM's SLP vectorizer maps onto zmm registers 
 :mod:`fastdense.kernels._codegen` for the compile settings this needs).
 """
 
-from fastdense.kernels._codegen import kernel, prefetch, wide_vectors, zero_of
+from fastdense.kernels._codegen import fma, kernel, prefetch, wide_vectors, zero_of
 
 '''
 
@@ -65,7 +65,7 @@ def _kernel(name: str, mr: int, nr: int, dtype: str) -> str:
     for i in range(mr):
         lines.append(f"{body}a = pa[{i}]")
         for j in range(nr):
-            lines.append(f"{body}c{i}_{j} += a * b{j}")
+            lines.append(f"{body}c{i}_{j} = fma(a, b{j}, c{i}_{j})")
     for i in range(mr):
         for j in range(nr):
             lines.append(f"{ind}tile[{i * nr + j}] = c{i}_{j}")

@@ -17,9 +17,14 @@ so it would invalidate every cached function of theirs.  Instead:
   function calling it, so just the micro-kernels are vectorized 512 bits wide; the target
   machine, Numba's cache key and everybody else's code are untouched.
 
-Fastmath is limited to ``contract`` (FMA formation): ``nnan``/``ninf`` would let LLVM drop the
-NaN/Inf propagation the layer promises, and reassociation would make sums depend on the
-vectorization, so results are reproducible bit for bit.
+No fast-math flags at all.  ``nnan``/``ninf`` would let LLVM drop the NaN/Inf propagation the
+layer promises, and reassociation would make sums depend on the vectorization.  Even
+``contract`` is left out: whether LLVM fuses a contractable multiply and add depends on the
+instruction selection of the moment, and we measured the same kernel giving different bits when
+freshly compiled and when loaded from Numba's cache (the JIT and the cache's object emission
+fuse differently once SLP has vectorized the code).  The products that should be fused say so
+with :func:`fma` (``llvm.fma``: one rounding, always), and everything else is rounded operation
+by operation, so results are bitwise reproducible from process to process.
 """
 
 from __future__ import annotations
@@ -31,7 +36,26 @@ from numba import njit, types
 from numba.core.compiler_lock import global_compiler_lock
 from numba.extending import intrinsic, overload
 
-FASTMATH = frozenset({"contract"})
+FASTMATH: frozenset[str] = frozenset()
+
+
+@intrinsic
+def fma(typingctx, a, b, c):
+    """``a * b + c`` with a single rounding (``llvm.fma``), in the type of ``a``.
+
+    Explicit, so that the rounding does not depend on whether the backend chooses to contract a
+    multiply and an add; the SLP vectorizer turns a row of these into vector FMAs.
+    """
+    if not all(isinstance(t, types.Float) for t in (a, b, c)):
+        return None
+    sig = a(a, b, c)
+
+    def codegen(context, builder, signature, args):
+        x, y, z = (context.cast(builder, v, t, a)
+                   for v, t in zip(args, signature.args, strict=True))
+        return builder.fma(x, y, z)
+
+    return sig, codegen
 
 
 def _with_slp(compile_fn, slp=1):
@@ -55,7 +79,7 @@ def _with_slp(compile_fn, slp=1):
 
 
 def kernel(fn=None, *, parallel=False, inline="never", slp=True):
-    """``njit(cache=True, fastmath={'contract'})`` compiled with SLP vectorization on.
+    """``njit(cache=True)`` (no fast-math flags) compiled with SLP vectorization on.
 
     Parameters
     ----------
@@ -73,7 +97,7 @@ def kernel(fn=None, *, parallel=False, inline="never", slp=True):
     """
     if fn is None:
         return functools.partial(kernel, parallel=parallel, inline=inline, slp=slp)
-    disp = njit(cache=True, fastmath=set(FASTMATH), parallel=parallel, inline=inline)(fn)
+    disp = njit(cache=True, fastmath=set(FASTMATH) or False, parallel=parallel, inline=inline)(fn)
     # ``compile`` is the single entry both for calls from Python (``_compile_for_args``) and
     # for calls from other jitted functions (typing resolves callees through it).
     disp.compile = _with_slp(disp.compile, 1 if slp else 0)

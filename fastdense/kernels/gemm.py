@@ -24,7 +24,7 @@ from numba.extending import register_jitable
 from numba.np.ufunc.parallel import _iget_num_threads, _launch_threads
 
 from fastdense.kernels import activation as act
-from fastdense.kernels._codegen import fetch_add, kernel, no_inline, wide_vectors
+from fastdense.kernels._codegen import fetch_add, fma, kernel, no_inline, wide_vectors
 from fastdense.kernels._tiles import BLOCKING, _blocking, _ukernel
 from fastdense.kernels.pack import pack_a, pack_b
 from fastdense.kernels.update import penalty_grad
@@ -292,16 +292,16 @@ def _vecmat(ai, b, j0, j1, acc):
         b3 = b[p + 3, j0:j1]
         for j in range(nn):
             s = o[j]
-            s += a0 * b0[j]
-            s += a1 * b1[j]
-            s += a2 * b2[j]
-            s += a3 * b3[j]
+            s = fma(a0, b0[j], s)
+            s = fma(a1, b1[j], s)
+            s = fma(a2, b2[j], s)
+            s = fma(a3, b3[j], s)
             o[j] = s
     for p in range(k4, k):
         a0 = ai[p]
         b0 = b[p, j0:j1]
         for j in range(nn):
-            o[j] += a0 * b0[j]
+            o[j] = fma(a0, b0[j], o[j])
 
 
 @kernel
@@ -326,18 +326,18 @@ def _small(a, b, out, trans_a, trans_b, ep, bias, code, y, w, lr, l1, l2, acc):
                 s = acc[j]
                 if trans_a:
                     for p in range(k):
-                        s += a[p, i] * bj[p]
+                        s = fma(a[p, i], bj[p], s)
                 else:
                     ai = a[i]
                     for p in range(k):
-                        s += ai[p] * bj[p]
+                        s = fma(ai[p], bj[p], s)
                 acc[j] = s
         else:
             for p in range(k):
                 aip = a[p, i] if trans_a else a[i, p]
                 bp = b[p]
                 for j in range(n):
-                    acc[j] += aip * bp[j]
+                    acc[j] = fma(aip, bp[j], acc[j])
         _epilogue_row(acc, out[i], 0, ep, bias, code, y[i], w[i], lr, l1, l2)
 
 
