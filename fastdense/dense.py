@@ -160,6 +160,7 @@ class Dense:
             bias = init((self.units,), self.dtype, rng)
         self.weight, self.bias = kernel, bias
         self._cache = None
+        self._workspace.clear()  # sized for the previous shape
 
     # ------------------------------------------------------------------ input handling
     def _as_input(self, inputs: Any, what: str) -> np.ndarray:
@@ -204,14 +205,15 @@ class Dense:
             )
         if not self.built:
             self.build(in_dim)
-        x2 = np.ascontiguousarray(x.reshape(-1, in_dim))
+        x2 = x if x.ndim == 2 and x.flags.c_contiguous else np.ascontiguousarray(
+            x.reshape(-1, in_dim))
         n = x2.shape[0]
         act = self.activation
         y = self._buffer("y", (n, self.units), self._reuse_outputs)
         keep_z = self.training and act.needs_z and not act.is_custom
         z = self._buffer("z", (n, self.units)) if keep_z else y
         bias = self.bias if self.use_bias else _k.empty_bias(self.dtype)
-        ws = self._buffer("ws", (_k.workspace_size(in_dim, self.units, self.dtype),))
+        ws = self._kernel_workspace()
         _k.forward(x2, self.weight, bias, act.code, z, y, ws)
         if act.is_custom:
             z = y.copy() if self.training else y
@@ -277,7 +279,7 @@ class Dense:
         bias = self.bias if self.use_bias else _k.empty_bias(self.dtype)
         l1w, l2w = _factors(kreg)
         l1b, l2b = _factors(breg)
-        ws = self._buffer("ws", (_k.workspace_size(self.input_dim, self.units, self.dtype),))
+        ws = self._kernel_workspace()
         _k.backward(x2, self.weight, bias, z, y, g2, act.code, dz, dw, db, dx,
                     lr if fuse else 0.0, l1w, l2w, l1b, l2b, fuse, ws)
         if not fuse:
@@ -286,6 +288,14 @@ class Dense:
                 self._apply(optimizer, self.bias, db, breg)
         self._cache = None
         return dx.reshape(in_shape) if compute_input_grad else None
+
+    def _kernel_workspace(self) -> np.ndarray:
+        """The kernels' packing workspace, sized once per layer shape (sizing costs µs)."""
+        ws = self._workspace.get("ws")
+        if ws is None:
+            size = _k.workspace_size(self.input_dim, self.units, self.dtype)
+            ws = self._buffer("ws", (size,))
+        return ws
 
     def _buffer(self, key: str, shape: tuple[int, ...], reuse: bool = True) -> np.ndarray:
         """A workspace of ``shape`` kept across calls, so steady-state steps do not allocate."""
@@ -366,6 +376,8 @@ class Dense:
                              f"{kernel.shape}")
         if self.use_bias and arrays[1].shape != (self.units,):
             raise ValueError(f"bias must have shape ({self.units},), got {arrays[1].shape}")
+        if self.input_dim != kernel.shape[0]:
+            self._workspace.clear()
         self.weight = np.array(kernel, dtype=self.dtype, order="C")
         self.bias = np.array(arrays[1], dtype=self.dtype, order="C") if self.use_bias else None
         self._cache = None
