@@ -5,7 +5,38 @@ accumulated in scalar locals that LLVM's SLP vectorizer maps onto zmm registers 
 :mod:`fastdense.kernels._codegen` for the compile settings this needs).
 """
 
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
 from fastdense.kernels._codegen import fma, kernel, prefetch, wide_vectors, zero_of
+
+
+@intrinsic
+def copy_n(typingctx, dst, di, src, si, n):
+    """``dst[di:di + n] = src[si:si + n]`` (1-D arrays of one dtype) as one ``llvm.memmove``.
+
+    A copy loop between two arrays is vectorized behind a runtime alias check, which costs more
+    than the copy for a 32-element panel row; a memmove of constant size is a few vector moves.
+    No bounds checks.
+    """
+    if dst.dtype != src.dtype or dst.layout != "C" or src.layout != "C":
+        return None
+    sig = types.none(dst, di, src, si, n)
+
+    def codegen(context, builder, signature, args):
+        d = context.make_array(signature.args[0])(context, builder, args[0])
+        s = context.make_array(signature.args[2])(context, builder, args[2])
+        di_, si_, n_ = (context.cast(builder, v, t, types.intp)
+                        for v, t in zip((args[1], args[3], args[4]),
+                                        (signature.args[1], signature.args[3], signature.args[4]),
+                                        strict=True))
+        itemsize = context.get_abi_sizeof(context.get_data_type(signature.args[0].dtype))
+        cgutils.raw_memmove(builder, builder.gep(d.data, [di_]), builder.gep(s.data, [si_]),
+                            n_, itemsize)
+        return context.get_dummy_value()
+
+    return sig, codegen
 
 MR_F32, NR_F32 = 8, 32
 MR_F64, NR_F64 = 8, 16
@@ -870,8 +901,7 @@ def ukernel_8x32(kc, ap, bp, tile, out, i0, j0, mode):
             o = out[i0 + i, j0:j0 + 32]
             t = tile[i * 32:i * 32 + 32]
             if mode == 1:
-                for j in range(32):
-                    o[j] = t[j]
+                copy_n(o, 0, t, 0, 32)
             else:
                 for j in range(32):
                     o[j] = o[j] + t[j]
@@ -1336,8 +1366,7 @@ def ukernel_8x16(kc, ap, bp, tile, out, i0, j0, mode):
             o = out[i0 + i, j0:j0 + 16]
             t = tile[i * 16:i * 16 + 16]
             if mode == 1:
-                for j in range(16):
-                    o[j] = t[j]
+                copy_n(o, 0, t, 0, 16)
             else:
                 for j in range(16):
                     o[j] = o[j] + t[j]

@@ -25,6 +25,7 @@ from numba.np.ufunc.parallel import _iget_num_threads, _launch_threads
 
 from fastdense.kernels import activation as act
 from fastdense.kernels._codegen import fetch_add, fma, kernel, no_inline, wide_vectors
+from fastdense.kernels._microkernels import copy_n
 from fastdense.kernels._tiles import BLOCKING, _blocking, _ukernel
 from fastdense.kernels.pack import pack_a, pack_b
 from fastdense.kernels.update import penalty_grad
@@ -93,6 +94,11 @@ def _epilogue_row(acc, o, j0, ep, bias, code, yrow, wrow, lr, l1, l2):
 @kernel
 def _store_tile(tile, NR, out, i0, mr, j0, nr, first, last, ep, bias, code, y, w, lr, l1, l2):
     no_inline()
+    if first and last and ep == EP_STORE:
+        # A plain store: one move per row (a copy loop would check for aliasing each time).
+        for r in range(mr):
+            copy_n(out[i0 + r], j0, tile, r * NR, nr)
+        return
     for r in range(mr):
         t = tile[r * NR:r * NR + nr]
         o = out[i0 + r, j0:j0 + nr]

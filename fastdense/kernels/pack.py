@@ -13,6 +13,7 @@ dZ as the B operand of ``dw = x.T @ dz``.
 
 from fastdense.kernels import activation as act
 from fastdense.kernels._codegen import kernel, no_inline
+from fastdense.kernels._microkernels import copy_n
 from fastdense.kernels._tiles import _blocking
 
 
@@ -174,13 +175,16 @@ def pack_b(b, trans_b, p0, kc, j0, nc, bp, colsum, db):
                 for p in range(kc):
                     dst[p * NR + c] = 0
         else:
-            for p in range(kc):
-                src = b[p0 + p, j0 + c0:j0 + c0 + cols]
-                d = dst[p * NR:p * NR + NR]
-                for c in range(cols):
-                    d[c] = src[c]
-                for c in range(cols, NR):
-                    d[c] = 0
+            if cols == NR:
+                # One constant-size move per step (a copy loop would check for aliasing each
+                # time).
+                for p in range(kc):
+                    copy_n(dst, p * NR, b[p0 + p], j0 + c0, NR)
+            else:
+                for c in range(NR * kc):
+                    dst[c] = 0
+                for p in range(kc):
+                    copy_n(dst, p * NR, b[p0 + p], j0 + c0, cols)
             if colsum:
                 s = db[j0 + c0:j0 + c0 + cols]
                 for p in range(kc):
