@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from fastdense._config import Configurable
+
 # Standard deviation of a unit normal truncated to [-2, 2]: scaling by its inverse keeps the
 # requested variance after truncation (the constant Keras uses).
 _TRUNC_STD = 0.87962566103423978
@@ -29,7 +31,7 @@ def compute_fans(shape: tuple[int, ...]) -> tuple[float, float]:
     return float(shape[-2] * receptive), float(shape[-1] * receptive)
 
 
-class Initializer:
+class Initializer(Configurable):
     """Base class; subclasses implement :meth:`sample` in float64."""
 
     def __init__(self, seed: int | None = None) -> None:
@@ -53,21 +55,6 @@ class Initializer:
     def get_config(self) -> dict[str, Any]:
         """The constructor arguments."""
         return {"seed": self.seed}
-
-    @classmethod
-    def from_config(cls, config: dict[str, Any]) -> Initializer:
-        """Rebuild from :meth:`get_config`."""
-        return cls(**config)
-
-    def __eq__(self, other: object) -> bool:
-        return type(self) is type(other) and self.get_config() == other.get_config()
-
-    def __hash__(self) -> int:
-        return hash(type(self).__name__)
-
-    def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
-        return f"{type(self).__name__}({args})"
 
 
 def _truncated_normal(rng: np.random.Generator, shape, mean: float, std: float) -> np.ndarray:

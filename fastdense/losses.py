@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from fastdense._config import Configurable
 from fastdense.kernels import loss as _k
 
 EPSILON = _k.EPSILON
@@ -40,7 +41,7 @@ def _as_2d_pred(y_pred: Any) -> np.ndarray:
     return np.ascontiguousarray(p)
 
 
-class Loss:
+class Loss(Configurable):
     """Base class of fastdense's losses.
 
     Parameters
@@ -167,21 +168,6 @@ class Loss:
     def get_config(self) -> dict[str, Any]:
         """The constructor arguments."""
         return {"from_logits": self.from_logits} if self._has_logits else {}
-
-    @classmethod
-    def from_config(cls, config: dict[str, Any]) -> Loss:
-        """Rebuild from :meth:`get_config`."""
-        return cls(**config)
-
-    def __eq__(self, other: object) -> bool:
-        return type(self) is type(other) and self.get_config() == other.get_config()
-
-    def __hash__(self) -> int:
-        return hash((type(self).__name__, tuple(sorted(self.get_config().items()))))
-
-    def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
-        return f"{type(self).__name__}({args})"
 
 
 class MeanSquaredError(Loss):

@@ -11,8 +11,10 @@ from typing import Any
 
 import numpy as np
 
+from fastdense._config import Configurable
 
-class Regularizer:
+
+class Regularizer(Configurable):
     """Base class: subclasses return the penalty from ``__call__`` and its gradient."""
 
     #: Factors the kernels fuse; a custom subclass leaves them at zero.
@@ -27,24 +29,6 @@ class Regularizer:
         """Return ``d penalty / d w``, same shape as ``w``."""
         raise NotImplementedError
 
-    def get_config(self) -> dict[str, Any]:
-        """The constructor arguments."""
-        return {}
-
-    @classmethod
-    def from_config(cls, config: dict[str, Any]) -> Regularizer:
-        """Rebuild from :meth:`get_config`."""
-        return cls(**config)
-
-    def __eq__(self, other: object) -> bool:
-        return type(self) is type(other) and self.get_config() == other.get_config()
-
-    def __hash__(self) -> int:
-        return hash((type(self).__name__, tuple(sorted(self.get_config().items()))))
-
-    def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
-        return f"{type(self).__name__}({args})"
 
 
 def _factor(name: str, value: Any) -> float:

@@ -36,7 +36,8 @@ NEEDS_Z = frozenset({RELU, GELU, LEAKY_RELU, ELU, SELU, SWISH, SOFTPLUS})
 
 
 @njit(cache=True, inline="always")
-def _sigmoid(z):
+def sigmoid(z):
+    """The logistic function, without overflow for any z."""
     # Two branches so that exp never overflows; NaN takes the second branch and stays NaN.
     if z >= 0:
         return 1.0 / (1.0 + math.exp(-z))
@@ -50,7 +51,7 @@ def apply(code, z):
     if code == RELU:
         return z if not z < 0 else z * 0.0
     if code == SIGMOID:
-        return _sigmoid(z)
+        return sigmoid(z)
     if code == TANH:
         return math.tanh(z)
     if code == GELU:
@@ -62,7 +63,7 @@ def apply(code, z):
     if code == SELU:
         return SELU_SCALE * z if not z < 0 else SELU_SCALE * SELU_ALPHA * math.expm1(z)
     if code == SWISH:
-        return z * _sigmoid(z)
+        return z * sigmoid(z)
     if code == SOFTPLUS:
         # log(1 + e^z) without overflow for large z nor loss for very negative z.
         return max(z, 0.0) + math.log1p(math.exp(-abs(z))) if z == z else z
@@ -87,10 +88,10 @@ def derivative(code, z, y):
     if code == SELU:
         return SELU_SCALE if z > 0 else (SELU_SCALE * SELU_ALPHA * math.exp(z) if z <= 0 else z)
     if code == SWISH:
-        s = _sigmoid(z)
+        s = sigmoid(z)
         return s + z * s * (1.0 - s)
     if code == SOFTPLUS:
-        return _sigmoid(z)
+        return sigmoid(z)
     return 1.0
 
 

@@ -15,6 +15,8 @@ import math
 
 from numba import njit, prange
 
+from fastdense.kernels.activation import sigmoid
+
 EPSILON = 1e-7
 
 #: Below this many elements a kernel runs on one thread: a parallel launch (fork and join)
@@ -95,12 +97,6 @@ def _mae_row(i, y_true, y_pred, grad, rows, c):
     rows[i] = s / d
 
 
-@njit(cache=True, inline="always")
-def _sigmoid(z):
-    if z >= 0:
-        return 1.0 / (1.0 + math.exp(-z))
-    e = math.exp(z)
-    return e / (1.0 + e)
 
 
 @njit(cache=True, parallel=True)
@@ -133,7 +129,7 @@ def _bce_row(i, y_true, y_pred, grad, rows, c, from_logits):
         x = y_pred[i, j]
         if from_logits:
             s += max(x, 0.0) - x * t + math.log1p(math.exp(-abs(x)))
-            grad[i, j] = c * (_sigmoid(x) - t)
+            grad[i, j] = c * (sigmoid(x) - t)
         else:
             p = x
             inside = 1.0
