@@ -25,7 +25,7 @@ from fastdense.kernels.gemm import (
     _ws_len,
     is_small,
 )
-from fastdense.kernels.update import penalty_grad
+from fastdense.kernels.update import sgd_step
 
 
 @kernel(parallel=True)
@@ -155,17 +155,6 @@ def _column_sums_serial(a, out):
 
 
 @kernel
-def _sgd_serial(param, grad, lr, l1, l2):
-    # Same formula as kernels.update.sgd, without its thread launch (bias vectors are short).
-    if l1 == 0.0 and l2 == 0.0:
-        for i in range(param.shape[0]):
-            param[i] -= lr * grad[i]
-    else:
-        for i in range(param.shape[0]):
-            param[i] -= lr * (grad[i] + penalty_grad(param[i], l1, l2))
-
-
-@kernel
 def backward(x, w, bias, z, y, g, code, dz, dw, db, dx, lr, l1w, l2w, l1b, l2b, fuse_sgd,
              ws=None):
     """Gradients of a Dense layer from the upstream gradient ``g = dL/dy``.
@@ -232,7 +221,8 @@ def backward(x, w, bias, z, y, g, code, dz, dw, db, dx, lr, l1w, l2w, l1b, l2b, 
         _packed(x, d, dw, True, False, ep, e1, act.LINEAR, dw, w, lr_w, l1w, l2w,
                 act.LINEAR, e2, e2, e2, has_bias, db, buf)
     if fuse_sgd and has_bias:
-        _sgd_serial(bias, db, lr, l1b, l2b)
+        # bias vectors are short: no thread launch
+        sgd_step(bias, db, lr, l1b, l2b)
 
 
 def empty_bias(dtype):

@@ -28,7 +28,7 @@ from fastdense.kernels._codegen import fetch_add, fma, kernel, no_inline, wide_v
 from fastdense.kernels._microkernels import copy_n
 from fastdense.kernels._tiles import BLOCKING, _blocking, _ukernel
 from fastdense.kernels.pack import pack_a, pack_b
-from fastdense.kernels.update import penalty_grad
+from fastdense.kernels.update import sgd_step
 
 # ``numba.get_num_threads()`` inside a jitted function goes through a ctypes pointer, which makes
 # the caller uncacheable ("dynamic globals"); this intrinsic is what Numba's own prange lowering
@@ -83,12 +83,7 @@ def _epilogue_row(acc, o, j0, ep, bias, code, yrow, wrow, lr, l1, l2):
             for j in range(nr):
                 yrow[j] = act.apply(code, o[j])
     else:
-        if l1 == 0.0 and l2 == 0.0:
-            for j in range(nr):
-                wrow[j] -= lr * acc[j]
-        else:
-            for j in range(nr):
-                wrow[j] -= lr * (acc[j] + penalty_grad(wrow[j], l1, l2))
+        sgd_step(wrow[:nr], acc[:nr], lr, l1, l2)
 
 
 @kernel

@@ -52,23 +52,34 @@ def _clipped(w, g, l1, l2, scale, clipvalue):
     return gi
 
 
+@njit(cache=True, inline="always", error_model="numpy")
+def sgd_step(param, grad, lr, l1, l2):
+    """``param -= lr * (grad + l1 * sign(param) + 2 * l2 * param)`` on 1-D slices, serially.
+
+    The one place the SGD formula lives: :func:`sgd` runs it over chunks in parallel, and the
+    GEMM epilogue and the fused backward pass call it on tile rows and on the bias.
+    """
+    if l1 == 0.0 and l2 == 0.0:
+        for i in range(param.shape[0]):
+            param[i] -= lr * grad[i]
+    else:
+        for i in range(param.shape[0]):
+            param[i] -= lr * (grad[i] + penalty_grad(param[i], l1, l2))
+
+
 @njit(cache=True, parallel=True, error_model="numpy")
 def sgd(param, grad, lr, l1, l2):
     """``param -= lr * (grad + l1 * sign(param) + 2 * l2 * param)`` on flat 1-D arrays."""
     n = param.shape[0]
     if n < PARALLEL_MIN:
-        if l1 == 0.0 and l2 == 0.0:
-            for i in range(n):
-                param[i] -= lr * grad[i]
-        else:
-            for i in range(n):
-                param[i] -= lr * (grad[i] + penalty_grad(param[i], l1, l2))
-    elif l1 == 0.0 and l2 == 0.0:
-        for i in prange(n):
-            param[i] -= lr * grad[i]
-    else:
-        for i in prange(n):
-            param[i] -= lr * (grad[i] + penalty_grad(param[i], l1, l2))
+        sgd_step(param, grad, lr, l1, l2)
+        return
+    # Element-wise, so the split changes no result; chunks keep the inner loop vectorized.
+    chunk = PARALLEL_MIN
+    for c in prange((n + chunk - 1) // chunk):
+        lo = c * chunk
+        hi = min(n, lo + chunk)
+        sgd_step(param[lo:hi], grad[lo:hi], lr, l1, l2)
 
 
 @njit(cache=True, parallel=True, error_model="numpy")
