@@ -46,55 +46,45 @@ def _sign(x):
 
 
 @njit(cache=True, parallel=True)
+def _regression(y_true, y_pred, grad, rows, n, absolute):
+    """Per-sample mean of ``|p - t|`` (``absolute``) or ``(p - t)**2`` and its gradient."""
+    d = y_pred.shape[1]
+    c = (1.0 if absolute else 2.0) / (n * d)
+    if n * d < PARALLEL_MIN:
+        for i in range(n):
+            _regression_row(i, y_true, y_pred, grad, rows, c, absolute)
+    else:
+        for i in prange(n):
+            _regression_row(i, y_true, y_pred, grad, rows, c, absolute)
+    _zero_tail(grad, n)
+    return _mean_rows(rows, n)
+
+
+@njit(cache=True, inline="always")
+def _regression_row(i, y_true, y_pred, grad, rows, c, absolute):
+    d = y_pred.shape[1]
+    s = 0.0
+    for j in range(d):
+        e = y_pred[i, j] - y_true[i, j]
+        if absolute:
+            s += abs(e)
+            grad[i, j] = c * _sign(e)
+        else:
+            s += e * e
+            grad[i, j] = c * e
+    rows[i] = s / d
+
+
+@njit(cache=True)
 def mean_squared_error(y_true, y_pred, grad, rows, n):
     """``mean_j (p - t)**2`` per sample; gradient ``2 (p - t) / (n d)``."""
-    d = y_pred.shape[1]
-    c = 2.0 / (n * d)
-    if n * d < PARALLEL_MIN:
-        for i in range(n):
-            _mse_row(i, y_true, y_pred, grad, rows, c)
-    else:
-        for i in prange(n):
-            _mse_row(i, y_true, y_pred, grad, rows, c)
-    _zero_tail(grad, n)
-    return _mean_rows(rows, n)
+    return _regression(y_true, y_pred, grad, rows, n, False)
 
 
-@njit(cache=True, inline="always")
-def _mse_row(i, y_true, y_pred, grad, rows, c):
-    d = y_pred.shape[1]
-    s = 0.0
-    for j in range(d):
-        e = y_pred[i, j] - y_true[i, j]
-        s += e * e
-        grad[i, j] = c * e
-    rows[i] = s / d
-
-
-@njit(cache=True, parallel=True)
+@njit(cache=True)
 def mean_absolute_error(y_true, y_pred, grad, rows, n):
     """``mean_j |p - t|`` per sample; gradient ``sign(p - t) / (n d)`` with ``sign(0) = 0``."""
-    d = y_pred.shape[1]
-    c = 1.0 / (n * d)
-    if n * d < PARALLEL_MIN:
-        for i in range(n):
-            _mae_row(i, y_true, y_pred, grad, rows, c)
-    else:
-        for i in prange(n):
-            _mae_row(i, y_true, y_pred, grad, rows, c)
-    _zero_tail(grad, n)
-    return _mean_rows(rows, n)
-
-
-@njit(cache=True, inline="always")
-def _mae_row(i, y_true, y_pred, grad, rows, c):
-    d = y_pred.shape[1]
-    s = 0.0
-    for j in range(d):
-        e = y_pred[i, j] - y_true[i, j]
-        s += abs(e)
-        grad[i, j] = c * _sign(e)
-    rows[i] = s / d
+    return _regression(y_true, y_pred, grad, rows, n, True)
 
 
 
