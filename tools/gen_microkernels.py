@@ -67,7 +67,7 @@ def _kernel(name: str, mr: int, nr: int, dtype: str) -> str:
     ind = "    "
     lines = [
         "",
-        "@kernel",
+        "@kernel(nrt=False)",
         f"def {name}(kc, ap, bp, tile, out, i0, j0, mode):",
         f'{ind}"""{mr} x {nr} tile ``A_panel @ B_panel`` ({dtype}) over ``kc`` >= 0 steps.',
         "",

@@ -78,7 +78,7 @@ def _with_slp(compile_fn, slp=1):
     return compile_with_slp
 
 
-def kernel(fn=None, *, parallel=False, inline="never", slp=True):
+def kernel(fn=None, *, parallel=False, inline="never", slp=True, nrt=True):
     """``njit(cache=True)`` (no fast-math flags) compiled with SLP vectorization on.
 
     Parameters
@@ -94,10 +94,18 @@ def kernel(fn=None, *, parallel=False, inline="never", slp=True):
         only call other kernels.  Each caller re-optimizes the code of its callees, already
         vectorized when they compiled, and SLP over the large unrolled micro-kernels is a good
         part of the cold-compile time.
+    nrt : bool
+        False compiles without Numba's reference counting (``_nrt=False``), for kernels that
+        allocate nothing: every array slice and every call passing an array otherwise
+        increments and decrements the owner's count atomically, which costs more than the
+        work of a small tile and, with two threads slicing one array, bounces that count's
+        cache line between the cores.
     """
     if fn is None:
-        return functools.partial(kernel, parallel=parallel, inline=inline, slp=slp)
-    disp = njit(cache=True, fastmath=set(FASTMATH) or False, parallel=parallel, inline=inline)(fn)
+        return functools.partial(kernel, parallel=parallel, inline=inline, slp=slp, nrt=nrt)
+    options = {} if nrt else {"_nrt": False}
+    disp = njit(cache=True, fastmath=set(FASTMATH) or False, parallel=parallel, inline=inline,
+                **options)(fn)
     # ``compile`` is the single entry both for calls from Python (``_compile_for_args``) and
     # for calls from other jitted functions (typing resolves callees through it).
     disp.compile = _with_slp(disp.compile, 1 if slp else 0)

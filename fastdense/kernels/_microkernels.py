@@ -42,7 +42,7 @@ MR_F32, NR_F32 = 8, 32
 MR_F64, NR_F64 = 8, 16
 
 
-@kernel
+@kernel(nrt=False)
 def ukernel_8x32(kc, ap, bp, tile, out, i0, j0, mode):
     """8 x 32 tile ``A_panel @ B_panel`` (float32) over ``kc`` >= 0 steps.
 
@@ -907,7 +907,7 @@ def ukernel_8x32(kc, ap, bp, tile, out, i0, j0, mode):
                     o[j] = o[j] + t[j]
 
 
-@kernel
+@kernel(nrt=False)
 def ukernel_8x16(kc, ap, bp, tile, out, i0, j0, mode):
     """8 x 16 tile ``A_panel @ B_panel`` (float64) over ``kc`` >= 0 steps.
 

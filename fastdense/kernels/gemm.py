@@ -52,7 +52,7 @@ SMALL_WORK = 20 * 20 * 20
 SERIAL_WORK = 96 * 96 * 96
 
 
-@kernel
+@kernel(nrt=False)
 def _epilogue_row(acc, o, j0, ep, bias, code, yrow, wrow, lr, l1, l2):
     """Final value of one row segment ``acc`` (length nr) of the product, stored by ``ep``.
 
@@ -86,7 +86,7 @@ def _epilogue_row(acc, o, j0, ep, bias, code, yrow, wrow, lr, l1, l2):
         sgd_step(wrow[:nr], acc[:nr], lr, l1, l2)
 
 
-@kernel
+@kernel(nrt=False)
 def _store_tile(tile, NR, out, i0, mr, j0, nr, first, last, ep, bias, code, y, w, lr, l1, l2):
     no_inline()
     if first and last and ep == EP_STORE:
@@ -139,7 +139,7 @@ def workspace_size(m, n, k, dtype):
     return _ws_len(m, n, k, MR, NR, KC, MC, NC, numba.config.NUMBA_NUM_THREADS)
 
 
-@kernel
+@kernel(nrt=False)
 def _phase(phase, t, nthreads, a, b, out, trans_a, trans_b, ep, bias, code, y, w, lr, l1, l2,
            dcode, z, yd, dz, colsum, db, jc, nc, pc, kc, ws, alen, ctr, ntasks, ncol,
            shared_a):
@@ -266,7 +266,7 @@ def _packed(a, b, out, trans_a, trans_b, ep, bias, code, y, w, lr, l1, l2,
                            alen, ctr, ntasks, ncol, shared_a)
 
 
-@kernel
+@kernel(nrt=False)
 def _vecmat(ai, b, j0, j1, acc):
     """``acc[j] = sum_p ai[p] * b[p, j]`` for ``j0 <= j < j1``: one FMA chain per element in
     increasing ``p``, whatever the column range.
@@ -305,7 +305,7 @@ def _vecmat(ai, b, j0, j1, acc):
             o[j] = fma(a0, b0[j], o[j])
 
 
-@kernel
+@kernel(nrt=False)
 def _small(a, b, out, trans_a, trans_b, ep, bias, code, y, w, lr, l1, l2, acc):
     """Direct product for small shapes: no packing, no threads; ``acc`` is an n-row scratch.
 

@@ -17,7 +17,7 @@ from fastdense.kernels._microkernels import copy_n
 from fastdense.kernels._tiles import _blocking
 
 
-@kernel
+@kernel(nrt=False)
 def _pack_rows8(src, i, p0, kc, dst):
     """Pack 8 full rows ``src[i:i + 8, p0:p0 + kc]`` step-major: ``dst[p * 8 + r]``.
 
@@ -44,7 +44,7 @@ def _pack_rows8(src, i, p0, kc, dst):
         dst[d + 7] = s7[p]
 
 
-@kernel
+@kernel(nrt=False)
 def _pack_cols8(src, j, p0, kc, dst):
     """``dst[p * NR + c] = src[j + c, p0 + p]`` for ``c < 8``: 8 rows of a transposed B."""
     NR = _blocking(dst)[1]
@@ -68,7 +68,7 @@ def _pack_cols8(src, j, p0, kc, dst):
         dst[d + 7] = s7[p]
 
 
-@kernel
+@kernel(nrt=False)
 def _dz_rows(g, z, y, dcode, i0, mr, p0, kc, dz):
     """``dz = g * act'(z, y)`` on rows ``i0:i0+mr``, steps ``p0:p0+kc`` (contiguous rows)."""
     for i in range(i0, i0 + mr):
@@ -85,7 +85,7 @@ def _dz_rows(g, z, y, dcode, i0, mr, p0, kc, dz):
                 dzi[p] = gi[p] * act.derivative(dcode, zi[p], yi[p])
 
 
-@kernel
+@kernel(nrt=False)
 def pack_a(a, trans_a, i0, mr, p0, kc, ap, dcode, z, y, dz, write_dz):
     """Pack rows ``i0:i0+mr`` of ``op(a)``, steps ``p0:p0+kc``, into MR-row panels in ``ap``.
 
@@ -139,7 +139,7 @@ def pack_a(a, trans_a, i0, mr, p0, kc, ap, dcode, z, y, dz, write_dz):
                     dst[p * MR + r] = 0
 
 
-@kernel
+@kernel(nrt=False)
 def pack_b(b, trans_b, p0, kc, j0, nc, bp, colsum, db):
     """Pack columns ``j0:j0+nc`` of ``op(b)``, steps ``p0:p0+kc``, into NR-column panels.
 
