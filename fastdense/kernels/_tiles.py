@@ -24,17 +24,18 @@ BLOCKING = {
 }
 
 
-def _ukernel(kc, ap, bp, tile, out, i0, j0, mode):
+def _ukernel(kc, ap, ao, ars, aps, bp, bo, bps, tile, out, i0, j0, mode):
     """Dispatch to the dtype's micro-kernel (resolved at compile time)."""
 
 
 @overload(_ukernel, jit_options={"cache": True})
-def _ukernel_ol(kc, ap, bp, tile, out, i0, j0, mode):
-    if ap.dtype == types.float32:
-        return lambda kc, ap, bp, tile, out, i0, j0, mode: ukernel_8x32(kc, ap, bp, tile, out,
-                                                                         i0, j0, mode)
-    return lambda kc, ap, bp, tile, out, i0, j0, mode: ukernel_8x16(kc, ap, bp, tile, out,
-                                                                     i0, j0, mode)
+def _ukernel_ol(kc, ap, ao, ars, aps, bp, bo, bps, tile, out, i0, j0, mode):
+    fn = ukernel_8x32 if ap.dtype == types.float32 else ukernel_8x16
+
+    def impl(kc, ap, ao, ars, aps, bp, bo, bps, tile, out, i0, j0, mode):
+        return fn(kc, ap, ao, ars, aps, bp, bo, bps, tile, out, i0, j0, mode)
+
+    return impl
 
 
 def _blocking(a):

@@ -14,7 +14,7 @@ from numba import prange
 from numba.np.ufunc.parallel import _iget_num_threads
 
 from fastdense.kernels import activation as act
-from fastdense.kernels._codegen import kernel
+from fastdense.kernels._codegen import fma, kernel, wide_vectors, zero_of
 from fastdense.kernels._tiles import BLOCKING, _blocking
 from fastdense.kernels.gemm import (
     EP_BIAS_ACT,
@@ -154,6 +154,94 @@ def _column_sums_serial(a, out):
             out[j] += ai[j]
 
 
+@kernel(nrt=False)
+def _dot16(u, v):
+    """``sum_j u[j] * v[j]`` in a fixed order: 16 interleaved FMA chains (lane ``j % 16``, in
+    increasing ``j``), then a fixed pairwise tree.  The lanes are what lets one dot product run
+    at vector speed without reassociation flags; the order depends on the length only."""
+    wide_vectors()
+    n = u.shape[0]
+    z = zero_of(u)
+    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = z
+    s8 = s9 = s10 = s11 = s12 = s13 = s14 = s15 = z
+    n16 = (n // 16) * 16
+    for j in range(0, n16, 16):
+        uj = u[j:j + 16]
+        vj = v[j:j + 16]
+        s0 = fma(uj[0], vj[0], s0)
+        s1 = fma(uj[1], vj[1], s1)
+        s2 = fma(uj[2], vj[2], s2)
+        s3 = fma(uj[3], vj[3], s3)
+        s4 = fma(uj[4], vj[4], s4)
+        s5 = fma(uj[5], vj[5], s5)
+        s6 = fma(uj[6], vj[6], s6)
+        s7 = fma(uj[7], vj[7], s7)
+        s8 = fma(uj[8], vj[8], s8)
+        s9 = fma(uj[9], vj[9], s9)
+        s10 = fma(uj[10], vj[10], s10)
+        s11 = fma(uj[11], vj[11], s11)
+        s12 = fma(uj[12], vj[12], s12)
+        s13 = fma(uj[13], vj[13], s13)
+        s14 = fma(uj[14], vj[14], s14)
+        s15 = fma(uj[15], vj[15], s15)
+    t = z
+    for j in range(n16, n):
+        t = fma(u[j], v[j], t)
+    return ((((s0 + s8) + (s4 + s12)) + ((s2 + s10) + (s6 + s14)))
+            + (((s1 + s9) + (s5 + s13)) + ((s3 + s11) + (s7 + s15)))) + t
+
+
+@kernel(nrt=False)
+def _rows_backward(x, w, d, dx, dw, p0, p1, want_dx, fuse_sgd, lr, l1, l2, grad):
+    """Rows ``p0:p1`` of the weights for a batch of one or two: ``dx[r, p] = d[r] . w[p]``
+    (the weights before the update), then ``dw[p] = sum_r x[r, p] * d[r]`` (increasing ``r``),
+    applied in place by SGD when ``fuse_sgd`` (then ``grad``, ``units`` long, holds it)."""
+    wide_vectors()
+    batch = d.shape[0]
+    units = d.shape[1]
+    for p in range(p0, p1):
+        wp = w[p]
+        if want_dx:
+            for r in range(batch):
+                dx[r, p] = _dot16(d[r], wp)
+        gp = grad if fuse_sgd else dw[p]
+        xp = x[0, p]
+        d0 = d[0]
+        for j in range(units):
+            gp[j] = xp * d0[j]
+        for r in range(1, batch):
+            xr = x[r, p]
+            dr = d[r]
+            for j in range(units):
+                gp[j] = fma(xr, dr[j], gp[j])
+        if fuse_sgd:
+            sgd_step(wp, gp, lr, l1, l2)
+
+
+#: Weights (elements) from which the row-streaming backward pass of a batch of one or two is
+#: split over threads; below, a thread launch costs more than the pass.
+ROWS_PARALLEL_MIN = 1 << 17
+
+
+@kernel(parallel=True)
+def _small_batch_backward(x, w, d, dx, dw, want_dx, fuse_sgd, lr, l1, l2, ws):
+    """The backward pass of a batch of one or two as one pass over the weights: each row of
+    ``w`` is read once for ``dx`` and (with ``fuse_sgd``) updated right after, instead of a
+    vector-matrix product, an outer product and an update each walking the whole matrix."""
+    n_in, units = w.shape
+    nthreads = _iget_num_threads() if n_in * units >= ROWS_PARALLEL_MIN else 1
+    if ws.shape[0] < units * nthreads:
+        nthreads = max(1, min(nthreads, ws.shape[0] // units))
+    if nthreads == 1:
+        grad = ws[:units] if ws.shape[0] >= units else np.empty(units, dtype=w.dtype)
+        _rows_backward(x, w, d, dx, dw, 0, n_in, want_dx, fuse_sgd, lr, l1, l2, grad)
+        return
+    # Rows are independent: any split gives the same bits.
+    for t in prange(nthreads):
+        _rows_backward(x, w, d, dx, dw, (n_in * t) // nthreads, (n_in * (t + 1)) // nthreads,
+                       want_dx, fuse_sgd, lr, l1, l2, ws[t * units:(t + 1) * units])
+
+
 @kernel
 def backward(x, w, bias, z, y, g, code, dz, dw, db, dx, lr, l1w, l2w, l1b, l2b, fuse_sgd,
              ws=None):
@@ -185,10 +273,11 @@ def backward(x, w, bias, z, y, g, code, dz, dw, db, dx, lr, l1w, l2w, l1b, l2b, 
     # otherwise it is fused into the packing of the dx product below.
     d = g
     fused_dz = False
+    rowwise = 0 < batch <= 2 and units > 0 and n_in > 0
     if code != act.LINEAR:
         d = dz
         if (code == act.SOFTMAX or batch == 0 or not want_dx or is_small(batch, n_in, units)
-                or units == 0):
+                or units == 0 or rowwise):
             if batch * units < 65536:
                 # A thread launch costs more than this work (far more on a busy machine).
                 _activation_grad_serial(g, z, y, code, dz)
@@ -196,6 +285,13 @@ def backward(x, w, bias, z, y, g, code, dz, dw, db, dx, lr, l1w, l2w, l1b, l2b, 
                 _activation_grad(g, z, y, code, dz)
         else:
             fused_dz = True
+    if rowwise:
+        if has_bias:
+            _column_sums_serial(d, db)
+        _small_batch_backward(x, w, d, dx, dw, want_dx, fuse_sgd, lr, l1w, l2w, buf)
+        if fuse_sgd and has_bias:
+            sgd_step(bias, db, lr, l1b, l2b)
+        return
     # dx first: it must see the weights before any update.
     if batch > 0 and want_dx:
         if fused_dz:

@@ -50,6 +50,9 @@ EP_SGD = 2
 SMALL_WORK = 20 * 20 * 20
 # Below this many multiply-adds one thread does the packed product (no prange launch).
 SERIAL_WORK = 96 * 96 * 96
+# Up to this many output rows the packed path reads a row-major B in place (each B panel is
+# re-read by few row blocks, so packing it would cost more than it saves).
+DIRECT_ROWS = 256
 
 
 @kernel(nrt=False)
@@ -142,10 +145,14 @@ def workspace_size(m, n, k, dtype):
 @kernel(nrt=False)
 def _phase(phase, t, nthreads, a, b, out, trans_a, trans_b, ep, bias, code, y, w, lr, l1, l2,
            dcode, z, yd, dz, colsum, db, jc, nc, pc, kc, ws, alen, ctr, ntasks, ncol,
-           shared_a):
-    """Thread ``t``'s part of one KC x NC block: phase 0 packs its share of the B block into
-    the shared buffer (summing those columns for the bias gradient), and with ``shared_a`` its
-    share of the single A block; phase 1 runs tasks from the shared counter ``ctr[0]``."""
+           shared_a, direct_a, direct_b):
+    """Thread ``t``'s part of one KC x NC block.
+
+    Phase 0 packs what is shared: its share of the B block (summing those columns for the bias
+    gradient), or with ``direct_b`` only a partial last panel, and with ``shared_a`` its share
+    of the single A block.  Phase 1 runs tasks from the shared counter ``ctr[0]``.  With
+    ``direct_a`` / ``direct_b`` the micro-kernel reads the full panels of A / B in place.
+    """
     no_inline()
     MR, NR, KC, MC, NC = _blocking(out)
     m = out.shape[0]
@@ -157,13 +164,19 @@ def _phase(phase, t, nthreads, a, b, out, trans_a, trans_b, ep, bias, code, y, w
     per = alen + MR * NR
     bbuf = ws[_CTR:shared]
     abuf0 = ws[shared:shared + alen]
+    npan = (nc + NR - 1) // NR
     if phase == 0:
-        npan = (nc + NR - 1) // NR
-        q0 = (npan * t) // nthreads
-        q1 = (npan * (t + 1)) // nthreads
-        if q1 > q0:
-            pack_b(b, trans_b, pc, kc, jc + q0 * NR, min(nc, q1 * NR) - q0 * NR,
-                   bbuf[q0 * NR * kc:], colsum, db)
+        if direct_b:
+            # Only a partial last panel is packed (zero-padded); the others are read in place.
+            last = (npan - 1) * NR
+            if nc - last < NR and t == nthreads - 1:
+                pack_b(b, trans_b, pc, kc, jc + last, nc - last, bbuf[last * kc:], colsum, db)
+        else:
+            q0 = (npan * t) // nthreads
+            q1 = (npan * (t + 1)) // nthreads
+            if q1 > q0:
+                pack_b(b, trans_b, pc, kc, jc + q0 * NR, min(nc, q1 * NR) - q0 * NR,
+                       bbuf[q0 * NR * kc:], colsum, db)
         if shared_a:
             pm = (m + MR - 1) // MR
             r0 = (pm * t) // nthreads
@@ -173,8 +186,8 @@ def _phase(phase, t, nthreads, a, b, out, trans_a, trans_b, ep, bias, code, y, w
                        abuf0[r0 * MR * kc:], dcode, z, yd, dz, jc == 0)
         return
     # Phase 1: task ``i`` is row block ``i // ncol`` (MC rows) times column chunk ``i % ncol``
-    # (whole NR panels) of ``out[:, jc:jc + nc]``; it packs its A block (unless shared) and
-    # multiplies it by the shared B block.  Threads take tasks from the counter as they
+    # (whole NR panels) of ``out[:, jc:jc + nc]``; it packs its A block (unless shared or read
+    # in place) and multiplies it by the B block.  Threads take tasks from the counter as they
     # become free, so a core slowed down by another process does less of the work (results
     # do not depend on who does what).
     buf = ws[shared + t * per:shared + (t + 1) * per]
@@ -182,7 +195,10 @@ def _phase(phase, t, nthreads, a, b, out, trans_a, trans_b, ep, bias, code, y, w
     tile = buf[alen:]
     first = pc == 0
     last = pc + kc >= k
-    npan = (nc + NR - 1) // NR
+    lda = a.shape[1]
+    ldb = b.shape[1]
+    af = a.reshape(a.shape[0] * lda)
+    bf = b.reshape(b.shape[0] * ldb)
     while True:
         task = fetch_add(ctr, 0, 1)
         if task >= ntasks:
@@ -193,22 +209,50 @@ def _phase(phase, t, nthreads, a, b, out, trans_a, trans_b, ep, bias, code, y, w
         mc = min(MC, m - ic)
         q0 = (npan * cb) // ncol
         q1 = (npan * (cb + 1)) // ncol
-        if not shared_a:
+        full = (mc // MR) * MR
+        if direct_a:
+            if full < mc:
+                # The partial last row panel, zero-padded, at its place in ``abuf``.
+                pack_a(a, trans_a, ic + full, mc - full, pc, kc, abuf[full * kc:], dcode, z,
+                       yd, dz, False)
+        elif not shared_a:
             # dz (fused activation derivative) is written by the task packing these rows first.
             pack_a(a, trans_a, ic, mc, pc, kc, abuf, dcode, z, yd, dz, jc == 0 and cb == 0)
         for q in range(q0, q1):
             jr = q * NR
             nr = min(NR, nc - jr)
-            bp = bbuf[jr * kc:jr * kc + NR * kc]
+            if direct_b and nr == NR:
+                bsrc = bf
+                bo = pc * ldb + jc + jr
+                bps = ldb
+            else:
+                bsrc = bbuf
+                bo = jr * kc
+                bps = NR
             for ir in range(0, mc, MR):
                 mr = min(MR, mc - ir)
-                ap = abuf[ir * kc:ir * kc + MR * kc]
+                if direct_a and ir < full:
+                    asrc = af
+                    if trans_a:
+                        ao = pc * lda + ic + ir
+                        ars = 1
+                        aps = lda
+                    else:
+                        ao = (ic + ir) * lda + pc
+                        ars = lda
+                        aps = 1
+                else:
+                    asrc = abuf
+                    ao = ir * kc
+                    ars = 1
+                    aps = MR
                 # A full tile without epilogue is stored (or added) by the micro-kernel
                 # itself; otherwise it stays in ``tile`` for _store_tile.  (One call site:
                 # each would be compiled and optimized again.)
                 direct = mr == MR and nr == NR and (ep == EP_STORE or not last)
                 mode = (1 if first else 2) if direct else 0
-                _ukernel(kc, ap, bp, tile, out, ic + ir, jc + jr, mode)
+                _ukernel(kc, asrc, ao, ars, aps, bsrc, bo, bps, tile, out, ic + ir, jc + jr,
+                         mode)
                 if not direct:
                     _store_tile(tile, NR, out, ic + ir, mr, jc + jr, nr, first, last, ep,
                                 bias, code, y, w, lr, l1, l2)
@@ -237,9 +281,14 @@ def _packed(a, b, out, trans_a, trans_b, ep, bias, code, y, w, lr, l1, l2,
     nthreads = max(1, min(nthreads, (ws.shape[0] - shared) // per))
     ctr = ws[:_CTR]
     nib = (m + MC - 1) // MC
+    # Operands read in place, unpacked: A unless the activation derivative is fused into its
+    # packing; B when it is not transposed, not summed for the bias gradient, and re-read by
+    # few row blocks (below DIRECT_ROWS rows, packing it costs more than it saves).
+    direct_a = dcode == act.LINEAR
+    direct_b = not trans_b and not colsum and m <= DIRECT_ROWS
     # With a single row block (few rows, e.g. a small batch) the A block is packed once, by
     # all threads, rather than by each column chunk's task.
-    shared_a = nib == 1
+    shared_a = nib == 1 and not direct_a
     for jc in range(0, n, NC):
         nc = min(NC, n - jc)
         npan = (nc + NR - 1) // NR
@@ -248,22 +297,23 @@ def _packed(a, b, out, trans_a, trans_b, ep, bias, code, y, w, lr, l1, l2,
             # About 4 tasks per thread, so that a thread slowed down (busy core) sheds work.
             ncol = min(npan, max(1, (4 * nthreads + nib - 1) // nib))
         ntasks = nib * ncol
+        packs = not direct_b or nc % NR != 0 or shared_a
         for pc in range(0, k, KC):
             kc = min(KC, k - pc)
             ctr[0] = 0
             if nthreads == 1:
-                for phase in range(2):
+                for phase in range(0 if packs else 1, 2):
                     _phase(phase, 0, 1, a, b, out, trans_a, trans_b, ep, bias, code, y, w, lr,
                            l1, l2, dcode, z, yd, dz, colsum, db, jc, nc, pc, kc, ws, alen, ctr,
-                           ntasks, ncol, False)
+                           ntasks, ncol, False, direct_a, direct_b)
                 continue
             # One prange, run twice (one parallel loop compiles much faster than two): first
             # the shared packing, then the tasks.
-            for phase in range(2):
+            for phase in range(0 if packs else 1, 2):
                 for t in prange(nthreads):
                     _phase(phase, t, nthreads, a, b, out, trans_a, trans_b, ep, bias, code, y,
                            w, lr, l1, l2, dcode, z, yd, dz, colsum, db, jc, nc, pc, kc, ws,
-                           alen, ctr, ntasks, ncol, shared_a)
+                           alen, ctr, ntasks, ncol, shared_a, direct_a, direct_b)
 
 
 @kernel(nrt=False)
