@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from fastdense import _metric_kernels as _mk
 from fastdense import activations
 from fastdense import losses as _losses
 from fastdense import optimizers as _optimizers
@@ -50,8 +51,11 @@ from fastdense.kernels import loss as _lk
 _FORMAT = "fastdense.Sequential"
 #: Seconds between progress-bar updates during ``fit`` (a few per second at most).
 _BAR_REFRESH = 0.25
-_FORMAT_VERSION = 1
+#: 2 added the optimizer's state; files of version 1 still load.
+_FORMAT_VERSION = 2
 _CONFIG_KEY = "__config__"
+#: Prefix of the optimizer's slot arrays in a saved file.
+_OPTIMIZER_PREFIX = "optimizer/"
 
 
 # ---------------------------------------------------------------------------------- history
@@ -84,15 +88,26 @@ _METRIC_KINDS = {
     "binary_accuracy": "binary",
     "categorical_accuracy": "categorical",
     "sparse_categorical_accuracy": "sparse",
+    "top_k_categorical_accuracy": "top_k",
+    "sparse_top_k_categorical_accuracy": "sparse_top_k",
 }
+#: Kinds that need integer labels, and kinds that need targets of the output's shape.
+_SPARSE_KINDS = ("sparse", "sparse_top_k")
+_DENSE_KINDS = ("binary", "categorical", "top_k")
+#: ``k`` of the top-k accuracies named by string (Keras' default).
+_TOP_K = 5
 
 
 class _Metric:
-    """A metric accumulated as ``total / count`` over an epoch (Keras' mean metrics)."""
+    """A metric accumulated as ``total / count`` over an epoch (Keras' mean metrics).
+
+    ``kind`` is one of ``_METRIC_KINDS``' values, ``"loss"`` (a loss function as metric) or
+    ``"auto"`` (``"accuracy"`` with a regression loss: decided from the output width).
+    """
 
     def __init__(self, name: str, kind: str, loss: _losses.Loss | None = None) -> None:
         self.name = name
-        self.kind = kind  # "binary", "categorical", "sparse" or "loss"
+        self.kind = kind
         self.loss = loss
 
     def per_sample(self, out_dim: int) -> int:
@@ -101,6 +116,8 @@ class _Metric:
 
 
 def _resolve_metric(identifier: Any, loss: _losses.Loss) -> _Metric:
+    """The metric named ``identifier`` for a model trained with ``loss``; as in Keras 3 its
+    name (in logs and History) is the identifier as given."""
     if not isinstance(identifier, str):
         raise TypeError(f"metrics must be names (str), got {type(identifier).__name__}")
     key = identifier.lower()
@@ -116,14 +133,24 @@ def _resolve_metric(identifier: Any, loss: _losses.Loss) -> _Metric:
             kind = "auto"  # decided from the output width at fit time
         return _Metric(identifier, kind)
     if key in _METRIC_KINDS:
-        return _Metric(identifier, _METRIC_KINDS[key])
+        metric = _Metric(identifier, _METRIC_KINDS[key])
+        if metric.kind in _SPARSE_KINDS and not loss.sparse:
+            raise ValueError(f"metric {identifier!r} needs integer labels, but the loss "
+                             f"{loss.name} takes targets of the output's shape")
+        if metric.kind in _DENSE_KINDS and loss.sparse:
+            raise ValueError(f"metric {identifier!r} needs targets of the output's shape, but "
+                             f"the loss {loss.name} takes integer labels")
+        return metric
     try:
         metric_loss = _losses.get(key)
     except ValueError:
-        names = [*_ACCURACY_NAMES, *_METRIC_KINDS, "mse", "mae", "<any loss name>"]
+        names = [*_ACCURACY_NAMES, *_METRIC_KINDS, *_losses._BY_NAME]
         raise ValueError(
             f"unknown metric {identifier!r}; expected one of {', '.join(names)}"
         ) from None
+    if metric_loss.sparse != loss.sparse:
+        raise ValueError(f"metric {identifier!r} and loss {loss.name} need different target "
+                         "formats (integer labels and targets of the output's shape)")
     return _Metric(identifier, "loss", metric_loss)
 
 
@@ -317,22 +344,36 @@ class Sequential:
             ``"sparse_categorical_crossentropy"`` (long names also) or a
             :class:`fastdense.losses.Loss`.
         metrics : list of str, optional
-            ``"accuracy"`` (picks binary/categorical/sparse accuracy from the loss, as Keras
-            does), the explicit accuracy names, or loss names such as ``"mae"``.
+            Keras' identifiers: ``"accuracy"``/``"acc"`` (picks binary/categorical/sparse
+            accuracy from the loss, as Keras does), ``"binary_accuracy"`` (threshold 0.5),
+            ``"categorical_accuracy"``, ``"sparse_categorical_accuracy"``,
+            ``"top_k_categorical_accuracy"``, ``"sparse_top_k_categorical_accuracy"`` (k=5),
+            or a loss name such as ``"mse"``/``"mean_squared_error"`` or
+            ``"mae"``/``"mean_absolute_error"``.  Each is named in logs and History as given
+            (``"mae"``, ``"val_mae"``) and averaged over an epoch's samples.
+
+        Raises
+        ------
+        ValueError, TypeError
+            For an unknown or unfit optimizer, loss or metric; the model is then unchanged.
         """
         if loss is None:
             raise ValueError("compile needs a loss, e.g. loss='categorical_crossentropy'")
-        self.optimizer = _optimizers.get(optimizer)
-        self.loss = _losses.get(loss)
+        # Everything is resolved before anything is assigned: a bad argument changes nothing.
+        resolved_optimizer = _optimizers.get(optimizer)
+        resolved_loss = _losses.get(loss)
         if metrics is None:
             metrics = []
         if isinstance(metrics, str) or not isinstance(metrics, (list, tuple)):
             raise TypeError(f"metrics must be a list of names, got {type(metrics).__name__}")
-        self._metrics = [_resolve_metric(m, self.loss) for m in metrics]
-        self._metric_names = [m.name for m in self._metrics]
-        names = ["loss", *self._metric_names]
+        resolved_metrics = [_resolve_metric(m, resolved_loss) for m in metrics]
+        names = ["loss", *(m.name for m in resolved_metrics)]
         if len(set(names)) != len(names):
             raise ValueError(f"metric names must be unique and not 'loss', got {names}")
+        self.optimizer = resolved_optimizer
+        self.loss = resolved_loss
+        self._metrics = resolved_metrics
+        self._metric_names = names[1:]
 
     def _require_compiled(self) -> None:
         if self.loss is None:
@@ -409,23 +450,15 @@ class Sequential:
         """(metric, resolved kind, binary threshold) for this call."""
         assert self.loss is not None
         out = []
-        logits = fused or self.loss.from_logits
+        # Raw logits (from_logits) are compared with 0, probabilities with 0.5 (sigmoid(0) =
+        # 0.5); a fused activation is applied before the comparison (see _batch_stats).
+        threshold = 0.0 if self.loss.from_logits else 0.5
         for m in self._metrics:
             kind = m.kind
-            if kind == "auto":
-                kind = "binary" if self.output_dim == 1 else (
-                    "sparse" if self.loss.sparse else "categorical")
-            if kind == "sparse" and not self.loss.sparse:
-                raise ValueError(f"metric {m.name!r} needs integer labels, but the loss "
-                                 f"{self.loss.name} takes dense targets")
-            if kind in ("binary", "categorical") and self.loss.sparse:
-                raise ValueError(f"metric {m.name!r} needs dense targets, but the loss "
-                                 f"{self.loss.name} takes integer labels")
-            if kind == "loss" and m.loss.sparse != self.loss.sparse:
-                raise ValueError(f"metric {m.name!r} and loss {self.loss.name} need different "
-                                 "target formats")
-            # Logits are compared with 0, probabilities with 0.5 (sigmoid(0) = 0.5).
-            out.append((m, kind, 0.0 if logits else 0.5))
+            if kind == "auto":  # only with a regression loss, whose targets are dense
+                kind = "binary" if self.output_dim == 1 else "categorical"
+            # (compile checked that each metric's target format is the loss's.)
+            out.append((m, kind, threshold))
         return out
 
     def _forward(self, xb: np.ndarray) -> np.ndarray:
@@ -445,16 +478,23 @@ class Sequential:
                 totals[k] += _lk.count_categorical(ws.y, out, n)
             elif kind == "sparse":
                 totals[k] += _lk.count_sparse(ws.y, out, n)
-            elif kind == "binary":
-                totals[k] += _lk.count_binary(ws.y, out, n, threshold)
             else:
-                # A loss metric sees the model's outputs: with the activation fused into the
-                # loss, ``out`` holds logits, so apply the activation first.
+                # These see the model's outputs: with the activation fused into the loss,
+                # ``out`` holds logits, so apply the activation first (a softmax's logits
+                # are no probabilities to threshold, and top-k ranks Keras' probabilities,
+                # whose rounding may tie logits that differ).
                 if fused and probs is None:
                     probs = ws.probs
                     _ak.activate(self._absorbed_code, out, probs)
-                totals[k] += n * m.loss.compute(ws.y, probs if fused else out, ws.scratch,
-                                                ws.rows, n)
+                pred = probs if fused else out
+                if kind == "binary":
+                    totals[k] += _lk.count_binary(ws.y, pred, n, threshold)
+                elif kind == "top_k":
+                    totals[k] += _mk.count_top_k_categorical(ws.y, pred, n, _TOP_K)
+                elif kind == "sparse_top_k":
+                    totals[k] += _mk.count_top_k_sparse(ws.y, pred, n, _TOP_K)
+                else:
+                    totals[k] += n * m.loss.compute(ws.y, pred, ws.scratch, ws.rows, n)
         return value
 
     def _regularization(self) -> float:
@@ -809,23 +849,74 @@ class Sequential:
                           _losses.deserialize(compiled["loss"]), compiled["metrics"])
         return model
 
+    def _parameters(self) -> list[tuple[str, np.ndarray]]:
+        """``("layers/<i>/kernel" | "layers/<i>/bias", array)`` of every weight, in order."""
+        out = []
+        for i, layer in enumerate(self.layers):
+            out.append((f"layers/{i}/kernel", layer.weight))
+            if layer.use_bias:
+                out.append((f"layers/{i}/bias", layer.bias))
+        return out
+
     def save(self, path: str | os.PathLike) -> None:
-        """Write the architecture (JSON) and the weights to the single ``.npz`` file ``path``.
+        """Write the architecture, compile settings, weights and optimizer state to the single
+        ``.npz`` file ``path``.
 
         The file holds the JSON under ``__config__`` (a string array) and each weight as
-        ``layers/<i>/kernel`` / ``layers/<i>/bias``; nothing is pickled.  Optimizer state is
-        not saved.  The file is written at ``path`` exactly (no suffix is added).
+        ``layers/<i>/kernel`` / ``layers/<i>/bias``; nothing is pickled.  Of a compiled model
+        the optimizer's state is saved as well, as Keras does: each weight's step count (in
+        the JSON, ``"optimizer_state"``) and slot arrays (``optimizer/layers/<i>/kernel/m``
+        and so on), so that :func:`load_model` continues training exactly where it stopped.
+        The file is written at ``path`` exactly (no suffix is added).
         """
         if not self.built:
             raise LayerStateError("the model is not built: there are no weights to save")
         config = {"format": _FORMAT, "format_version": _FORMAT_VERSION, **self.get_config()}
-        arrays: dict[str, np.ndarray] = {_CONFIG_KEY: np.array(json.dumps(config))}
-        for i, layer in enumerate(self.layers):
-            arrays[f"layers/{i}/kernel"] = layer.weight
-            if layer.use_bias:
-                arrays[f"layers/{i}/bias"] = layer.bias
+        arrays: dict[str, np.ndarray] = {}
+        for key, param in self._parameters():
+            arrays[key] = param
+        steps: dict[str, int] = {}
+        optimizer = self.optimizer
+        if self.loss is not None and isinstance(optimizer, _optimizers.Optimizer):
+            for key, param in self._parameters():
+                state = optimizer.get_slot_state(param)
+                if state is not None:  # never updated (or reset): starts fresh when loaded
+                    steps[key] = state[0]
+                    for name, slot in state[1].items():
+                        arrays[f"{_OPTIMIZER_PREFIX}{key}/{name}"] = slot
+        config["optimizer_state"] = {"steps": steps} if self.loss is not None else None
+        arrays[_CONFIG_KEY] = np.array(json.dumps(config))
         with open(path, "wb") as f:
             np.savez(f, **arrays)
+
+    def _load_optimizer_state(self, state: Any, arrays: dict[str, np.ndarray],
+                              path: str) -> None:
+        """Give the optimizer the state :meth:`save` wrote (the weights are already set)."""
+        optimizer = self.optimizer
+        if not arrays and not (isinstance(state, dict) and state.get("steps")):
+            return
+        if not isinstance(optimizer, _optimizers.Optimizer) or not isinstance(state, dict) \
+                or not isinstance(state.get("steps"), dict):
+            raise ValueError(f"{path}: optimizer arrays {sorted(arrays)} without a compiled "
+                             "optimizer and its step counts")
+        params = dict(self._parameters())
+        steps = state["steps"]
+        unknown = sorted(set(steps) - set(params))
+        if unknown:
+            raise ValueError(f"{path}: optimizer state for unknown weights {unknown}; the "
+                             f"model has {sorted(params)}")
+        expected = {f"{_OPTIMIZER_PREFIX}{key}/{name}" for key in steps
+                    for name in optimizer.slot_names}
+        if set(arrays) != expected:
+            raise ValueError(f"{path}: holds optimizer arrays {sorted(arrays)}, expected "
+                             f"{sorted(expected)} for {type(optimizer).__name__}")
+        for key, step in steps.items():
+            slots = {name: arrays[f"{_OPTIMIZER_PREFIX}{key}/{name}"]
+                     for name in optimizer.slot_names}
+            try:
+                optimizer.set_slot_state(params[key], step, slots)
+            except (TypeError, ValueError) as err:
+                raise ValueError(f"{path}: optimizer state of {key}: {err}") from err
 
     def __repr__(self) -> str:
         inner = ", ".join(repr(layer) for layer in self.layers)
@@ -834,6 +925,11 @@ class Sequential:
 
 def load_model(path: str | os.PathLike) -> Sequential:
     """Load a model written by :meth:`Sequential.save` (no pickle: ``allow_pickle=False``).
+
+    A model saved compiled comes back compiled with the same optimizer (and its state: step
+    counts and slots), loss and metrics; continuing ``fit`` gives bitwise the weights that
+    continuing on the saved model would.  Files without optimizer state (older versions, or
+    uncompiled models) load with a fresh optimizer, if any.
 
     Raises
     ------
@@ -857,6 +953,8 @@ def load_model(path: str | os.PathLike) -> Sequential:
         raise ValueError(f"{path!s}: format version {config['format_version']} is newer than "
                          f"this fastdense understands ({_FORMAT_VERSION})")
     model = Sequential.from_config(config)
+    optimizer_arrays = {k: arrays.pop(k) for k in list(arrays)
+                        if k.startswith(_OPTIMIZER_PREFIX)}
     expected = set()
     for i, layer in enumerate(model.layers):
         expected.add(f"layers/{i}/kernel")
@@ -873,4 +971,5 @@ def load_model(path: str | os.PathLike) -> Sequential:
         if model.layers[i].input_dim != model.layers[i - 1].units:
             raise ValueError(f"{path!s}: layer {i} has {model.layers[i].input_dim} inputs but "
                              f"layer {i - 1} has {model.layers[i - 1].units} units")
+    model._load_optimizer_state(config.get("optimizer_state"), optimizer_arrays, str(path))
     return model

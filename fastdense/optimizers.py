@@ -32,6 +32,12 @@ step's backprops and applies them together at the end of the step.  That is exac
 update changes only its own parameter and no layer reads another layer's parameters during
 backprop; it turns a step's per-parameter Python calls into one, and plain Adam (no penalty,
 clipping, decay or AMSGrad) then updates every parameter in a single kernel call.
+
+``global_clipnorm`` needs this notion of a step: its norm is taken over every gradient of one
+:meth:`Optimizer.update_many` call (a whole model's step under :class:`fastdense.Sequential`),
+while a lone :meth:`Optimizer.update` is a step of one parameter.  A :class:`fastdense.Dense`
+used on its own hands over its kernel and its bias in two calls; to clip them together, pass
+the layer a :class:`StepCollector` and call :meth:`StepCollector.flush` after the backprop.
 """
 
 from __future__ import annotations
@@ -128,35 +134,45 @@ class Optimizer:
         Rescale each parameter's gradient so that its L2 norm is at most ``clipnorm``.
     clipvalue : float or None
         Clip each gradient element to ``[-clipvalue, clipvalue]``.
+    global_clipnorm : float or None
+        Rescale all gradients of one step by ``global_clipnorm / max(norm, global_clipnorm)``,
+        where ``norm`` is the L2 norm of all of them together (see the module notes on what a
+        step is).
     weight_decay : float or None
         Decoupled weight decay: before each step ``w -= w * weight_decay * learning_rate``
         (Keras 3 accepts it on every optimizer; :class:`AdamW` sets it by default).
 
     Notes
     -----
-    As in Keras, at most one of ``clipnorm`` and ``clipvalue`` may be set, and clipping applies
-    to the gradient including the L1/L2 penalty.  Keras' ``global_clipnorm`` needs all gradients
-    at once and is not supported: a layer hands over one parameter at a time.
+    As in Keras, at most one of ``clipnorm``, ``clipvalue`` and ``global_clipnorm`` may be set,
+    and clipping applies to the gradient including the L1/L2 penalty.
     """
 
     #: Names of the per-parameter slot arrays (zeros like the parameter) this optimizer keeps.
     _slot_names: tuple[str, ...] = ()
 
     def __init__(self, learning_rate: float = 0.01, *, clipnorm: float | None = None,
-                 clipvalue: float | None = None, weight_decay: float | None = None) -> None:
+                 clipvalue: float | None = None, global_clipnorm: float | None = None,
+                 weight_decay: float | None = None) -> None:
         self.learning_rate = learning_rate
         learning_rate_of(self)
         self.clipnorm = _optional_positive("clipnorm", clipnorm)
         self.clipvalue = _optional_positive("clipvalue", clipvalue)
-        if self.clipnorm is not None and self.clipvalue is not None:
+        self.global_clipnorm = _optional_positive("global_clipnorm", global_clipnorm)
+        clipping = {"clipnorm": clipnorm, "clipvalue": clipvalue,
+                    "global_clipnorm": global_clipnorm}
+        given = {k: v for k, v in clipping.items() if v is not None}
+        if len(given) > 1:
             raise ValueError(
-                "only one of clipnorm and clipvalue can be set, got "
-                f"clipnorm={clipnorm!r} and clipvalue={clipvalue!r}"
+                "only one of clipnorm, clipvalue and global_clipnorm can be set, got "
+                + " and ".join(f"{k}={v!r}" for k, v in given.items())
             )
         self.weight_decay = (
             None if weight_decay is None else _real("weight_decay", weight_decay, 0.0)
         )
         self._slots: dict[int, _Slot] = {}
+        # global_clipnorm's factor for the step being applied (set before each _step).
+        self._step_scale = 1.0
 
     # ------------------------------------------------------------------ state
     @property
@@ -173,6 +189,64 @@ class Optimizer:
         """Forget all slot state and step counts."""
         self._slots.clear()
         self._resets = getattr(self, "_resets", 0) + 1  # invalidates prepared plans
+
+    @property
+    def slot_names(self) -> tuple[str, ...]:
+        """Names of the state arrays kept per parameter (e.g. ``("m", "v")`` for Adam)."""
+        return self._slot_names
+
+    def get_slot_state(self, param: np.ndarray) -> tuple[int, dict[str, np.ndarray]] | None:
+        """The state this optimizer keeps for ``param``: its step count and copies of its slot
+        arrays (shaped like ``param``), or None if it has none (never updated, or reset).
+
+        With :meth:`set_slot_state` this saves and restores training state (Keras saves the
+        optimizer's ``iterations`` and slot variables with a model).
+        """
+        slot = self._slots.get(id(param))
+        if slot is None or slot.ref() is not param:
+            return None
+        return slot.t, {name: a.reshape(slot.shape).copy() for name, a in slot.arrays.items()}
+
+    def set_slot_state(self, param: np.ndarray, step: int,
+                       arrays: dict[str, Any]) -> None:
+        """Give ``param`` the step count ``step`` and copies of ``arrays`` as its slot state.
+
+        Parameters
+        ----------
+        param : ndarray
+            The parameter, as later passed to :meth:`update`.
+        step : int
+            Steps already taken (>= 0).
+        arrays : dict of str to array_like
+            One array of ``param``'s shape per name of :attr:`slot_names`, no other.
+
+        Raises
+        ------
+        TypeError, ValueError
+            For a bad parameter, step count, name set, shape or dtype; nothing is changed then.
+        """
+        if not isinstance(param, np.ndarray) or param.dtype.kind != "f":
+            raise TypeError(f"param must be a float ndarray, got {type(param).__name__}")
+        if isinstance(step, (bool, np.bool_)) or not isinstance(step, numbers.Integral) \
+                or step < 0:
+            raise ValueError(f"step must be an int >= 0, got {step!r}")
+        if not isinstance(arrays, dict) or set(arrays) != set(self._slot_names):
+            got = sorted(arrays) if isinstance(arrays, dict) else type(arrays).__name__
+            raise ValueError(f"{type(self).__name__} keeps the slots "
+                             f"{sorted(self._slot_names)}, got {got}")
+        converted = {}
+        for name, value in arrays.items():
+            a = np.asarray(value)
+            if a.dtype.kind not in "fiu":
+                raise TypeError(f"slot {name!r} must be a real array, got dtype {a.dtype}")
+            if a.shape != param.shape:
+                raise ValueError(f"slot {name!r} must have the parameter's shape {param.shape}, "
+                                 f"got {a.shape}")
+            converted[name] = a.reshape(-1)
+        slot = self._slot(param)
+        for name, a in converted.items():
+            slot.arrays[name][...] = a  # in place: a prepared fused plan keeps these arrays
+        slot.t = int(step)
 
     def _slot(self, param: np.ndarray) -> _Slot:
         """The slot of ``param``, created (zeros, step 0) on first use."""
@@ -209,11 +283,17 @@ class Optimizer:
         return param.reshape(-1), grad.reshape(-1)
 
     def _scale(self, slot: _Slot, p: np.ndarray, g: np.ndarray, l1: float, l2: float) -> float:
-        """The clipnorm factor ``clipnorm / max(||g||, clipnorm)`` (1.0 without clipnorm)."""
-        if self.clipnorm is None:
-            return 1.0
-        norm = math.sqrt(_k.penalized_sumsq(p, g, l1, l2, slot.partial))
-        return self.clipnorm / max(norm, self.clipnorm)
+        """The gradient factor of clipping by norm: ``clipnorm / max(||g||, clipnorm)``, the
+        step's global factor with ``global_clipnorm``, else 1.0."""
+        if self.clipnorm is not None:
+            return _norm_factor(self.clipnorm, _k.penalized_sumsq(p, g, l1, l2, slot.partial))
+        if self.global_clipnorm is not None:
+            return self._step_scale
+        return 1.0
+
+    def _clips_globally(self) -> bool:
+        # Keras applies clipnorm first; the two are exclusive unless changed after __init__.
+        return self.global_clipnorm is not None and self.clipnorm is None
 
     def _decay(self, lr: float) -> float:
         return 0.0 if self.weight_decay is None else self.weight_decay * lr
@@ -246,12 +326,18 @@ class Optimizer:
         lr = self.learning_rate
         if type(lr) is not float or not 0.0 <= lr < math.inf:
             lr = learning_rate_of(self)
+        l1, l2 = float(l1), float(l2)
+        if self._clips_globally():
+            # A lone parameter is a step of its own: its norm is the step's norm.
+            self._step_scale = _norm_factor(
+                self.global_clipnorm, _k.penalized_sumsq(p, g, l1, l2, slot.partial))
         slot.t += 1
-        self._step(slot, p, g, lr, float(l1), float(l2))
+        self._step(slot, p, g, lr, l1, l2)
 
     def update_many(self, params: list[np.ndarray], grads: list[np.ndarray],
                     l1s: list[float] | None = None, l2s: list[float] | None = None) -> None:
-        """Update several parameters as one step: exactly :meth:`update` on each in turn.
+        """Update several parameters as one step: exactly :meth:`update` on each in turn,
+        except that ``global_clipnorm`` clips by the norm of all of the step's gradients.
 
         Parameters
         ----------
@@ -267,8 +353,30 @@ class Optimizer:
         l2s = [0.0] * n if l2s is None else l2s
         if len(l1s) != n or len(l2s) != n:
             raise ValueError(f"l1s and l2s must have one factor per param ({n})")
+        if self._clips_globally():
+            self._update_global(params, grads, [float(v) for v in l1s],
+                                [float(v) for v in l2s])
+            return
         for k in range(n):
             self.update(params[k], grads[k], l1s[k], l2s[k])
+
+    def _update_global(self, params: list[np.ndarray], grads: list[np.ndarray],
+                       l1s: list[float], l2s: list[float]) -> None:
+        """One step clipped by the global norm of all its (penalized) gradients."""
+        # Everything is validated before anything changes, and every norm is taken before
+        # any parameter moves: Keras computes all gradients (penalties included) first.
+        flat = [self._check(params[k], grads[k]) for k in range(len(params))]
+        lr = learning_rate_of(self)
+        slots = [self._slot(param) for param in params]
+        # Fixed-block partial sums per parameter, added in parameter order: the norm does
+        # not depend on the thread count.
+        sumsq = 0.0
+        for k, (p, g) in enumerate(flat):
+            sumsq += _k.penalized_sumsq(p, g, l1s[k], l2s[k], slots[k].partial)
+        self._step_scale = _norm_factor(self.global_clipnorm, sumsq)
+        for k, (p, g) in enumerate(flat):
+            slots[k].t += 1
+            self._step(slots[k], p, g, lr, l1s[k], l2s[k])
 
     def _plan(self, params: list[np.ndarray], grads: list[np.ndarray]) -> Any:
         """Prepared state for :meth:`_run_plan` over these exact arrays, or None (no fast
@@ -287,7 +395,7 @@ class Optimizer:
     def get_config(self) -> dict[str, Any]:
         """The constructor arguments."""
         config: dict[str, Any] = {"learning_rate": self.learning_rate}
-        for key in ("clipnorm", "clipvalue", "weight_decay"):
+        for key in ("clipnorm", "clipvalue", "global_clipnorm", "weight_decay"):
             if getattr(self, key) is not None:
                 config[key] = getattr(self, key)
         return config
@@ -316,7 +424,7 @@ class SGD(Optimizer):
         In ``[0, 1]``.
     nesterov : bool, default False
         Nesterov momentum.
-    clipnorm, clipvalue, weight_decay
+    clipnorm, clipvalue, global_clipnorm, weight_decay
         See :class:`Optimizer`.
     """
 
@@ -332,7 +440,7 @@ class SGD(Optimizer):
     @property
     def is_plain_sgd(self) -> bool:
         return (self.momentum == 0.0 and self.clipnorm is None and self.clipvalue is None
-                and not self.weight_decay)
+                and self.global_clipnorm is None and not self.weight_decay)
 
     def _step(self, slot, p, g, lr, l1, l2):
         if self.is_plain_sgd:
@@ -366,7 +474,7 @@ class Adam(Optimizer):
     epsilon : float, default 1e-7
         Keras' default (PyTorch and scikit-learn use 1e-8).
     amsgrad : bool, default False
-    clipnorm, clipvalue, weight_decay
+    clipnorm, clipvalue, global_clipnorm, weight_decay
         See :class:`Optimizer`.
     """
 
@@ -399,7 +507,7 @@ class Adam(Optimizer):
 
     def _is_plain(self) -> bool:
         return (not self.amsgrad and self.clipnorm is None and self.clipvalue is None
-                and not self.weight_decay)
+                and self.global_clipnorm is None and not self.weight_decay)
 
     def _step(self, slot, p, g, lr, l1, l2):
         t = float(slot.t)
@@ -429,8 +537,7 @@ class Adam(Optimizer):
         return _AdamPlan(self, params, grads)
 
     def _run_plan(self, plan, l1s, l2s):
-        if self.amsgrad or self.clipnorm is not None or self.clipvalue is not None \
-                or self.weight_decay:
+        if not self._is_plain():
             return False
         for k in range(len(l1s)):
             if l1s[k] != 0.0 or l2s[k] != 0.0:
@@ -499,7 +606,7 @@ class AdamW(Adam):
     learning_rate : float, default 0.001
     weight_decay : float, default 0.004
         Keras' default.
-    beta_1, beta_2, epsilon, amsgrad, clipnorm, clipvalue
+    beta_1, beta_2, epsilon, amsgrad, clipnorm, clipvalue, global_clipnorm
         See :class:`Adam`.
     """
 
@@ -526,7 +633,7 @@ class RMSprop(Optimizer):
     momentum : float, default 0.0
     epsilon : float, default 1e-7
     centered : bool, default False
-    clipnorm, clipvalue, weight_decay
+    clipnorm, clipvalue, global_clipnorm, weight_decay
         See :class:`Optimizer`.
     """
 
@@ -571,7 +678,8 @@ class StepCollector(Optimizer):
     back every step), else :meth:`Optimizer.update_many`.  The result is exactly that of
     updating each parameter when it is handed over, provided nothing reads an updated
     parameter before :meth:`flush`, which holds for the layers of a
-    :class:`fastdense.Sequential` (see the module notes).
+    :class:`fastdense.Sequential` (see the module notes); with ``global_clipnorm`` the recorded
+    updates are one step, clipped by the norm of all their gradients.
 
     Parameters
     ----------
@@ -602,6 +710,9 @@ class StepCollector(Optimizer):
     def iterations(self) -> int:
         """The target's."""
         return self.target.iterations
+
+    def _clips_globally(self) -> bool:
+        return False  # update_many only records too: the target clips the step at flush
 
     def update(self, param, grad, l1=0.0, l2=0.0):
         """Record one parameter's update; it is applied by :meth:`flush`."""
@@ -639,6 +750,11 @@ class StepCollector(Optimizer):
 
     def __repr__(self) -> str:
         return f"StepCollector({self.target!r})"
+
+
+def _norm_factor(limit: float, sumsq: float) -> float:
+    """``limit / max(sqrt(sumsq), limit)``: the factor that brings a norm down to ``limit``."""
+    return limit / max(math.sqrt(sumsq), limit)
 
 
 def _same(a: tuple, b: list) -> bool:

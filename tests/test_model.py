@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import tracemalloc
 
 import numba
@@ -401,7 +402,8 @@ def test_evaluate_return_forms():
         (lambda m, x, y: m.compile("adagrad", "mse"), ValueError, "unknown optimizer"),
         (lambda m, x, y: m.compile("adam", "hinge"), ValueError, "unknown loss"),
         (lambda m, x, y: m.compile("adam", "mse", metrics=["auc"]), ValueError,
-         "unknown metric"),
+         "unknown metric 'auc'; expected one of accuracy, .*binary_accuracy, .*"
+         "sparse_top_k_categorical_accuracy, .*mean_absolute_error, mae"),
         (lambda m, x, y: m.compile("adam", "mse", metrics="accuracy"), TypeError, "list"),
         (lambda m, x, y: m.compile("adam"), ValueError, "needs a loss"),
         (lambda m, x, y: m.add("dense"), TypeError, "Dense"),
@@ -428,3 +430,291 @@ def test_state_errors():
         model.save("never.npz")
     with pytest.raises(TypeError, match="list of Dense"):
         Sequential(Dense(3))
+
+
+# ------------------------------------------------------------------ global_clipnorm
+
+
+@pytest.mark.parametrize("mom", [0.0, 0.9])  # 0.0: plain SGD must leave the fused path
+def test_fit_global_clipnorm_takes_the_norm_over_all_layers(mom):
+    """SGD and global_clipnorm against NumPy: each step's gradients of every layer (L2
+    penalty included) are scaled by clip / max(norm of all of them, clip)."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((10, 3))
+    y = 3 * rng.standard_normal((10, 2))
+    model = Sequential([Dense(4, "tanh", dtype=np.float64, seed=0, kernel_regularizer="l2"),
+                        Dense(2, dtype=np.float64, seed=1)])
+    model.build(3)
+    weights = model.get_weights()
+    clip, lr = 5.0, 0.1
+    model.compile(SGD(lr, momentum=mom, global_clipnorm=clip), "mse")
+    model.fit(x, y, batch_size=4, epochs=3, shuffle=False, verbose=0)
+
+    velocity = [np.zeros_like(w) for w in weights]
+    norms = []
+    for _ in range(3):
+        for s in range(0, 10, 4):
+            w1, b1, w2, b2 = weights
+            xb, yb = x[s:s + 4], y[s:s + 4]
+            a = np.tanh(xb @ w1 + b1)
+            out = a @ w2 + b2
+            d_out = 2 * (out - yb) / out.size
+            d_a = d_out @ w2.T * (1 - a**2)
+            grads = [xb.T @ d_a + 2 * 0.01 * w1, d_a.sum(0), a.T @ d_out, d_out.sum(0)]
+            norm = np.sqrt(sum(np.sum(g * g) for g in grads))  # of every layer at once
+            norms.append(norm)
+            scale = clip / max(norm, clip)
+            velocity = [mom * v - lr * g * scale for v, g in zip(velocity, grads, strict=True)]
+            weights = [w + v for w, v in zip(weights, velocity, strict=True)]
+    assert min(norms) < clip < max(norms)  # clipped steps and unclipped ones
+    for got, want in zip(model.get_weights(), weights, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-14)
+
+
+# ------------------------------------------------------------------ metrics
+
+
+def _identity_model(d, activation):
+    """One float64 layer whose output is ``activation(x)``: metrics on known predictions."""
+    model = Sequential([Dense(d, activation, dtype=np.float64)])
+    model.build(d)
+    model.set_weights([np.eye(d), np.zeros(d)])
+    return model
+
+
+def _softmax(z):
+    e = np.exp(z - z.max(1, keepdims=True))
+    return e / e.sum(1, keepdims=True)
+
+
+def _top5(p, labels):
+    """Independent of the kernel's counting rule (no ties in these data): a sort."""
+    top = np.argsort(-p, axis=1)[:, :5]
+    return np.array([labels[i] in top[i] for i in range(len(p))])
+
+
+def _expected(name, p, y, labels):
+    eps = 1e-7
+    return {
+        "categorical_accuracy": np.mean(p.argmax(1) == y.argmax(1)) if y.ndim == 2 else None,
+        "sparse_categorical_accuracy": np.mean(p.argmax(1) == labels),
+        "top_k_categorical_accuracy": np.mean(_top5(p, labels)),
+        "sparse_top_k_categorical_accuracy": np.mean(_top5(p, labels)),
+        "binary_accuracy": np.mean((p > 0.5) == (y > 0.5)),
+        "mse": np.mean((p - y) ** 2),
+        "mean_squared_error": np.mean((p - y) ** 2),
+        "mae": np.mean(np.abs(p - y)),
+        "mean_absolute_error": np.mean(np.abs(p - y)),
+        "categorical_crossentropy": np.mean(-np.sum(y * np.log(np.clip(p, eps, 1 - eps)), 1)),
+    }[name]
+
+
+METRIC_CASES = [
+    # loss, output activation, classes, metrics
+    ("categorical_crossentropy", "softmax", 8,
+     ["categorical_accuracy", "top_k_categorical_accuracy", "binary_accuracy", "mse", "mae",
+      "mean_absolute_error", "categorical_crossentropy"]),
+    ("sparse_categorical_crossentropy", "softmax", 8,
+     ["sparse_categorical_accuracy", "sparse_top_k_categorical_accuracy"]),
+    ("mse", None, 8, ["binary_accuracy", "mean_squared_error", "top_k_categorical_accuracy",
+                      "categorical_accuracy"]),
+    ("binary_crossentropy", "sigmoid", 3, ["binary_accuracy", "mae"]),
+]
+
+
+def _metric_data(loss, activation, d, n, seed):
+    rng = np.random.default_rng(seed)
+    x = 2.0 * rng.standard_normal((n, d))
+    labels = rng.integers(0, d, n)
+    if loss == "binary_crossentropy":
+        y = (rng.random((n, d)) < 0.5).astype(np.float64)
+    else:
+        y = np.eye(d)[labels]
+    p = {"softmax": _softmax, "sigmoid": lambda z: 1 / (1 + np.exp(-z)), None: lambda z: z}[
+        activation](x)
+    return x, (labels if loss.startswith("sparse") else y), p, y, labels
+
+
+@pytest.mark.parametrize("case", METRIC_CASES, ids=[c[0] for c in METRIC_CASES])
+def test_metrics_match_numpy(case):
+    loss, activation, d, metrics = case
+    x, target, p, y, labels = _metric_data(loss, activation, d, 37, seed=1)
+    model = _identity_model(d, activation)
+    model.compile("sgd", loss, metrics=metrics)
+    # 37 = 3 x 10 + 7: the batch-weighted mean over a short last batch is the plain mean.
+    logs = model.evaluate(x, target, batch_size=10, return_dict=True)
+    assert list(logs) == ["loss", *metrics]
+    for name in metrics:
+        assert logs[name] == pytest.approx(_expected(name, p, y, labels), rel=1e-12), name
+
+
+@pytest.mark.parametrize("case", METRIC_CASES, ids=[c[0] for c in METRIC_CASES])
+def test_metric_names_and_epoch_means_in_history(case):
+    """Names as given (Keras 3) with val_ twins; each value is the epoch's sample mean."""
+    loss, activation, d, metrics = case
+    x, target, p, y, labels = _metric_data(loss, activation, d, 53, seed=2)
+    xv, target_v, pv, yv, labels_v = _metric_data(loss, activation, d, 11, seed=3)
+    model = _identity_model(d, activation)
+    model.compile(SGD(0.0), loss, metrics=metrics)  # no update: the predictions stay known
+    h = model.fit(x, target, batch_size=8, epochs=2, validation_data=(xv, target_v),
+                  verbose=0, seed=0)
+    assert list(h.history) == ["loss", *metrics, "val_loss", *(f"val_{m}" for m in metrics)]
+    for name in metrics:
+        for epoch in range(2):
+            assert h.history[name][epoch] == pytest.approx(
+                _expected(name, p, y, labels), rel=1e-12), name
+            assert h.history[f"val_{name}"][epoch] == pytest.approx(
+                _expected(name, pv, yv, labels_v), rel=1e-12), name
+
+
+def test_top_k_counts_ties_in_favour_and_nan_as_minus_inf():
+    """Keras' in_top_k: a hit when fewer than k scores are strictly greater."""
+    from fastdense._metric_kernels import count_top_k_categorical, count_top_k_sparse
+
+    nan = np.nan
+    scores = np.array([
+        [1, 1, 1, 1, 1, 1, 1],      # label 6 tied with all: 0 greater -> hit
+        [6, 5, 4, 3, 2, 1, 1],      # label 6 (1): 5 greater -> miss
+        [6, 5, 4, 3, 1, 1, 0],      # label 5 (1), tied at ranks 5-6: 4 greater -> hit
+        [0, 0, 0, 0, 0, 0, 0],      # label 0: hit
+        [nan, 0, 0, 0, 0, 0, 0],    # label 0 is NaN, as -inf: 6 greater -> miss
+        [nan, 1, 2, 3, 4, 5, 6],    # label 2 (2): 4 greater, NaN is not -> hit
+        [9, 9, 9, 9, 9, 9, 9],      # padding row (n = 6): not counted
+    ])
+    labels = np.array([6, 6, 5, 0, 0, 2, 0])
+    hits = [1, 0, 1, 1, 0, 1]
+    assert count_top_k_sparse(labels, scores, 6, 5) == sum(hits)
+    assert count_top_k_categorical(np.eye(7)[labels], scores, 6, 5) == sum(hits)
+    assert count_top_k_sparse(labels, scores, 6, 7) == 6  # k >= classes: every row
+    # Through a model (no NaN: it would spread over the row in the matmul).
+    model = _identity_model(7, None)
+    model.compile("sgd", "mse", metrics=["top_k_categorical_accuracy"])
+    logs = model.evaluate(scores[:4], np.eye(7)[labels[:4]], batch_size=3, return_dict=True)
+    assert logs["top_k_categorical_accuracy"] == sum(hits[:4]) / 4
+
+
+def test_top_k_ranks_the_probabilities_not_the_fused_logits():
+    """Keras ranks the softmax outputs: probabilities that underflow to 0 tie, although their
+    logits differ (the fused path must apply the softmax before ranking)."""
+    logits = np.array([[0.0, -800, -801, -802, -803, -804, -805, -806]])
+    assert np.count_nonzero(_softmax(logits)) == 1
+    model = _identity_model(8, "softmax")
+    for loss, metric, target in [
+        ("categorical_crossentropy", "top_k_categorical_accuracy", np.eye(8)[[7]]),
+        ("sparse_categorical_crossentropy", "sparse_top_k_categorical_accuracy", [7]),
+    ]:
+        model.compile("sgd", loss, metrics=[metric])
+        # label 7: one probability greater, six tied at 0 -> in the top 5 (logits: 7 greater)
+        assert model.evaluate(logits, target, return_dict=True)[metric] == 1.0
+
+
+def test_metric_of_the_wrong_target_format_is_rejected_at_compile():
+    model = _mlp()
+    model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    before = (model.optimizer, model.loss, model._metric_names)
+    for loss, metric, words in [
+        ("categorical_crossentropy", "sparse_top_k_categorical_accuracy", "integer labels"),
+        ("sparse_categorical_crossentropy", "top_k_categorical_accuracy", "output's shape"),
+        ("sparse_categorical_crossentropy", "mae", "different target formats"),
+    ]:
+        with pytest.raises(ValueError, match=words):
+            model.compile("rmsprop", loss, metrics=["accuracy", metric])
+        assert (model.optimizer, model.loss, model._metric_names) == before
+
+
+# ------------------------------------------------------------------ optimizer state in files
+
+
+OPTIMIZERS = {
+    "adam": lambda: Adam(0.01),
+    "sgd-momentum": lambda: SGD(0.05, momentum=0.9),
+    "sgd-nesterov-global": lambda: SGD(0.05, momentum=0.9, nesterov=True, global_clipnorm=1.0),
+    "adam-amsgrad-clipnorm": lambda: Adam(0.01, amsgrad=True, clipnorm=1.0),
+    "rmsprop-centered": lambda: RMSprop(0.005, momentum=0.5, centered=True),
+}
+
+
+@pytest.mark.parametrize("make_opt", OPTIMIZERS.values(), ids=OPTIMIZERS.keys())
+def test_save_load_then_fit_continues_bitwise(tmp_path, make_opt):
+    x, y = _blobs(n=90)
+    model = _mlp()
+    metrics = ["accuracy", "sparse_top_k_categorical_accuracy"]
+    model.compile(make_opt(), "sparse_categorical_crossentropy", metrics=metrics)
+    model.fit(x, y, batch_size=16, epochs=2, verbose=0, seed=0)
+    path = tmp_path / "model.npz"
+    model.save(path)
+    loaded = load_model(path)
+    assert loaded.optimizer.iterations == model.optimizer.iterations == 12  # 2 x 6 steps
+    assert loaded.optimizer.get_config() == model.optimizer.get_config()
+    assert loaded.loss == model.loss and loaded._metric_names == metrics
+    without_state = load_model(path)
+    without_state.optimizer.reset()  # what loading without the optimizer's state would give
+
+    h1 = model.fit(x, y, batch_size=16, epochs=2, verbose=0, seed=1)
+    h2 = loaded.fit(x, y, batch_size=16, epochs=2, verbose=0, seed=1)
+    without_state.fit(x, y, batch_size=16, epochs=2, verbose=0, seed=1)
+    for a, b in zip(model.get_weights(), loaded.get_weights(), strict=True):
+        assert np.array_equal(a, b)
+    assert h1.history == h2.history
+    assert not all(np.array_equal(a, b) for a, b in
+                   zip(model.get_weights(), without_state.get_weights(), strict=True))
+
+
+def test_load_files_without_optimizer_state(tmp_path):
+    x, y = _blobs(n=40)
+    # A model that was never compiled.
+    model = _mlp()
+    model.build(5)
+    model.save(tmp_path / "plain.npz")
+    loaded = load_model(tmp_path / "plain.npz")
+    assert loaded.loss is None and loaded.optimizer is None
+    assert np.array_equal(loaded.predict(x), model.predict(x))
+    # Compiled, never trained: an optimizer without state.
+    model.compile(Adam(0.01), "sparse_categorical_crossentropy", metrics=["acc"])
+    model.save(tmp_path / "compiled.npz")
+    assert load_model(tmp_path / "compiled.npz").optimizer.iterations == 0
+    # A file of format version 1, written before optimizer state was saved.
+    model.fit(x, y, epochs=1, verbose=0, seed=0)
+    model.save(tmp_path / "new.npz")
+    with np.load(tmp_path / "new.npz") as data:
+        arrays = {k: data[k] for k in data.files if not k.startswith("optimizer/")}
+    config = json.loads(str(arrays["__config__"]))
+    assert config["format_version"] == 2 and config["optimizer_state"]["steps"]
+    del config["optimizer_state"]
+    config["format_version"] = 1
+    arrays["__config__"] = np.array(json.dumps(config))
+    np.savez(tmp_path / "old.npz", **arrays)
+    old = load_model(tmp_path / "old.npz")
+    assert old.optimizer.iterations == 0 and old._metric_names == ["acc"]
+    assert np.array_equal(old.predict(x), model.predict(x))
+    old.fit(x, y, epochs=1, verbose=0)
+
+
+def _rewrite(src, dst, edit):
+    with np.load(src) as data:
+        arrays = {k: data[k] for k in data.files}
+    config = json.loads(str(arrays["__config__"]))
+    edit(arrays, config)
+    arrays["__config__"] = np.array(json.dumps(config))
+    np.savez(dst, **arrays)
+
+
+@pytest.mark.parametrize("edit, words", [
+    (lambda a, c: a.pop("optimizer/layers/1/bias/v"), "optimizer arrays"),
+    (lambda a, c: a.update({"optimizer/layers/0/kernel/m": np.zeros(3, np.float32)}),
+     "optimizer state of layers/0/kernel: slot 'm' must have the parameter's shape"),
+    (lambda a, c: c["optimizer_state"]["steps"].update({"layers/7/kernel": 1}),
+     "unknown weights"),
+    (lambda a, c: c["optimizer_state"]["steps"].update({"layers/0/bias": -2}),
+     "step must be an int >= 0"),
+    (lambda a, c: c.update(compile=None), "without a compiled optimizer"),
+])
+def test_load_rejects_damaged_optimizer_state(tmp_path, edit, words):
+    x, y = _blobs(n=40)
+    model = _mlp()
+    model.compile(Adam(0.01), "sparse_categorical_crossentropy")
+    model.fit(x, y, epochs=1, verbose=0, seed=0)
+    model.save(tmp_path / "m.npz")
+    _rewrite(tmp_path / "m.npz", tmp_path / "bad.npz", edit)
+    with pytest.raises(ValueError, match=words):
+        load_model(tmp_path / "bad.npz")

@@ -250,7 +250,7 @@ def test_slots_are_keyed_to_the_array_object_and_freed_with_it():
 def test_is_plain_sgd_and_plain_sgd_rate():
     assert SGD(0.1).is_plain_sgd and plain_sgd_rate(SGD(0.1)) == 0.1
     for opt in (SGD(momentum=0.1), SGD(clipnorm=1.0), SGD(clipvalue=1.0),
-                SGD(weight_decay=0.1), Adam(), AdamW(), RMSprop()):
+                SGD(global_clipnorm=1.0), SGD(weight_decay=0.1), Adam(), AdamW(), RMSprop()):
         assert not opt.is_plain_sgd
         assert plain_sgd_rate(opt) is None
 
@@ -300,7 +300,15 @@ def test_get_and_config_round_trip():
         (lambda: SGD(momentum=1.5), ValueError, "momentum"),
         (lambda: SGD(nesterov="yes"), TypeError, "nesterov"),
         (lambda: Adam(clipnorm=1.0, clipvalue=1.0), ValueError, "only one"),
+        (lambda: SGD(clipnorm=1.0, global_clipnorm=2.0), ValueError,
+         "only one of clipnorm, clipvalue and global_clipnorm.*clipnorm=1.0 and "
+         "global_clipnorm=2.0"),
+        (lambda: RMSprop(clipvalue=1.0, global_clipnorm=1.0), ValueError, "only one"),
+        (lambda: AdamW(clipnorm=1.0, clipvalue=1.0, global_clipnorm=1.0), ValueError,
+         "only one"),
         (lambda: Adam(clipnorm=0.0), ValueError, "clipnorm"),
+        (lambda: Adam(global_clipnorm=-1.0), ValueError, r"global_clipnorm must be .*\(0"),
+        (lambda: SGD(global_clipnorm="1"), TypeError, "global_clipnorm must be a real"),
         (lambda: RMSprop(rho=2.0), ValueError, "rho"),
         (lambda: AdamW(weight_decay=None), ValueError, "weight_decay"),
         (lambda: get("adagrad"), ValueError, "unknown optimizer"),
@@ -455,3 +463,177 @@ def test_update_many_and_collector_reject_bad_input():
     bad.learning_rate = -1.0
     with pytest.raises(ValueError, match="finite and >= 0"):
         learning_rate_of(StepCollector(bad))
+
+
+# ------------------------------------------------------------------ global_clipnorm
+
+
+def _global_reference(refs, ws, gs, l1s, l2s, clip):
+    """One Keras step clipped by the global norm: every gradient, penalty included, is scaled
+    by ``clip / max(norm, clip)`` with ``norm`` the L2 norm of all of them together."""
+    full = [g + l1 * np.sign(w) + 2.0 * l2 * w
+            for w, g, l1, l2 in zip(ws, gs, l1s, l2s, strict=True)]
+    norm = math.sqrt(sum(float(np.sum(g * g)) for g in full))
+    scale = clip / max(norm, clip)
+    return [ref.step(w, g * scale, 0.0, 0.0) for ref, w, g in zip(refs, ws, full, strict=True)
+            ], norm
+
+
+GLOBAL_CASES = [
+    ("sgd", lambda **kw: SGD(0.05, **kw), lambda: RefSGD(lr=0.05)),
+    ("sgd-momentum", lambda **kw: SGD(0.05, momentum=0.9, **kw),
+     lambda: RefSGD(lr=0.05, momentum=0.9)),
+    ("sgd-nesterov-wd", lambda **kw: SGD(0.05, momentum=0.5, nesterov=True,
+                                         weight_decay=0.1, **kw),
+     lambda: RefSGD(lr=0.05, momentum=0.5, nesterov=True, weight_decay=0.1)),
+    ("adam", lambda **kw: Adam(0.01, **kw), lambda: RefAdam(lr=0.01)),
+    ("adamw-amsgrad", lambda **kw: AdamW(0.01, weight_decay=0.05, amsgrad=True, **kw),
+     lambda: RefAdam(lr=0.01, weight_decay=0.05, amsgrad=True)),
+    ("rmsprop-centered", lambda **kw: RMSprop(0.01, centered=True, momentum=0.5, **kw),
+     lambda: RefRMSprop(lr=0.01, centered=True, momentum=0.5)),
+]
+
+
+@pytest.mark.parametrize("penalized", [False, True], ids=["nopen", "l1l2"])
+@pytest.mark.parametrize("via", ["update_many", "collector"])
+@pytest.mark.parametrize("case", GLOBAL_CASES, ids=[c[0] for c in GLOBAL_CASES])
+def test_global_clipnorm_matches_numpy_over_steps_and_parameters(case, via, penalized):
+    _, make, make_ref = case
+    clip = 60.0
+    opt = make(global_clipnorm=clip)
+    params, grads = _params(np.float64, seed=7)  # ~200 of norm, one parameter of 40000
+    refs = [make_ref() for _ in params]
+    mirror = [p.copy() for p in params]
+    # Without penalties plain Adam would take the collector's fused path: it must not.
+    l1s, l2s = ([0.0, 0.01, 0.0, 0.02], [0.0, 0.0, 0.03, 0.01]) if penalized else (
+        [0.0] * 4, [0.0] * 4)
+    collector = StepCollector(opt)
+    norms = []
+    for factor in (0.5, 1.0, 2.0, 0.1, 1.5):  # clipped, clipped, clipped, not, clipped
+        scaled = [g * factor for g in grads]
+        if via == "update_many":
+            opt.update_many(params, scaled, l1s, l2s)
+        elif factor == 2.0:  # a collector's update_many records, as its update does
+            collector.update_many(params, scaled, l1s, l2s)
+            collector.flush()
+        else:
+            for p, g, l1, l2 in zip(params, scaled, l1s, l2s, strict=True):
+                collector.update(p, g, l1, l2)
+            collector.flush()
+        mirror, norm = _global_reference(refs, mirror, scaled, l1s, l2s, clip)
+        norms.append(norm)
+        for a, b in zip(params, mirror, strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+    assert min(norms) < clip < max(norms)  # both branches of the formula were exercised
+    assert opt.iterations == 5
+
+
+def test_global_clipnorm_differs_from_per_parameter_clipnorm():
+    """The norm spans every parameter of the step: not the same as clipnorm on each."""
+    params, grads = _params(np.float64, seed=8)
+    per_param = [p.copy() for p in params]
+    Adam(0.01, global_clipnorm=1.0).update_many(params, grads)
+    Adam(0.01, clipnorm=1.0).update_many(per_param, grads)
+    assert not np.array_equal(params[0], per_param[0])
+
+
+def test_lone_update_with_global_clipnorm_clips_that_parameter_alone():
+    """A lone update is a step of one parameter: exactly clipnorm on it."""
+    rng = np.random.default_rng(9)
+    w1 = rng.standard_normal((6, 4))
+    w2 = w1.copy()
+    glob, per = RMSprop(0.01, global_clipnorm=0.7), RMSprop(0.01, clipnorm=0.7)
+    for _ in range(3):
+        g = rng.standard_normal(w1.shape)
+        glob.update(w1, g, 0.01, 0.02)
+        per.update(w2, g, 0.01, 0.02)
+    assert np.array_equal(w1, w2)
+
+
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs 2 Numba threads")
+def test_global_clipnorm_is_bitwise_the_same_for_any_thread_count():
+    shapes = [(70_001,), (300, 50), (50,)]  # several fixed blocks in the large ones
+    results = []
+    for n in (1, 2):
+        with threads(n):
+            rng = np.random.default_rng(10)
+            params = [np.random.default_rng(11).standard_normal(s) for s in shapes]
+            opt = Adam(0.01, global_clipnorm=5.0)
+            for _ in range(3):
+                grads = [rng.standard_normal(s) for s in shapes]
+                opt.update_many(params, grads, [1e-3] * 3, [1e-3] * 3)
+            results.append(params)
+    for a, b in zip(*results, strict=True):
+        assert np.array_equal(a, b)
+
+
+def test_global_clipnorm_bad_step_changes_nothing():
+    opt = SGD(0.1, momentum=0.9, global_clipnorm=1.0)
+    params = [np.ones(3), np.ones(2)]
+    with pytest.raises(ValueError, match="param's shape"):
+        opt.update_many(params, [np.ones(3), np.ones(5)])
+    assert all(np.array_equal(p, np.ones_like(p)) for p in params)
+    assert opt.iterations == 0 and all(opt.get_slot_state(p) is None for p in params)
+
+
+@pytest.mark.parametrize("cls", [SGD, Adam, AdamW, RMSprop])
+def test_global_clipnorm_config_round_trip(cls):
+    from fastdense.optimizers import deserialize, serialize
+
+    opt = cls(0.02, global_clipnorm=0.25)
+    config = opt.get_config()
+    assert config["global_clipnorm"] == 0.25
+    assert "clipnorm" not in config and "clipvalue" not in config
+    again = cls.from_config(config)
+    assert again.global_clipnorm == 0.25 and again.get_config() == config
+    assert deserialize(serialize(opt)).get_config() == config
+    assert "global_clipnorm" not in cls(0.02).get_config()  # only when set, as clipnorm
+
+
+# ------------------------------------------------------------------ slot state
+
+
+def test_slot_state_round_trip_continues_bitwise():
+    rng = np.random.default_rng(12)
+    w = rng.standard_normal((5, 3)).astype(np.float32)
+    opt = Adam(0.01, amsgrad=True)
+    for _ in range(3):
+        opt.update(w, rng.standard_normal(w.shape).astype(np.float32))
+    step, slots = opt.get_slot_state(w)
+    assert step == 3 and set(slots) == set(opt.slot_names) == {"m", "v", "vhat"}
+    assert all(a.shape == w.shape and a.dtype == np.float32 for a in slots.values())
+    slots["m"][...] = 0.0  # copies: the optimizer's state is untouched
+    assert opt.get_slot_state(w)[1]["m"].any()
+
+    w2 = w.copy()
+    restored = Adam(0.01, amsgrad=True)
+    restored.set_slot_state(w2, *opt.get_slot_state(w))
+    assert restored.iterations == 3
+    g = rng.standard_normal(w.shape).astype(np.float32)
+    opt.update(w, g)
+    restored.update(w2, g)
+    assert np.array_equal(w, w2)
+    assert Adam().get_slot_state(w) is None
+
+
+@pytest.mark.parametrize(
+    "step, arrays, exc, words",
+    [
+        (-1, {"m": np.zeros(3), "v": np.zeros(3)}, ValueError, "step must be an int"),
+        (1.5, {"m": np.zeros(3), "v": np.zeros(3)}, ValueError, "step must be an int"),
+        (1, {"m": np.zeros(3)}, ValueError, r"keeps the slots \['m', 'v'\], got \['m'\]"),
+        (1, {"m": np.zeros(3), "v": np.zeros(4)}, ValueError, "parameter's shape"),
+        (1, {"m": np.zeros(3), "v": np.array(["a"] * 3)}, TypeError, "real array"),
+        (1, [np.zeros(3)], ValueError, "got list"),
+    ],
+)
+def test_set_slot_state_rejects_bad_input_and_changes_nothing(step, arrays, exc, words):
+    opt = Adam()
+    w = np.zeros(3)
+    opt.update(w, np.ones(3))
+    before = opt.get_slot_state(w)
+    with pytest.raises(exc, match=words):
+        opt.set_slot_state(w, step, arrays)
+    after = opt.get_slot_state(w)
+    assert after[0] == before[0] == 1
+    assert all(np.array_equal(after[1][k], before[1][k]) for k in before[1])

@@ -1,0 +1,55 @@
+"""Counting kernels of the top-k accuracy metrics of :class:`fastdense.Sequential`.
+
+They belong with the other counting kernels in :mod:`fastdense.kernels.loss`; they live here
+until that module's rewrite lands.  Like those, they count hits in the first ``n`` rows of a
+batch (the rest is padding) and allocate nothing.
+"""
+
+import numpy as np
+from numba import njit
+
+
+@njit(cache=True)
+def _in_top_k(y_pred, i, label, k):
+    """Whether ``y_pred[i, label]`` is among the row's ``k`` largest scores.
+
+    Keras' rule (``ops.in_top_k``): fewer than ``k`` scores strictly greater, so ties at the
+    boundary count in favour; a NaN score at the label counts as ``-inf`` (Keras' JAX and NumPy
+    backends).
+    """
+    s = y_pred[i, label]
+    if s != s:
+        s = -np.inf
+    greater = 0
+    for j in range(y_pred.shape[1]):
+        if y_pred[i, j] > s:
+            greater += 1
+    return greater < k
+
+
+@njit(cache=True)
+def count_top_k_sparse(labels, y_pred, n, k):
+    """Rows among the first ``n`` whose integer label is in the top ``k`` scores."""
+    hits = 0
+    for i in range(n):
+        if _in_top_k(y_pred, i, labels[i], k):
+            hits += 1
+    return hits
+
+
+@njit(cache=True)
+def count_top_k_categorical(y_true, y_pred, n, k):
+    """Rows among the first ``n`` whose target's argmax (first on ties, as Keras' ``argmax``)
+    is in the top ``k`` scores."""
+    hits = 0
+    d = y_true.shape[1]
+    for i in range(n):
+        label = 0
+        best = y_true[i, 0]
+        for j in range(1, d):
+            if y_true[i, j] > best:
+                best = y_true[i, j]
+                label = j
+        if _in_top_k(y_pred, i, label, k):
+            hits += 1
+    return hits
