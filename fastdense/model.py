@@ -40,13 +40,13 @@ from typing import Any
 
 import numpy as np
 
-from fastdense import _metric_kernels as _mk
 from fastdense import activations
 from fastdense import losses as _losses
 from fastdense import optimizers as _optimizers
 from fastdense.dense import Dense, LayerStateError
 from fastdense.kernels import activation as _ak
 from fastdense.kernels import loss as _lk
+from fastdense.kernels import metrics as _mk
 
 _FORMAT = "fastdense.Sequential"
 #: Seconds between progress-bar updates during ``fit`` (a few per second at most).

@@ -569,7 +569,7 @@ def test_metric_names_and_epoch_means_in_history(case):
 
 def test_top_k_counts_ties_in_favour_and_nan_as_minus_inf():
     """Keras' in_top_k: a hit when fewer than k scores are strictly greater."""
-    from fastdense._metric_kernels import count_top_k_categorical, count_top_k_sparse
+    from fastdense.kernels.metrics import count_top_k_categorical, count_top_k_sparse
 
     nan = np.nan
     scores = np.array([

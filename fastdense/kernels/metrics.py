@@ -1,8 +1,7 @@
 """Counting kernels of the top-k accuracy metrics of :class:`fastdense.Sequential`.
 
-They belong with the other counting kernels in :mod:`fastdense.kernels.loss`; they live here
-until that module's rewrite lands.  Like those, they count hits in the first ``n`` rows of a
-batch (the rest is padding) and allocate nothing.
+Like the counting kernels of :mod:`fastdense.kernels.loss`, they count hits in the first ``n``
+rows of a batch (the rest is padding) and allocate nothing.
 """
 
 import numpy as np
