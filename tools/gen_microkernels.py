@@ -69,15 +69,14 @@ def _kernel(name: str, mr: int, nr: int, dtype: str) -> str:
     lines = [
         "",
         "@kernel(nrt=False)",
-        f"def {name}(kc, ap, ao, ars, aps, bp, bo, bps, tile, out, i0, j0, mode):",
+        f"def {name}(kc, a2, bp, bo, bps, tile, out, i0, j0, mode):",
         f'{ind}"""{mr} x {nr} tile ``A_panel @ B_panel`` ({dtype}) over ``kc`` >= 0 steps.',
         "",
-        f"{ind}Element ``(i, p)`` of the A panel is ``ap[ao + i * ars + p * aps]`` and element",
-        f"{ind}``(p, j)`` of the B panel ``bp[bo + p * bps + j]``: packed panels",
-        f"{ind}(``ars, aps, bps = 1, {mr}, {nr}``) or the operands in place (a row-major",
-        f"{ind}``A`` with ``ars = lda, aps = 1``, its transpose with ``ars = 1, aps = lda``, a",
-        f"{ind}row-major ``B`` with ``bps = ldb``), so that no packing is needed when the",
-        f"{ind}operands are small enough to stay in cache.",
+        f"{ind}The A panel is ``a2[p, i]``, a ``(kc, {mr})`` view of any strides: a packed panel",
+        f"{ind}or the operand in place (a row-major ``A``'s rows transposed, or a transposed",
+        f"{ind}``A``'s columns).  Element ``(p, j)`` of the B panel is ``bp[bo + p * bps + j]``: a",
+        f"{ind}packed panel (``bps = {nr}``) or a row-major ``B`` in place (``bps = ldb``).  Reading",
+        f"{ind}in place spares the packing when the operands stay in cache anyway.",
         "",
         f"{ind}``tile[i * {nr} + j]`` holds it (row-major); ``mode`` 1 also stores it to",
         f"{ind}``out[i0:i0 + {mr}, j0:j0 + {nr}]``, 2 adds it there (``out + tile``: the next KC",
@@ -97,13 +96,14 @@ def _kernel(name: str, mr: int, nr: int, dtype: str) -> str:
     for i in range(mr):
         lines.extend(f"{ind}c{i}_{j} = zero" for j in range(nr))
     lines.append(f"{ind}for p in range(kc):")
-    lines.append(f"{body}qa = ao + p * aps")
     lines.append(f"{body}qb = bo + p * bps")
     lines.append(f"{body}pb = bp[qb:qb + {nr}]")
     for j in range(nr):
         lines.append(f"{body}b{j} = pb[{j}]")
     for i in range(mr):
-        lines.append(f"{body}a = ap[qa + {i} * ars]" if i else f"{body}a = ap[qa]")
+        # A 2-D view indexed by the loop counter and a constant: no negative-index
+        # (wraparound) arithmetic per load, which a flat ``ap[ao + i * ars]`` would cost.
+        lines.append(f"{body}a = a2[p, {i}]")
         for j in range(nr):
             lines.append(f"{body}c{i}_{j} = fma(a, b{j}, c{i}_{j})")
     for i in range(mr):

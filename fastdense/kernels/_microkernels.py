@@ -43,15 +43,14 @@ MR_F64, NR_F64 = 8, 16
 
 
 @kernel(nrt=False)
-def ukernel_8x32(kc, ap, ao, ars, aps, bp, bo, bps, tile, out, i0, j0, mode):
+def ukernel_8x32(kc, a2, bp, bo, bps, tile, out, i0, j0, mode):
     """8 x 32 tile ``A_panel @ B_panel`` (float32) over ``kc`` >= 0 steps.
 
-    Element ``(i, p)`` of the A panel is ``ap[ao + i * ars + p * aps]`` and element
-    ``(p, j)`` of the B panel ``bp[bo + p * bps + j]``: packed panels
-    (``ars, aps, bps = 1, 8, 32``) or the operands in place (a row-major
-    ``A`` with ``ars = lda, aps = 1``, its transpose with ``ars = 1, aps = lda``, a
-    row-major ``B`` with ``bps = ldb``), so that no packing is needed when the
-    operands are small enough to stay in cache.
+    The A panel is ``a2[p, i]``, a ``(kc, 8)`` view of any strides: a packed panel
+    or the operand in place (a row-major ``A``'s rows transposed, or a transposed
+    ``A``'s columns).  Element ``(p, j)`` of the B panel is ``bp[bo + p * bps + j]``: a
+    packed panel (``bps = 32``) or a row-major ``B`` in place (``bps = ldb``).  Reading
+    in place spares the packing when the operands stay in cache anyway.
 
     ``tile[i * 32 + j]`` holds it (row-major); ``mode`` 1 also stores it to
     ``out[i0:i0 + 8, j0:j0 + 32]``, 2 adds it there (``out + tile``: the next KC
@@ -349,7 +348,6 @@ def ukernel_8x32(kc, ap, ao, ars, aps, bp, bo, bps, tile, out, i0, j0, mode):
     c7_30 = zero
     c7_31 = zero
     for p in range(kc):
-        qa = ao + p * aps
         qb = bo + p * bps
         pb = bp[qb:qb + 32]
         b0 = pb[0]
@@ -384,7 +382,7 @@ def ukernel_8x32(kc, ap, ao, ars, aps, bp, bo, bps, tile, out, i0, j0, mode):
         b29 = pb[29]
         b30 = pb[30]
         b31 = pb[31]
-        a = ap[qa]
+        a = a2[p, 0]
         c0_0 = fma(a, b0, c0_0)
         c0_1 = fma(a, b1, c0_1)
         c0_2 = fma(a, b2, c0_2)
@@ -417,7 +415,7 @@ def ukernel_8x32(kc, ap, ao, ars, aps, bp, bo, bps, tile, out, i0, j0, mode):
         c0_29 = fma(a, b29, c0_29)
         c0_30 = fma(a, b30, c0_30)
         c0_31 = fma(a, b31, c0_31)
-        a = ap[qa + 1 * ars]
+        a = a2[p, 1]
         c1_0 = fma(a, b0, c1_0)
         c1_1 = fma(a, b1, c1_1)
         c1_2 = fma(a, b2, c1_2)
@@ -450,7 +448,7 @@ def ukernel_8x32(kc, ap, ao, ars, aps, bp, bo, bps, tile, out, i0, j0, mode):
         c1_29 = fma(a, b29, c1_29)
         c1_30 = fma(a, b30, c1_30)
         c1_31 = fma(a, b31, c1_31)
-        a = ap[qa + 2 * ars]
+        a = a2[p, 2]
         c2_0 = fma(a, b0, c2_0)
         c2_1 = fma(a, b1, c2_1)
         c2_2 = fma(a, b2, c2_2)
@@ -483,7 +481,7 @@ def ukernel_8x32(kc, ap, ao, ars, aps, bp, bo, bps, tile, out, i0, j0, mode):
         c2_29 = fma(a, b29, c2_29)
         c2_30 = fma(a, b30, c2_30)
         c2_31 = fma(a, b31, c2_31)
-        a = ap[qa + 3 * ars]
+        a = a2[p, 3]
         c3_0 = fma(a, b0, c3_0)
         c3_1 = fma(a, b1, c3_1)
         c3_2 = fma(a, b2, c3_2)
@@ -516,7 +514,7 @@ def ukernel_8x32(kc, ap, ao, ars, aps, bp, bo, bps, tile, out, i0, j0, mode):
         c3_29 = fma(a, b29, c3_29)
         c3_30 = fma(a, b30, c3_30)
         c3_31 = fma(a, b31, c3_31)
-        a = ap[qa + 4 * ars]
+        a = a2[p, 4]
         c4_0 = fma(a, b0, c4_0)
         c4_1 = fma(a, b1, c4_1)
         c4_2 = fma(a, b2, c4_2)
@@ -549,7 +547,7 @@ def ukernel_8x32(kc, ap, ao, ars, aps, bp, bo, bps, tile, out, i0, j0, mode):
         c4_29 = fma(a, b29, c4_29)
         c4_30 = fma(a, b30, c4_30)
         c4_31 = fma(a, b31, c4_31)
-        a = ap[qa + 5 * ars]
+        a = a2[p, 5]
         c5_0 = fma(a, b0, c5_0)
         c5_1 = fma(a, b1, c5_1)
         c5_2 = fma(a, b2, c5_2)
@@ -582,7 +580,7 @@ def ukernel_8x32(kc, ap, ao, ars, aps, bp, bo, bps, tile, out, i0, j0, mode):
         c5_29 = fma(a, b29, c5_29)
         c5_30 = fma(a, b30, c5_30)
         c5_31 = fma(a, b31, c5_31)
-        a = ap[qa + 6 * ars]
+        a = a2[p, 6]
         c6_0 = fma(a, b0, c6_0)
         c6_1 = fma(a, b1, c6_1)
         c6_2 = fma(a, b2, c6_2)
@@ -615,7 +613,7 @@ def ukernel_8x32(kc, ap, ao, ars, aps, bp, bo, bps, tile, out, i0, j0, mode):
         c6_29 = fma(a, b29, c6_29)
         c6_30 = fma(a, b30, c6_30)
         c6_31 = fma(a, b31, c6_31)
-        a = ap[qa + 7 * ars]
+        a = a2[p, 7]
         c7_0 = fma(a, b0, c7_0)
         c7_1 = fma(a, b1, c7_1)
         c7_2 = fma(a, b2, c7_2)
@@ -916,15 +914,14 @@ def ukernel_8x32(kc, ap, ao, ars, aps, bp, bo, bps, tile, out, i0, j0, mode):
 
 
 @kernel(nrt=False)
-def ukernel_8x16(kc, ap, ao, ars, aps, bp, bo, bps, tile, out, i0, j0, mode):
+def ukernel_8x16(kc, a2, bp, bo, bps, tile, out, i0, j0, mode):
     """8 x 16 tile ``A_panel @ B_panel`` (float64) over ``kc`` >= 0 steps.
 
-    Element ``(i, p)`` of the A panel is ``ap[ao + i * ars + p * aps]`` and element
-    ``(p, j)`` of the B panel ``bp[bo + p * bps + j]``: packed panels
-    (``ars, aps, bps = 1, 8, 16``) or the operands in place (a row-major
-    ``A`` with ``ars = lda, aps = 1``, its transpose with ``ars = 1, aps = lda``, a
-    row-major ``B`` with ``bps = ldb``), so that no packing is needed when the
-    operands are small enough to stay in cache.
+    The A panel is ``a2[p, i]``, a ``(kc, 8)`` view of any strides: a packed panel
+    or the operand in place (a row-major ``A``'s rows transposed, or a transposed
+    ``A``'s columns).  Element ``(p, j)`` of the B panel is ``bp[bo + p * bps + j]``: a
+    packed panel (``bps = 16``) or a row-major ``B`` in place (``bps = ldb``).  Reading
+    in place spares the packing when the operands stay in cache anyway.
 
     ``tile[i * 16 + j]`` holds it (row-major); ``mode`` 1 also stores it to
     ``out[i0:i0 + 8, j0:j0 + 16]``, 2 adds it there (``out + tile``: the next KC
@@ -1094,7 +1091,6 @@ def ukernel_8x16(kc, ap, ao, ars, aps, bp, bo, bps, tile, out, i0, j0, mode):
     c7_14 = zero
     c7_15 = zero
     for p in range(kc):
-        qa = ao + p * aps
         qb = bo + p * bps
         pb = bp[qb:qb + 16]
         b0 = pb[0]
@@ -1113,7 +1109,7 @@ def ukernel_8x16(kc, ap, ao, ars, aps, bp, bo, bps, tile, out, i0, j0, mode):
         b13 = pb[13]
         b14 = pb[14]
         b15 = pb[15]
-        a = ap[qa]
+        a = a2[p, 0]
         c0_0 = fma(a, b0, c0_0)
         c0_1 = fma(a, b1, c0_1)
         c0_2 = fma(a, b2, c0_2)
@@ -1130,7 +1126,7 @@ def ukernel_8x16(kc, ap, ao, ars, aps, bp, bo, bps, tile, out, i0, j0, mode):
         c0_13 = fma(a, b13, c0_13)
         c0_14 = fma(a, b14, c0_14)
         c0_15 = fma(a, b15, c0_15)
-        a = ap[qa + 1 * ars]
+        a = a2[p, 1]
         c1_0 = fma(a, b0, c1_0)
         c1_1 = fma(a, b1, c1_1)
         c1_2 = fma(a, b2, c1_2)
@@ -1147,7 +1143,7 @@ def ukernel_8x16(kc, ap, ao, ars, aps, bp, bo, bps, tile, out, i0, j0, mode):
         c1_13 = fma(a, b13, c1_13)
         c1_14 = fma(a, b14, c1_14)
         c1_15 = fma(a, b15, c1_15)
-        a = ap[qa + 2 * ars]
+        a = a2[p, 2]
         c2_0 = fma(a, b0, c2_0)
         c2_1 = fma(a, b1, c2_1)
         c2_2 = fma(a, b2, c2_2)
@@ -1164,7 +1160,7 @@ def ukernel_8x16(kc, ap, ao, ars, aps, bp, bo, bps, tile, out, i0, j0, mode):
         c2_13 = fma(a, b13, c2_13)
         c2_14 = fma(a, b14, c2_14)
         c2_15 = fma(a, b15, c2_15)
-        a = ap[qa + 3 * ars]
+        a = a2[p, 3]
         c3_0 = fma(a, b0, c3_0)
         c3_1 = fma(a, b1, c3_1)
         c3_2 = fma(a, b2, c3_2)
@@ -1181,7 +1177,7 @@ def ukernel_8x16(kc, ap, ao, ars, aps, bp, bo, bps, tile, out, i0, j0, mode):
         c3_13 = fma(a, b13, c3_13)
         c3_14 = fma(a, b14, c3_14)
         c3_15 = fma(a, b15, c3_15)
-        a = ap[qa + 4 * ars]
+        a = a2[p, 4]
         c4_0 = fma(a, b0, c4_0)
         c4_1 = fma(a, b1, c4_1)
         c4_2 = fma(a, b2, c4_2)
@@ -1198,7 +1194,7 @@ def ukernel_8x16(kc, ap, ao, ars, aps, bp, bo, bps, tile, out, i0, j0, mode):
         c4_13 = fma(a, b13, c4_13)
         c4_14 = fma(a, b14, c4_14)
         c4_15 = fma(a, b15, c4_15)
-        a = ap[qa + 5 * ars]
+        a = a2[p, 5]
         c5_0 = fma(a, b0, c5_0)
         c5_1 = fma(a, b1, c5_1)
         c5_2 = fma(a, b2, c5_2)
@@ -1215,7 +1211,7 @@ def ukernel_8x16(kc, ap, ao, ars, aps, bp, bo, bps, tile, out, i0, j0, mode):
         c5_13 = fma(a, b13, c5_13)
         c5_14 = fma(a, b14, c5_14)
         c5_15 = fma(a, b15, c5_15)
-        a = ap[qa + 6 * ars]
+        a = a2[p, 6]
         c6_0 = fma(a, b0, c6_0)
         c6_1 = fma(a, b1, c6_1)
         c6_2 = fma(a, b2, c6_2)
@@ -1232,7 +1228,7 @@ def ukernel_8x16(kc, ap, ao, ars, aps, bp, bo, bps, tile, out, i0, j0, mode):
         c6_13 = fma(a, b13, c6_13)
         c6_14 = fma(a, b14, c6_14)
         c6_15 = fma(a, b15, c6_15)
-        a = ap[qa + 7 * ars]
+        a = a2[p, 7]
         c7_0 = fma(a, b0, c7_0)
         c7_1 = fma(a, b1, c7_1)
         c7_2 = fma(a, b2, c7_2)

@@ -24,16 +24,16 @@ BLOCKING = {
 }
 
 
-def _ukernel(kc, ap, ao, ars, aps, bp, bo, bps, tile, out, i0, j0, mode):
+def _ukernel(kc, a2, bp, bo, bps, tile, out, i0, j0, mode):
     """Dispatch to the dtype's micro-kernel (resolved at compile time)."""
 
 
 @overload(_ukernel, jit_options={"cache": True})
-def _ukernel_ol(kc, ap, ao, ars, aps, bp, bo, bps, tile, out, i0, j0, mode):
-    fn = ukernel_8x32 if ap.dtype == types.float32 else ukernel_8x16
+def _ukernel_ol(kc, a2, bp, bo, bps, tile, out, i0, j0, mode):
+    fn = ukernel_8x32 if a2.dtype == types.float32 else ukernel_8x16
 
-    def impl(kc, ap, ao, ars, aps, bp, bo, bps, tile, out, i0, j0, mode):
-        return fn(kc, ap, ao, ars, aps, bp, bo, bps, tile, out, i0, j0, mode)
+    def impl(kc, a2, bp, bo, bps, tile, out, i0, j0, mode):
+        return fn(kc, a2, bp, bo, bps, tile, out, i0, j0, mode)
 
     return impl
 

@@ -195,9 +195,7 @@ def _phase(phase, t, nthreads, a, b, out, trans_a, trans_b, ep, bias, code, y, w
     tile = buf[alen:]
     first = pc == 0
     last = pc + kc >= k
-    lda = a.shape[1]
     ldb = b.shape[1]
-    af = a.reshape(a.shape[0] * lda)
     bf = b.reshape(b.shape[0] * ldb)
     while True:
         task = fetch_add(ctr, 0, 1)
@@ -231,28 +229,21 @@ def _phase(phase, t, nthreads, a, b, out, trans_a, trans_b, ep, bias, code, y, w
                 bps = NR
             for ir in range(0, mc, MR):
                 mr = min(MR, mc - ir)
+                # The A panel as a (kc, MR) view, packed or in place (never 'C' typed, so
+                # that one micro-kernel serves all three).
                 if direct_a and ir < full:
-                    asrc = af
                     if trans_a:
-                        ao = pc * lda + ic + ir
-                        ars = 1
-                        aps = lda
+                        a2 = a[pc:pc + kc, ic + ir:ic + ir + MR]
                     else:
-                        ao = (ic + ir) * lda + pc
-                        ars = lda
-                        aps = 1
+                        a2 = a[ic + ir:ic + ir + MR, pc:pc + kc].T
                 else:
-                    asrc = abuf
-                    ao = ir * kc
-                    ars = 1
-                    aps = MR
+                    a2 = abuf[ir * kc:(ir + MR) * kc].reshape(kc, MR)[:, 0:MR]
                 # A full tile without epilogue is stored (or added) by the micro-kernel
                 # itself; otherwise it stays in ``tile`` for _store_tile.  (One call site:
                 # each would be compiled and optimized again.)
                 direct = mr == MR and nr == NR and (ep == EP_STORE or not last)
                 mode = (1 if first else 2) if direct else 0
-                _ukernel(kc, asrc, ao, ars, aps, bsrc, bo, bps, tile, out, ic + ir, jc + jr,
-                         mode)
+                _ukernel(kc, a2, bsrc, bo, bps, tile, out, ic + ir, jc + jr, mode)
                 if not direct:
                     _store_tile(tile, NR, out, ic + ir, mr, jc + jr, nr, first, last, ep,
                                 bias, code, y, w, lr, l1, l2)
