@@ -48,9 +48,10 @@ def ukernel_8x32(kc, a2, bp, bo, bps, tile, out, i0, j0, mode):
 
     The A panel is ``a2[p, i]``, a ``(kc, 8)`` view of any strides: a packed panel
     or the operand in place (a row-major ``A``'s rows transposed, or a transposed
-    ``A``'s columns).  Element ``(p, j)`` of the B panel is ``bp[bo + p * bps + j]``: a
-    packed panel (``bps = 32``) or a row-major ``B`` in place (``bps = ldb``).  Reading
-    in place spares the packing when the operands stay in cache anyway.
+    ``A``'s columns).  Element ``(p, j)`` of the B panel is
+    ``bp[bo + p * bps + j]``: a packed panel (``bps = 32``) or a row-major ``B`` in
+    place (``bps = ldb``).  Reading in place spares the packing when the operands
+    stay in cache anyway.
 
     ``tile[i * 32 + j]`` holds it (row-major); ``mode`` 1 also stores it to
     ``out[i0:i0 + 8, j0:j0 + 32]``, 2 adds it there (``out + tile``: the next KC
@@ -919,9 +920,10 @@ def ukernel_8x16(kc, a2, bp, bo, bps, tile, out, i0, j0, mode):
 
     The A panel is ``a2[p, i]``, a ``(kc, 8)`` view of any strides: a packed panel
     or the operand in place (a row-major ``A``'s rows transposed, or a transposed
-    ``A``'s columns).  Element ``(p, j)`` of the B panel is ``bp[bo + p * bps + j]``: a
-    packed panel (``bps = 16``) or a row-major ``B`` in place (``bps = ldb``).  Reading
-    in place spares the packing when the operands stay in cache anyway.
+    ``A``'s columns).  Element ``(p, j)`` of the B panel is
+    ``bp[bo + p * bps + j]``: a packed panel (``bps = 16``) or a row-major ``B`` in
+    place (``bps = ldb``).  Reading in place spares the packing when the operands
+    stay in cache anyway.
 
     ``tile[i * 16 + j]`` holds it (row-major); ``mode`` 1 also stores it to
     ``out[i0:i0 + 8, j0:j0 + 16]``, 2 adds it there (``out + tile``: the next KC
