@@ -69,7 +69,7 @@ def _kernel(name: str, mr: int, nr: int, dtype: str) -> str:
     lines = [
         "",
         "@kernel(nrt=False)",
-        f"def {name}(kc, a2, bp, bo, bps, tile, out, i0, j0, mode):",
+        f"def {name}(kc, a2, bp, bo, bps, tile, out, i0, j0, mode, lr, bias, y, relu):",
         f'{ind}"""{mr} x {nr} tile ``A_panel @ B_panel`` ({dtype}) over ``kc`` >= 0 steps.',
         "",
         f"{ind}The A panel is ``a2[p, i]``, a ``(kc, {mr})`` view of any strides: a packed panel",
@@ -79,9 +79,12 @@ def _kernel(name: str, mr: int, nr: int, dtype: str) -> str:
         f"{ind}place (``bps = ldb``).  Reading in place spares the packing when the operands",
         f"{ind}stay in cache anyway.",
         "",
-        f"{ind}``tile[i * {nr} + j]`` holds it (row-major); ``mode`` 1 also stores it to",
-        f"{ind}``out[i0:i0 + {mr}, j0:j0 + {nr}]``, 2 adds it there (``out + tile``: the next KC",
-        f"{ind}block of a running sum); 0 leaves ``out`` alone (the caller's epilogue).",
+        f"{ind}``tile[i * {nr} + j]`` holds it (row-major); with ``o`` the tile's place in",
+        f"{ind}``out[i0:i0 + {mr}, j0:j0 + {nr}]``, ``mode`` then says what becomes of it:",
+        f"{ind}0 nothing (the caller's epilogue); 1 ``o = tile``; 2 ``o += tile`` (the next KC",
+        f"{ind}block of a running sum); 3 ``o -= lr * tile`` (plain SGD, ``out`` being the",
+        f"{ind}weights); 4 ``o = tile + bias`` and ``y = relu(o)`` (or ``y = o`` without",
+        f"{ind}``relu``; an empty ``bias`` is none); 5 the same after ``tile += o``.",
         f'{ind}"""',
         f"{ind}wide_vectors()",
     ]
@@ -113,14 +116,35 @@ def _kernel(name: str, mr: int, nr: int, dtype: str) -> str:
     # Then into the output by (vectorized) loops, not more unrolled code: unrolled statements
     # are what makes these kernels slow to compile, and the tile is in L1.
     lines.append(f"{ind}if mode != 0:")
+    lines.append(f"{body}has_bias = bias.shape[0] > 0")
     lines.append(f"{body}for i in range({mr}):")
     lines.append(f"{body}    o = out[i0 + i, j0:j0 + {nr}]")
     lines.append(f"{body}    t = tile[i * {nr}:i * {nr} + {nr}]")
     lines.append(f"{body}    if mode == 1:")
     lines.append(f"{body}        copy_n(o, 0, t, 0, {nr})")
-    lines.append(f"{body}    else:")
+    lines.append(f"{body}    elif mode == 2:")
     lines.append(f"{body}        for j in range({nr}):")
     lines.append(f"{body}            o[j] = o[j] + t[j]")
+    lines.append(f"{body}    elif mode == 3:")
+    lines.append(f"{body}        for j in range({nr}):")
+    lines.append(f"{body}            o[j] -= lr * t[j]")
+    lines.append(f"{body}    else:")
+    lines.append(f"{body}        if mode == 5:")
+    lines.append(f"{body}            for j in range({nr}):")
+    lines.append(f"{body}                t[j] += o[j]")
+    lines.append(f"{body}        if has_bias:")
+    lines.append(f"{body}            bs = bias[j0:j0 + {nr}]")
+    lines.append(f"{body}            for j in range({nr}):")
+    lines.append(f"{body}                o[j] = t[j] + bs[j]")
+    lines.append(f"{body}        else:")
+    lines.append(f"{body}            copy_n(o, 0, t, 0, {nr})")
+    lines.append(f"{body}        yr = y[i0 + i, j0:j0 + {nr}]")
+    lines.append(f"{body}        if relu:")
+    lines.append(f"{body}            for j in range({nr}):")
+    lines.append(f"{body}                v = o[j]")
+    lines.append(f"{body}                yr[j] = v if not v < 0 else v * 0.0")
+    lines.append(f"{body}        else:")
+    lines.append(f"{body}            copy_n(yr, 0, o, 0, {nr})")
     return "\n".join(lines) + "\n"
 
 

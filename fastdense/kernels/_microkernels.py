@@ -43,7 +43,7 @@ MR_F64, NR_F64 = 8, 16
 
 
 @kernel(nrt=False)
-def ukernel_8x32(kc, a2, bp, bo, bps, tile, out, i0, j0, mode):
+def ukernel_8x32(kc, a2, bp, bo, bps, tile, out, i0, j0, mode, lr, bias, y, relu):
     """8 x 32 tile ``A_panel @ B_panel`` (float32) over ``kc`` >= 0 steps.
 
     The A panel is ``a2[p, i]``, a ``(kc, 8)`` view of any strides: a packed panel
@@ -53,9 +53,12 @@ def ukernel_8x32(kc, a2, bp, bo, bps, tile, out, i0, j0, mode):
     place (``bps = ldb``).  Reading in place spares the packing when the operands
     stay in cache anyway.
 
-    ``tile[i * 32 + j]`` holds it (row-major); ``mode`` 1 also stores it to
-    ``out[i0:i0 + 8, j0:j0 + 32]``, 2 adds it there (``out + tile``: the next KC
-    block of a running sum); 0 leaves ``out`` alone (the caller's epilogue).
+    ``tile[i * 32 + j]`` holds it (row-major); with ``o`` the tile's place in
+    ``out[i0:i0 + 8, j0:j0 + 32]``, ``mode`` then says what becomes of it:
+    0 nothing (the caller's epilogue); 1 ``o = tile``; 2 ``o += tile`` (the next KC
+    block of a running sum); 3 ``o -= lr * tile`` (plain SGD, ``out`` being the
+    weights); 4 ``o = tile + bias`` and ``y = relu(o)`` (or ``y = o`` without
+    ``relu``; an empty ``bias`` is none); 5 the same after ``tile += o``.
     """
     wide_vectors()
     if mode != 0:
@@ -904,18 +907,39 @@ def ukernel_8x32(kc, a2, bp, bo, bps, tile, out, i0, j0, mode):
     tile[254] = c7_30
     tile[255] = c7_31
     if mode != 0:
+        has_bias = bias.shape[0] > 0
         for i in range(8):
             o = out[i0 + i, j0:j0 + 32]
             t = tile[i * 32:i * 32 + 32]
             if mode == 1:
                 copy_n(o, 0, t, 0, 32)
-            else:
+            elif mode == 2:
                 for j in range(32):
                     o[j] = o[j] + t[j]
+            elif mode == 3:
+                for j in range(32):
+                    o[j] -= lr * t[j]
+            else:
+                if mode == 5:
+                    for j in range(32):
+                        t[j] += o[j]
+                if has_bias:
+                    bs = bias[j0:j0 + 32]
+                    for j in range(32):
+                        o[j] = t[j] + bs[j]
+                else:
+                    copy_n(o, 0, t, 0, 32)
+                yr = y[i0 + i, j0:j0 + 32]
+                if relu:
+                    for j in range(32):
+                        v = o[j]
+                        yr[j] = v if not v < 0 else v * 0.0
+                else:
+                    copy_n(yr, 0, o, 0, 32)
 
 
 @kernel(nrt=False)
-def ukernel_8x16(kc, a2, bp, bo, bps, tile, out, i0, j0, mode):
+def ukernel_8x16(kc, a2, bp, bo, bps, tile, out, i0, j0, mode, lr, bias, y, relu):
     """8 x 16 tile ``A_panel @ B_panel`` (float64) over ``kc`` >= 0 steps.
 
     The A panel is ``a2[p, i]``, a ``(kc, 8)`` view of any strides: a packed panel
@@ -925,9 +949,12 @@ def ukernel_8x16(kc, a2, bp, bo, bps, tile, out, i0, j0, mode):
     place (``bps = ldb``).  Reading in place spares the packing when the operands
     stay in cache anyway.
 
-    ``tile[i * 16 + j]`` holds it (row-major); ``mode`` 1 also stores it to
-    ``out[i0:i0 + 8, j0:j0 + 16]``, 2 adds it there (``out + tile``: the next KC
-    block of a running sum); 0 leaves ``out`` alone (the caller's epilogue).
+    ``tile[i * 16 + j]`` holds it (row-major); with ``o`` the tile's place in
+    ``out[i0:i0 + 8, j0:j0 + 16]``, ``mode`` then says what becomes of it:
+    0 nothing (the caller's epilogue); 1 ``o = tile``; 2 ``o += tile`` (the next KC
+    block of a running sum); 3 ``o -= lr * tile`` (plain SGD, ``out`` being the
+    weights); 4 ``o = tile + bias`` and ``y = relu(o)`` (or ``y = o`` without
+    ``relu``; an empty ``bias`` is none); 5 the same after ``tile += o``.
     """
     wide_vectors()
     if mode != 0:
@@ -1376,11 +1403,32 @@ def ukernel_8x16(kc, a2, bp, bo, bps, tile, out, i0, j0, mode):
     tile[126] = c7_14
     tile[127] = c7_15
     if mode != 0:
+        has_bias = bias.shape[0] > 0
         for i in range(8):
             o = out[i0 + i, j0:j0 + 16]
             t = tile[i * 16:i * 16 + 16]
             if mode == 1:
                 copy_n(o, 0, t, 0, 16)
-            else:
+            elif mode == 2:
                 for j in range(16):
                     o[j] = o[j] + t[j]
+            elif mode == 3:
+                for j in range(16):
+                    o[j] -= lr * t[j]
+            else:
+                if mode == 5:
+                    for j in range(16):
+                        t[j] += o[j]
+                if has_bias:
+                    bs = bias[j0:j0 + 16]
+                    for j in range(16):
+                        o[j] = t[j] + bs[j]
+                else:
+                    copy_n(o, 0, t, 0, 16)
+                yr = y[i0 + i, j0:j0 + 16]
+                if relu:
+                    for j in range(16):
+                        v = o[j]
+                        yr[j] = v if not v < 0 else v * 0.0
+                else:
+                    copy_n(yr, 0, o, 0, 16)

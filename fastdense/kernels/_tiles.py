@@ -24,16 +24,16 @@ BLOCKING = {
 }
 
 
-def _ukernel(kc, a2, bp, bo, bps, tile, out, i0, j0, mode):
+def _ukernel(kc, a2, bp, bo, bps, tile, out, i0, j0, mode, lr, bias, y, relu):
     """Dispatch to the dtype's micro-kernel (resolved at compile time)."""
 
 
 @overload(_ukernel, jit_options={"cache": True})
-def _ukernel_ol(kc, a2, bp, bo, bps, tile, out, i0, j0, mode):
+def _ukernel_ol(kc, a2, bp, bo, bps, tile, out, i0, j0, mode, lr, bias, y, relu):
     fn = ukernel_8x32 if a2.dtype == types.float32 else ukernel_8x16
 
-    def impl(kc, a2, bp, bo, bps, tile, out, i0, j0, mode):
-        return fn(kc, a2, bp, bo, bps, tile, out, i0, j0, mode)
+    def impl(kc, a2, bp, bo, bps, tile, out, i0, j0, mode, lr, bias, y, relu):
+        return fn(kc, a2, bp, bo, bps, tile, out, i0, j0, mode, lr, bias, y, relu)
 
     return impl
 

@@ -238,13 +238,23 @@ def _phase(phase, t, nthreads, a, b, out, trans_a, trans_b, ep, bias, code, y, w
                         a2 = a[ic + ir:ic + ir + MR, pc:pc + kc].T
                 else:
                     a2 = abuf[ir * kc:(ir + MR) * kc].reshape(kc, MR)[:, 0:MR]
-                # A full tile without epilogue is stored (or added) by the micro-kernel
-                # itself; otherwise it stays in ``tile`` for _store_tile.  (One call site:
-                # each would be compiled and optimized again.)
-                direct = mr == MR and nr == NR and (ep == EP_STORE or not last)
-                mode = (1 if first else 2) if direct else 0
-                _ukernel(kc, a2, bsrc, bo, bps, tile, out, ic + ir, jc + jr, mode)
-                if not direct:
+                # Full tiles are stored by the micro-kernel itself, with the common epilogues
+                # (plain SGD; bias with ReLU or none); the rest stays in ``tile`` for
+                # _store_tile.  (One call site: each would be compiled and optimized again.)
+                mode = 0
+                target = out
+                if mr == MR and nr == NR:
+                    if ep == EP_STORE or not last:
+                        mode = 1 if first else 2
+                    elif ep == EP_SGD:
+                        if first and l1 == 0.0 and l2 == 0.0:
+                            mode = 3
+                            target = w
+                    elif code == act.LINEAR or code == act.RELU or code == act.SOFTMAX:
+                        mode = 4 if first else 5
+                _ukernel(kc, a2, bsrc, bo, bps, tile, target, ic + ir, jc + jr, mode, lr, bias,
+                         y, code == act.RELU)
+                if mode == 0:
                     _store_tile(tile, NR, out, ic + ir, mr, jc + jr, nr, first, last, ep,
                                 bias, code, y, w, lr, l1, l2)
 

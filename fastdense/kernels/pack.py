@@ -18,54 +18,42 @@ from fastdense.kernels._tiles import _blocking
 
 
 @kernel(nrt=False)
-def _pack_rows8(src, i, p0, kc, dst):
-    """Pack 8 full rows ``src[i:i + 8, p0:p0 + kc]`` step-major: ``dst[p * 8 + r]``.
+def _transpose8(s0, s1, s2, s3, s4, s5, s6, s7, dst):
+    """``dst[p, r] = s_r[p]``: eight equal-length source rows into the 8 columns of a
+    ``(len, 8)`` view, as one interleaved store group that LLVM vectorizes as in-register
+    8 x 8 transposes.
 
-    Eight separate row slices make the stores one interleaved group, which LLVM vectorizes as
-    an in-register 8 x 8 transpose instead of ``8 * kc`` scalar strided stores.
+    The 2-D view is indexed by the loop counter and constants, so no store pays for
+    negative-index (wraparound) arithmetic, which a flat ``dst[p * 8 + r]`` costs (measured 4x
+    slower).
     """
-    s0 = src[i, p0:p0 + kc]
-    s1 = src[i + 1, p0:p0 + kc]
-    s2 = src[i + 2, p0:p0 + kc]
-    s3 = src[i + 3, p0:p0 + kc]
-    s4 = src[i + 4, p0:p0 + kc]
-    s5 = src[i + 5, p0:p0 + kc]
-    s6 = src[i + 6, p0:p0 + kc]
-    s7 = src[i + 7, p0:p0 + kc]
-    for p in range(kc):
-        d = p * 8
-        dst[d] = s0[p]
-        dst[d + 1] = s1[p]
-        dst[d + 2] = s2[p]
-        dst[d + 3] = s3[p]
-        dst[d + 4] = s4[p]
-        dst[d + 5] = s5[p]
-        dst[d + 6] = s6[p]
-        dst[d + 7] = s7[p]
+    for p in range(s0.shape[0]):
+        dst[p, 0] = s0[p]
+        dst[p, 1] = s1[p]
+        dst[p, 2] = s2[p]
+        dst[p, 3] = s3[p]
+        dst[p, 4] = s4[p]
+        dst[p, 5] = s5[p]
+        dst[p, 6] = s6[p]
+        dst[p, 7] = s7[p]
+
+
+@kernel(nrt=False)
+def _pack_rows8(src, i, p0, kc, dst):
+    """Pack 8 full rows ``src[i:i + 8, p0:p0 + kc]`` step-major: ``dst[p * 8 + r]``."""
+    _transpose8(src[i, p0:p0 + kc], src[i + 1, p0:p0 + kc], src[i + 2, p0:p0 + kc],
+                src[i + 3, p0:p0 + kc], src[i + 4, p0:p0 + kc], src[i + 5, p0:p0 + kc],
+                src[i + 6, p0:p0 + kc], src[i + 7, p0:p0 + kc],
+                dst[:kc * 8].reshape(kc, 8)[:, 0:8])
 
 
 @kernel(nrt=False)
 def _pack_cols8(src, j, p0, kc, dst):
-    """``dst[p * NR + c] = src[j + c, p0 + p]`` for ``c < 8``: 8 rows of a transposed B."""
-    NR = _blocking(dst)[1]
-    s0 = src[j, p0:p0 + kc]
-    s1 = src[j + 1, p0:p0 + kc]
-    s2 = src[j + 2, p0:p0 + kc]
-    s3 = src[j + 3, p0:p0 + kc]
-    s4 = src[j + 4, p0:p0 + kc]
-    s5 = src[j + 5, p0:p0 + kc]
-    s6 = src[j + 6, p0:p0 + kc]
-    s7 = src[j + 7, p0:p0 + kc]
-    for p in range(kc):
-        d = p * NR
-        dst[d] = s0[p]
-        dst[d + 1] = s1[p]
-        dst[d + 2] = s2[p]
-        dst[d + 3] = s3[p]
-        dst[d + 4] = s4[p]
-        dst[d + 5] = s5[p]
-        dst[d + 6] = s6[p]
-        dst[d + 7] = s7[p]
+    """``dst[p, c] = src[j + c, p0 + p]`` for ``c < 8``: 8 rows of a transposed B into the
+    ``(kc, 8)`` view ``dst`` of a panel."""
+    _transpose8(src[j, p0:p0 + kc], src[j + 1, p0:p0 + kc], src[j + 2, p0:p0 + kc],
+                src[j + 3, p0:p0 + kc], src[j + 4, p0:p0 + kc], src[j + 5, p0:p0 + kc],
+                src[j + 6, p0:p0 + kc], src[j + 7, p0:p0 + kc], dst)
 
 
 @kernel(nrt=False)
@@ -156,10 +144,11 @@ def pack_b(b, trans_b, p0, kc, j0, nc, bp, colsum, db):
         if trans_b and cols == NR and NR % 8 == 0 and not colsum:
             # Eight source rows at a time: each step stores 8 contiguous panel elements; in
             # chunks of 64 steps, so the panel lines are complete before they leave L1.
+            d2 = dst.reshape(kc, NR)
             for pb in range(0, kc, 64):
                 pl = min(64, kc - pb)
                 for c8 in range(0, NR, 8):
-                    _pack_cols8(b, j0 + c0 + c8, p0 + pb, pl, dst[pb * NR + c8:])
+                    _pack_cols8(b, j0 + c0 + c8, p0 + pb, pl, d2[pb:pb + pl, c8:c8 + 8])
         elif trans_b:
             # op(b)[p, j] = b[j, p]: read each source row once, contiguously.
             for c in range(cols):
