@@ -8,6 +8,10 @@ from fastdense.kernels._microkernels import (
     MR_F64,
     NR_F32,
     NR_F64,
+    STRIP_F32,
+    STRIP_F64,
+    strip_64,
+    strip_128,
     ukernel_8x16,
     ukernel_8x32,
 )
@@ -50,3 +54,27 @@ def _blocking_ol(a):
 
 
 
+
+
+def _strip(x, b, j0, out):
+    """Dispatch to the dtype's vector-matrix strip (resolved at compile time)."""
+
+
+@overload(_strip, jit_options={"cache": True})
+def _strip_ol(x, b, j0, out):
+    fn = strip_128 if out.dtype == types.float32 else strip_64
+
+    def impl(x, b, j0, out):
+        return fn(x, b, j0, out)
+
+    return impl
+
+
+def _strip_width(a):
+    """Columns of the dtype's vector-matrix strip (a compile-time constant)."""
+
+
+@overload(_strip_width, jit_options={"cache": True})
+def _strip_width_ol(a):
+    width = STRIP_F32 if a.dtype == types.float32 else STRIP_F64
+    return lambda a: width

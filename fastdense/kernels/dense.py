@@ -24,6 +24,7 @@ from fastdense.kernels.gemm import (
     _small,
     _ws_len,
     is_small,
+    vector_matrix,
 )
 from fastdense.kernels.update import sgd_step
 
@@ -89,7 +90,11 @@ def forward(x, w, bias, code, z, y, ws=None):
     if m > 0 and n > 0:
         if k == 0 or is_small(m, n, k):
             acc = buf[:n] if buf.shape[0] >= n else np.empty(n, dtype=z.dtype)
-            _small(x, w, z, False, False, EP_BIAS_ACT, bias, code, y, z, 0.0, 0.0, 0.0, acc)
+            if m <= 2 and k > 0:
+                vector_matrix(x, w, z, EP_BIAS_ACT, bias, code, y, z, 0.0, 0.0, 0.0, acc)
+            else:
+                _small(x, w, z, False, False, EP_BIAS_ACT, bias, code, y, z, 0.0, 0.0, 0.0,
+                       acc)
         else:
             _packed(x, w, z, False, False, EP_BIAS_ACT, bias, code, y, z, 0.0, 0.0, 0.0,
                     act.LINEAR, z[:0], z[:0], z[:0], False, bias[:0], buf)

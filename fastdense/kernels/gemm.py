@@ -26,7 +26,7 @@ from numba.np.ufunc.parallel import _iget_num_threads, _launch_threads
 from fastdense.kernels import activation as act
 from fastdense.kernels._codegen import fetch_add, fma, kernel, no_inline, wide_vectors
 from fastdense.kernels._microkernels import copy_n
-from fastdense.kernels._tiles import BLOCKING, _blocking, _ukernel
+from fastdense.kernels._tiles import BLOCKING, _blocking, _strip, _strip_width, _ukernel
 from fastdense.kernels.pack import pack_a, pack_b
 from fastdense.kernels.update import sgd_step
 
@@ -357,6 +357,58 @@ def _vecmat(ai, b, j0, j1, acc):
 
 
 @kernel(nrt=False)
+def _row_product(ai, b, j0, j1, acc):
+    """``acc[j] = ai @ b[:, j]`` for ``j0 <= j < j1``: register strips, then :func:`_vecmat` for
+    the columns left over (the same FMA chain per element either way)."""
+    sw = _strip_width(acc)
+    jf = j0
+    if b.shape[1] <= 2 * sw:
+        # Short rows: a strip walks down ``b`` nearly sequentially.  Longer rows would make it
+        # a strided walk, slower than _vecmat's streaming of whole rows (measured 1.4x).
+        jf = j0 + ((j1 - j0) // sw) * sw
+        for j in range(j0, jf, sw):
+            _strip(ai, b, j, acc)
+    if jf < j1:
+        _vecmat(ai, b, jf, j1, acc)
+
+
+#: From this many elements of ``b`` a product of one or two rows is split over threads by
+#: columns (each core then streams its part of ``b``, from its own cache when it is reused).
+VECTOR_SPLIT_MIN = 1 << 16
+
+
+@kernel(nrt=False)
+def _rows_block(a, b, out, j0, j1, ep, bias, code, y, w, lr, l1, l2, acc):
+    """Columns ``j0:j1`` of ``out = a @ b`` (not transposed) and their epilogue, row by row."""
+    for i in range(out.shape[0]):
+        _row_product(a[i], b, j0, j1, acc)
+        _epilogue_row(acc[j0:j1], out[i, j0:j1], j0, ep, bias, code, y[i, j0:j1],
+                      w[i, j0:j1], lr, l1, l2)
+
+
+@kernel(parallel=True)
+def vector_matrix(a, b, out, ep, bias, code, y, w, lr, l1, l2, acc):
+    """``out = a @ b`` with epilogue ``ep`` for few rows (batch-1 inference): no packing;
+    large ``b`` split over the threads by column ranges (same bits for any split).
+    ``acc`` is a scratch of at least ``n`` elements."""
+    n = out.shape[1]
+    k = b.shape[0]
+    unit = _strip_width(acc)
+    # Whole strips per thread: narrower column ranges lose more to the launch and to partial
+    # strips than the second core gains.
+    nthreads = _iget_num_threads() if k * n >= VECTOR_SPLIT_MIN and n >= 2 * unit else 1
+    if nthreads == 1:
+        _rows_block(a, b, out, 0, n, ep, bias, code, y, w, lr, l1, l2, acc)
+        return
+    units = (n + unit - 1) // unit
+    for t in prange(nthreads):
+        j0 = min(n, ((units * t) // nthreads) * unit)
+        j1 = min(n, ((units * (t + 1)) // nthreads) * unit)
+        if j1 > j0:
+            _rows_block(a, b, out, j0, j1, ep, bias, code, y, w, lr, l1, l2, acc)
+
+
+@kernel(nrt=False)
 def _small(a, b, out, trans_a, trans_b, ep, bias, code, y, w, lr, l1, l2, acc):
     """Direct product for small shapes: no packing, no threads; ``acc`` is an n-row scratch.
 
@@ -367,7 +419,7 @@ def _small(a, b, out, trans_a, trans_b, ep, bias, code, y, w, lr, l1, l2, acc):
     k = a.shape[0] if trans_a else a.shape[1]
     for i in range(m):
         if not trans_a and not trans_b:
-            _vecmat(a[i], b, 0, n, acc)
+            _row_product(a[i], b, 0, n, acc)
             _epilogue_row(acc[:n], out[i], 0, ep, bias, code, y[i], w[i], lr, l1, l2)
             continue
         for j in range(n):
@@ -416,7 +468,10 @@ def product(a, b, out, trans_a, trans_b, ep, bias, code, y, w, lr, l1, l2, ws):
         return
     if k == 0 or is_small(m, n, k):
         acc = ws[:n] if ws.shape[0] >= n else np.empty(n, dtype=out.dtype)
-        _small(a, b, out, trans_a, trans_b, ep, bias, code, y, w, lr, l1, l2, acc)
+        if m <= 2 and k > 0 and not trans_a and not trans_b:
+            vector_matrix(a, b, out, ep, bias, code, y, w, lr, l1, l2, acc)
+        else:
+            _small(a, b, out, trans_a, trans_b, ep, bias, code, y, w, lr, l1, l2, acc)
         return
     e2 = out[:0]
     _packed(a, b, out, trans_a, trans_b, ep, bias, code, y, w, lr, l1, l2,
