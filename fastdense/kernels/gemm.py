@@ -17,6 +17,8 @@ block (one micro-kernel call), and the blocks in increasing order, whichever thr
 task and for any thread count.  The small path is chosen from the shape alone.
 """
 
+import functools
+
 import numba
 import numpy as np
 from numba import prange
@@ -138,7 +140,14 @@ def workspace_size(m, n, k, dtype):
     workspace is still correct: fewer threads are used, and below one thread's share the
     kernel allocates its own.
     """
-    MR, NR, KC, MC, NC = BLOCKING[np.dtype(dtype).name]
+    return _workspace_size(m, n, k, np.dtype(dtype))
+
+
+@functools.lru_cache(maxsize=1024)
+def _workspace_size(m, n, k, dtype):
+    # Cached: evaluating the size in Python (``dtype.name`` alone takes ~3 us in NumPy 2)
+    # costs as much as a batch-1 product.
+    MR, NR, KC, MC, NC = BLOCKING[dtype.name]
     return _ws_len(m, n, k, MR, NR, KC, MC, NC, numba.config.NUMBA_NUM_THREADS)
 
 
