@@ -214,7 +214,10 @@ class Dense:
         z = self._buffer("z", (n, self.units)) if keep_z else y
         bias = self.bias if self.use_bias else _k.empty_bias(self.dtype)
         ws = self._kernel_workspace()
-        _k.forward(x2, self.weight, bias, act.code, z, y, ws)
+        if 0 < n <= _k.ROWS_MAX and in_dim > 0:
+            _k.forward_rows(x2, self.weight, bias, act.code, z, y, ws)
+        else:
+            _k.forward(x2, self.weight, bias, act.code, z, y, ws)
         if act.is_custom:
             z = y.copy() if self.training else y
             y = np.ascontiguousarray(act.fn(z), dtype=self.dtype)
@@ -280,8 +283,10 @@ class Dense:
         l1w, l2w = _factors(kreg)
         l1b, l2b = _factors(breg)
         ws = self._kernel_workspace()
-        _k.backward(x2, self.weight, bias, z, y, g2, act.code, dz, dw, db, dx,
-                    lr if fuse else 0.0, l1w, l2w, l1b, l2b, fuse, ws)
+        backward = _k.backward_rows if 0 < n <= _k.ROWS_MAX and self.input_dim > 0 \
+            else _k.backward
+        backward(x2, self.weight, bias, z, y, g2, act.code, dz, dw, db, dx,
+                 lr if fuse else 0.0, l1w, l2w, l1b, l2b, fuse, ws)
         if not fuse:
             self._apply(optimizer, self.weight, dw, kreg)
             if self.use_bias:

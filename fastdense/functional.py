@@ -9,7 +9,7 @@ import numpy as np
 
 from fastdense import activations
 from fastdense.kernels import dense as _dense
-from fastdense.kernels.gemm import gemm, workspace_size
+from fastdense.kernels.gemm import gemm, gemm_rows, workspace_size
 
 # Kernel workspaces (packing buffers) kept between calls, one per dtype and Python thread,
 # grown to the largest size asked for: repeated calls then allocate only their result.
@@ -61,7 +61,10 @@ def matmul(a: Any, b: Any) -> np.ndarray:
     b = np.ascontiguousarray(b, dtype=dt)
     out = np.empty((a.shape[0], b.shape[1]), dtype=dt)
     ws = _workspace(workspace_size(a.shape[0], b.shape[1], a.shape[1], dt), dt)
-    gemm(a, b, out, False, False, ws)
+    if 0 < a.shape[0] <= 2 and a.shape[1] > 0 and b.shape[1] > 0:
+        gemm_rows(a, b, out, ws)
+    else:
+        gemm(a, b, out, False, False, ws)
     return out
 
 

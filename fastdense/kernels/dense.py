@@ -90,11 +90,7 @@ def forward(x, w, bias, code, z, y, ws=None):
     if m > 0 and n > 0:
         if k == 0 or is_small(m, n, k):
             acc = buf[:n] if buf.shape[0] >= n else np.empty(n, dtype=z.dtype)
-            if m <= 2 and k > 0:
-                vector_matrix(x, w, z, EP_BIAS_ACT, bias, code, y, z, 0.0, 0.0, 0.0, acc)
-            else:
-                _small(x, w, z, False, False, EP_BIAS_ACT, bias, code, y, z, 0.0, 0.0, 0.0,
-                       acc)
+            _small(x, w, z, False, False, EP_BIAS_ACT, bias, code, y, z, 0.0, 0.0, 0.0, acc)
         else:
             _packed(x, w, z, False, False, EP_BIAS_ACT, bias, code, y, z, 0.0, 0.0, 0.0,
                     act.LINEAR, z[:0], z[:0], z[:0], False, bias[:0], buf)
@@ -103,6 +99,24 @@ def forward(x, w, bias, code, z, y, ws=None):
             _softmax_rows_serial(z, y)
         else:
             _softmax_rows(z, y)
+
+
+#: Batches up to this size have their own entry points, :func:`forward_rows` and
+#: :func:`backward_rows`, which stream the weights once instead of running a matrix product.
+#: They are separate kernels so that each is compiled only when a program uses it (a cold
+#: compile of every path at once is what users wait for).
+ROWS_MAX = 2
+
+
+@kernel
+def forward_rows(x, w, bias, code, z, y, ws):
+    """:func:`forward` for a batch of at most :data:`ROWS_MAX` rows and ``in > 0`` (same
+    arguments, same results); large weights are split over the threads by columns."""
+    n = z.shape[1]
+    acc = ws[:n] if ws.shape[0] >= n else np.empty(n, dtype=z.dtype)
+    vector_matrix(x, w, z, EP_BIAS_ACT, bias, code, y, z, 0.0, 0.0, 0.0, acc)
+    if code == act.SOFTMAX:
+        _softmax_rows_serial(z, y)
 
 
 @kernel(parallel=True)
@@ -278,11 +292,10 @@ def backward(x, w, bias, z, y, g, code, dz, dw, db, dx, lr, l1w, l2w, l1b, l2b, 
     # otherwise it is fused into the packing of the dx product below.
     d = g
     fused_dz = False
-    rowwise = 0 < batch <= 2 and units > 0 and n_in > 0
     if code != act.LINEAR:
         d = dz
         if (code == act.SOFTMAX or batch == 0 or not want_dx or is_small(batch, n_in, units)
-                or units == 0 or rowwise):
+                or units == 0):
             if batch * units < 65536:
                 # A thread launch costs more than this work (far more on a busy machine).
                 _activation_grad_serial(g, z, y, code, dz)
@@ -290,13 +303,6 @@ def backward(x, w, bias, z, y, g, code, dz, dw, db, dx, lr, l1w, l2w, l1b, l2b, 
                 _activation_grad(g, z, y, code, dz)
         else:
             fused_dz = True
-    if rowwise:
-        if has_bias:
-            _column_sums_serial(d, db)
-        _small_batch_backward(x, w, d, dx, dw, want_dx, fuse_sgd, lr, l1w, l2w, buf)
-        if fuse_sgd and has_bias:
-            sgd_step(bias, db, lr, l1b, l2b)
-        return
     # dx first: it must see the weights before any update.
     if batch > 0 and want_dx:
         if fused_dz:
@@ -323,6 +329,23 @@ def backward(x, w, bias, z, y, g, code, dz, dw, db, dx, lr, l1w, l2w, l1b, l2b, 
                 act.LINEAR, e2, e2, e2, has_bias, db, buf)
     if fuse_sgd and has_bias:
         # bias vectors are short: no thread launch
+        sgd_step(bias, db, lr, l1b, l2b)
+
+
+@kernel
+def backward_rows(x, w, bias, z, y, g, code, dz, dw, db, dx, lr, l1w, l2w, l1b, l2b, fuse_sgd,
+                  ws):
+    """:func:`backward` for a batch of 1 to :data:`ROWS_MAX` rows with ``in, units > 0`` (same
+    arguments, same contract): one pass over the weights computes ``dx`` from each row and
+    then updates it (or writes ``dw``)."""
+    d = g
+    if code != act.LINEAR:
+        d = dz
+        _activation_grad_serial(g, z, y, code, dz)
+    if db.shape[0] > 0:
+        _column_sums_serial(d, db)
+    _small_batch_backward(x, w, d, dx, dw, dx.shape[0] > 0, fuse_sgd, lr, l1w, l2w, ws)
+    if fuse_sgd and db.shape[0] > 0:
         sgd_step(bias, db, lr, l1b, l2b)
 
 

@@ -428,7 +428,7 @@ def _small(a, b, out, trans_a, trans_b, ep, bias, code, y, w, lr, l1, l2, acc):
     k = a.shape[0] if trans_a else a.shape[1]
     for i in range(m):
         if not trans_a and not trans_b:
-            _row_product(a[i], b, 0, n, acc)
+            _vecmat(a[i], b, 0, n, acc)
             _epilogue_row(acc[:n], out[i], 0, ep, bias, code, y[i], w[i], lr, l1, l2)
             continue
         for j in range(n):
@@ -477,10 +477,7 @@ def product(a, b, out, trans_a, trans_b, ep, bias, code, y, w, lr, l1, l2, ws):
         return
     if k == 0 or is_small(m, n, k):
         acc = ws[:n] if ws.shape[0] >= n else np.empty(n, dtype=out.dtype)
-        if m <= 2 and k > 0 and not trans_a and not trans_b:
-            vector_matrix(a, b, out, ep, bias, code, y, w, lr, l1, l2, acc)
-        else:
-            _small(a, b, out, trans_a, trans_b, ep, bias, code, y, w, lr, l1, l2, acc)
+        _small(a, b, out, trans_a, trans_b, ep, bias, code, y, w, lr, l1, l2, acc)
         return
     e2 = out[:0]
     _packed(a, b, out, trans_a, trans_b, ep, bias, code, y, w, lr, l1, l2,
@@ -514,3 +511,13 @@ def gemm(a, b, out, trans_a, trans_b, ws=None):
     else:
         buf = ws
     product(a, b, out, trans_a, trans_b, EP_STORE, e1, act.LINEAR, out, out, 0.0, 0.0, 0.0, buf)
+
+
+@kernel
+def gemm_rows(a, b, out, ws):
+    """:func:`gemm` (not transposed) for one or two rows and ``K > 0``: a separate entry point,
+    compiled only when used, that streams ``b`` once (split over threads when large)."""
+    n = out.shape[1]
+    acc = ws[:n] if ws.shape[0] >= n else np.empty(n, dtype=out.dtype)
+    e1 = acc[:0]
+    vector_matrix(a, b, out, EP_STORE, e1, act.LINEAR, out, out, 0.0, 0.0, 0.0, acc)

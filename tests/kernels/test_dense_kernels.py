@@ -79,10 +79,21 @@ def _backward_reference(name, x, w, b, z, y, g):
     return d, d @ w.T.astype(np.float64), x.T.astype(np.float64) @ d, d.sum(axis=0)
 
 
+# Batches of one or two also have their own entry points (one pass over the weights), the
+# large one split over threads.
+ROW_SHAPES = [(1, 9, 5), (2, 70, 45), (1, 600, 300), (2, 300, 600)]
+
+
+def _backward_entry(entry):
+    return kd.backward_rows if entry == "rows" else kd.backward
+
+
 @pytest.mark.parametrize("fuse_sgd", [False, True], ids=["grads", "sgd"])
 @pytest.mark.parametrize("name", NAMES)
-@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
-def test_backward(name, shape, fuse_sgd, dtype):
+@pytest.mark.parametrize("shape,entry",
+                         [*((s, "generic") for s in SHAPES), *((s, "rows") for s in ROW_SHAPES)],
+                         ids=lambda v: "x".join(map(str, v)) if isinstance(v, tuple) else v)
+def test_backward(name, shape, entry, fuse_sgd, dtype):
     batch, n_in, units = shape
     rng = np.random.default_rng(batch * 3 + units)
     x, w, b = _layer(rng, batch, n_in, units, dtype)
@@ -94,8 +105,9 @@ def test_backward(name, shape, fuse_sgd, dtype):
     dz, dw, db, dx = (np.empty_like(g), np.empty_like(w), np.empty_like(b), np.empty_like(x))
     w0, b0 = w.copy(), b.copy()
     lr, l1w, l2w, l1b, l2b = 0.05, 0.01, 0.02, 0.003, 0.004
-    kd.backward(x, w, b, z, y, g, code, dz, dw, db, dx, lr if fuse_sgd else 0.0,
-                l1w, l2w, l1b, l2b, fuse_sgd)
+    ws = np.empty(kd.workspace_size(n_in, units, dtype), dtype)
+    _backward_entry(entry)(x, w, b, z, y, g, code, dz, dw, db, dx, lr if fuse_sgd else 0.0,
+                           l1w, l2w, l1b, l2b, fuse_sgd, ws)
     d, dx_ref, dw_ref, db_ref = _backward_reference(name, x, w0, b0, z, y, g)
     eps = np.finfo(dtype).eps
     dabs = np.abs(d)
@@ -201,3 +213,37 @@ def test_workspace_gives_same_bits(name, shape, dtype):
         outs.append((y, dx, db, w))
     for a, b in zip(outs[0], outs[1], strict=True):
         assert np.array_equal(a, b, equal_nan=True)
+
+
+@pytest.mark.parametrize("name", ["linear", "relu", "softmax", "tanh"])
+@pytest.mark.parametrize("shape", ROW_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_row_entry_points_match_the_general_ones(name, shape, dtype):
+    """``forward_rows`` gives the very bits of ``forward`` (the same FMA chain per output);
+    ``backward_rows`` the same weight update and bias gradient, on 1 and on all threads."""
+    batch, n_in, units = shape
+    code = activations.get(name).code
+    rng = np.random.default_rng(11)
+    x, w0, b0 = _layer(rng, batch, n_in, units, dtype)
+    g = rng.standard_normal((batch, units)).astype(dtype)
+    ws = np.empty(kd.workspace_size(n_in, units, dtype), dtype)
+    before = numba.get_num_threads()
+    results = []
+    try:
+        for threads, forward, backward in ((1, kd.forward, kd.backward),
+                                           (1, kd.forward_rows, kd.backward_rows),
+                                           (numba.config.NUMBA_NUM_THREADS, kd.forward_rows,
+                                            kd.backward_rows)):
+            numba.set_num_threads(threads)
+            w, b = w0.copy(), b0.copy()
+            z, y = np.empty((batch, units), dtype), np.empty((batch, units), dtype)
+            forward(x, w, b, code, z, y, ws)
+            dz, dw, db, dx = (np.empty_like(g), np.empty_like(w), np.empty_like(b),
+                              np.empty_like(x))
+            backward(x, w, b, z, y, g, code, dz, dw, db, dx, 0.01, 0.0, 0.0, 0.0, 0.0, True, ws)
+            results.append((z, y, w, b, db, dx))
+    finally:
+        numba.set_num_threads(before)
+    for a, c in zip(results[0][:5], results[1][:5], strict=True):
+        assert np.array_equal(a, c)
+    for a, c in zip(results[1], results[2], strict=True):
+        assert np.array_equal(a, c)
