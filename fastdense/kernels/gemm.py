@@ -2,10 +2,15 @@
 
 Large products pack ``op(a)`` into MR-row panels and ``op(b)`` into NR-column panels per KC
 block (:mod:`fastdense.kernels.pack`) and run a generated register-tile micro-kernel
-(:mod:`fastdense.kernels._microkernels`) over MC x NC blocks.  The store of each tile is the
-*epilogue*: plain store, ``act(acc + bias)`` for the Dense forward pass, or the SGD update of the
-weights for the fused backward pass (so the full ``dW`` need not exist).  Small products take a
-direct path with no packing and no thread launch.
+(:mod:`fastdense.kernels._microkernels`) over MC x NC blocks.  The micro-kernel reads its panels
+through strides, so operands that stay in cache anyway are read in place: A whenever no
+activation derivative is fused into its packing, and a row-major B up to ``DIRECT_ROWS`` rows
+(packing costs more than it saves there; only partial edge panels are packed).  The store of
+each tile is the *epilogue*: plain store, ``act(acc + bias)`` for the Dense forward pass, or the
+SGD update of the weights for the fused backward pass (so the full ``dW`` need not exist); the
+micro-kernel applies the common ones to full tiles itself.  Small products take a direct path
+with no packing and no thread launch, and products of one or two rows (batch-1 inference)
+:func:`vector_matrix`, register strips streaming ``b`` once, split over threads by columns.
 
 Threads: per KC x NC block, the B block is packed once into a shared buffer (each thread a share
 of its panels), then the threads take *tasks* (an MC-row block times a range of B panels) from an
