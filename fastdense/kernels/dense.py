@@ -113,7 +113,7 @@ def forward_rows(x, w, bias, code, z, y, ws):
     """:func:`forward` for a batch of at most :data:`ROWS_MAX` rows and ``in > 0`` (same
     arguments, same results); large weights are split over the threads by columns."""
     n = z.shape[1]
-    acc = ws[:n] if ws.shape[0] >= n else np.empty(n, dtype=z.dtype)
+    acc = ws if ws.shape[0] >= n else np.empty(n, dtype=z.dtype)
     vector_matrix(x, w, z, EP_BIAS_ACT, bias, code, y, z, 0.0, 0.0, 0.0, acc)
     if code == act.SOFTMAX:
         _softmax_rows_serial(z, y)

@@ -8,7 +8,7 @@ import pytest
 
 from fastdense.kernels._microkernels import MR_F32, MR_F64, NR_F32, NR_F64
 from fastdense.kernels._tiles import KC_F32
-from fastdense.kernels.gemm import gemm, gemm_rows, is_small, workspace_size
+from fastdense.kernels.gemm import DIRECT_B_BYTES, gemm, gemm_rows, is_small, workspace_size
 from tests.kernels.conftest import product_tolerance
 
 MR = MR_F32
@@ -123,24 +123,36 @@ def test_workspace_argument(shape, dtype):
         assert np.array_equal(out, ref)
 
 
-@pytest.mark.parametrize("shape", [(1, 9, 5), (2, 300, 40), (1, 700, 600), (2, 130, 1000)],
+@pytest.mark.parametrize("shape", [(1, 9, 5), (2, 300, 40), (1, 700, 600), (2, 130, 1000),
+                                   (1, 1500, 700)],
                          ids=lambda s: "x".join(map(str, s)))
-def test_gemm_rows_is_gemm_bitwise(shape, dtype):
+def test_gemm_rows(shape, dtype):
     """The one-or-two-row entry point (column strips, threads over columns) gives the bits of
-    the general product, for every thread count."""
+    the general product; a ``b`` larger than the caches is summed in KC row blocks instead
+    (the packed product's order), checked against the reference.  Same bits on any number of
+    threads either way."""
     m, k, n = shape
     rng = np.random.default_rng(m + k + n)
     a = rng.standard_normal((m, k)).astype(dtype)
     b = rng.standard_normal((k, n)).astype(dtype)
     ref = np.empty((m, n), dtype)
     gemm(a, b, ref, False, False)
+    blocked = k * n * np.dtype(dtype).itemsize > DIRECT_B_BYTES
     ws = np.empty(workspace_size(m, n, k, dtype), dtype)
     before = numba.get_num_threads()
+    outs = []
     try:
         for threads in (1, numba.config.NUMBA_NUM_THREADS):
             numba.set_num_threads(threads)
             out = np.full((m, n), np.nan, dtype)
             gemm_rows(a, b, out, ws)
-            assert np.array_equal(out, ref)
+            outs.append(out)
     finally:
         numba.set_num_threads(before)
+    assert np.array_equal(outs[0], outs[1])
+    if blocked:
+        exact = a.astype(np.float64) @ b.astype(np.float64)
+        assert np.all(np.abs(outs[0] - exact) <= product_tolerance(a, b, dtype))
+        assert not np.array_equal(outs[0], ref)  # the blocked order was taken
+    else:
+        assert np.array_equal(outs[0], ref)
