@@ -260,7 +260,8 @@ def _sparse_row(i, labels, y_pred, grad, rows, c, from_logits):
 
 
 @njit(cache=True)
-def _argmax_row(a, i):
+def argmax_row(a, i):
+    """Column of the largest ``a[i, j]``, the first on ties (Keras' ``argmax``)."""
     d = a.shape[1]
     best = 0
     m = a[i, 0]
@@ -276,7 +277,7 @@ def count_categorical(y_true, y_pred, n):
     """Rows among the first ``n`` whose argmax agrees (ties: first index, as NumPy)."""
     hits = 0
     for i in range(n):
-        if _argmax_row(y_true, i) == _argmax_row(y_pred, i):
+        if argmax_row(y_true, i) == argmax_row(y_pred, i):
             hits += 1
     return hits
 
@@ -286,7 +287,7 @@ def count_sparse(labels, y_pred, n):
     """Rows among the first ``n`` whose argmax equals the integer label."""
     hits = 0
     for i in range(n):
-        if _argmax_row(y_pred, i) == labels[i]:
+        if argmax_row(y_pred, i) == labels[i]:
             hits += 1
     return hits
 
