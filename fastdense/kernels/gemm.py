@@ -57,10 +57,10 @@ EP_SGD = 2
 SMALL_WORK = 20 * 20 * 20
 # Below this many multiply-adds one thread does the packed product (no prange launch).
 # Measured on 2 threads, Dense forward float32/float64, best of 9 x 3000 calls, two runs each
-# against the former 96^3: 64x64x64 8.3 -> 7.6 / 13.9 -> 11.2 us, 128x64x64 16.0 -> 12.2 /
-# 26.8 -> 21.5 us, 256x64x64 26.3 -> 22.8 / 32.5 -> 33.3 us; 32x64x100 mixed (8.7 -> 10.4 /
-# 14.0 -> 12.0 us).
-SERIAL_WORK = 48 * 48 * 48
+# with the threshold at 96^3 and at 32^3: 64x64x64 8.3 -> 7.6 / 13.9 -> 11.2 us, 128x64x64
+# 16.0 -> 12.2 / 26.8 -> 21.5 us, 32x64x100 mixed (8.7 -> 10.4 / 14.0 -> 12.0 us); and in
+# the layer grid, 48^3 made the training step at 32 x 64->64 slower (1.28x -> 0.89x of NumPy).
+SERIAL_WORK = 64 * 64 * 64
 # Up to this many output rows the packed path reads a row-major B in place (each B panel is
 # re-read by few row blocks, so packing it would cost more than it saves).
 DIRECT_ROWS = 256
