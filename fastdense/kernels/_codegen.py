@@ -33,6 +33,7 @@ import functools
 
 import numba
 from numba import njit, types
+from numba.core import cgutils
 from numba.core.compiler_lock import global_compiler_lock
 from numba.extending import intrinsic, overload
 
@@ -203,6 +204,33 @@ def no_inline(typingctx):
 
     def codegen(context, builder, signature, args):
         builder.function.attributes.add("noinline")
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def copy_n(typingctx, dst, di, src, si, n):
+    """``dst[di:di + n] = src[si:si + n]`` (1-D arrays of one dtype) as one ``llvm.memmove``.
+
+    A copy loop between two arrays is vectorized behind a runtime alias check, which costs more
+    than the copy for a 32-element panel row; a memmove of constant size is a few vector moves.
+    No bounds checks.
+    """
+    if dst.dtype != src.dtype or dst.layout != "C" or src.layout != "C":
+        return None
+    sig = types.none(dst, di, src, si, n)
+
+    def codegen(context, builder, signature, args):
+        d = context.make_array(signature.args[0])(context, builder, args[0])
+        s = context.make_array(signature.args[2])(context, builder, args[2])
+        di_, si_, n_ = (context.cast(builder, v, t, types.intp)
+                        for v, t in zip((args[1], args[3], args[4]),
+                                        (signature.args[1], signature.args[3], signature.args[4]),
+                                        strict=True))
+        itemsize = context.get_abi_sizeof(context.get_data_type(signature.args[0].dtype))
+        cgutils.raw_memmove(builder, builder.gep(d.data, [di_]), builder.gep(s.data, [si_]),
+                            n_, itemsize)
         return context.get_dummy_value()
 
     return sig, codegen

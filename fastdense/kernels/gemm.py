@@ -31,8 +31,7 @@ from numba.extending import register_jitable
 from numba.np.ufunc.parallel import _iget_num_threads, _launch_threads
 
 from fastdense.kernels import activation as act
-from fastdense.kernels._codegen import fetch_add, fma, kernel, no_inline, wide_vectors
-from fastdense.kernels._microkernels import copy_n
+from fastdense.kernels._codegen import copy_n, fetch_add, fma, kernel, no_inline, wide_vectors
 from fastdense.kernels._tiles import BLOCKING, _blocking, _strip, _strip_width, _ukernel
 from fastdense.kernels.pack import pack_a, pack_b
 from fastdense.kernels.update import sgd_step

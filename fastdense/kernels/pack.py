@@ -12,8 +12,7 @@ dZ as the B operand of ``dw = x.T @ dz``.
 """
 
 from fastdense.kernels import activation as act
-from fastdense.kernels._codegen import kernel, no_inline
-from fastdense.kernels._microkernels import copy_n
+from fastdense.kernels._codegen import copy_n, kernel, no_inline
 from fastdense.kernels._tiles import _blocking
 
 
