@@ -337,16 +337,9 @@ def gather_labels(src, index, start, n, dst):
         dst[r] = src[index[start + r]] if r < n else 0
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True)
 def gather_batch(x, labels, index, start, n, xb, yb):
     """:func:`gather_rows` of ``x`` into ``xb`` and :func:`gather_labels` of ``labels`` into
     ``yb`` in one call (a training step gathers both)."""
-    m = xb.shape[0]
-    if m * xb.shape[1] < PARALLEL_MIN:
-        for r in range(m):
-            _gather_row(r, x, index, start, n, xb)
-    else:
-        for r in prange(m):
-            _gather_row(r, x, index, start, n, xb)
-    for r in range(m):
-        yb[r] = labels[index[start + r]] if r < n else 0
+    gather_rows(x, index, start, n, xb)
+    gather_labels(labels, index, start, n, yb)
