@@ -11,6 +11,7 @@ import numpy as np
 
 from fastdense import activations, initializers, regularizers
 from fastdense.kernels import dense as _k
+from fastdense.kernels.gemm import uses_rows
 from fastdense.optimizers import apply_update, learning_rate_of, plain_sgd_rate
 
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -214,10 +215,8 @@ class Dense:
         z = self._buffer("z", (n, self.units)) if keep_z else y
         bias = self.bias if self.use_bias else _k.empty_bias(self.dtype)
         ws = self._kernel_workspace()
-        if 0 < n <= _k.ROWS_MAX and in_dim > 0:
-            _k.forward_rows(x2, self.weight, bias, act.code, z, y, ws)
-        else:
-            _k.forward(x2, self.weight, bias, act.code, z, y, ws)
+        forward = _k.forward_rows if uses_rows(n, self.units, in_dim) else _k.forward
+        forward(x2, self.weight, bias, act.code, z, y, ws)
         if act.is_custom:
             z = y.copy() if self.training else y
             y = np.ascontiguousarray(act.fn(z), dtype=self.dtype)
@@ -283,7 +282,7 @@ class Dense:
         l1w, l2w = _factors(kreg)
         l1b, l2b = _factors(breg)
         ws = self._kernel_workspace()
-        backward = _k.backward_rows if 0 < n <= _k.ROWS_MAX and self.input_dim > 0 \
+        backward = _k.backward_rows if uses_rows(n, self.units, self.input_dim) \
             else _k.backward
         backward(x2, self.weight, bias, z, y, g2, act.code, dz, dw, db, dx,
                  lr if fuse else 0.0, l1w, l2w, l1b, l2b, fuse, ws)

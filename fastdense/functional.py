@@ -9,7 +9,7 @@ import numpy as np
 
 from fastdense import activations
 from fastdense.kernels import dense as _dense
-from fastdense.kernels.gemm import gemm, gemm_rows, workspace_size
+from fastdense.kernels.gemm import gemm, gemm_rows, uses_rows, workspace_size
 
 # Kernel workspaces (packing buffers) kept between calls, one per dtype and Python thread,
 # grown to the largest size asked for: repeated calls then allocate only their result.
@@ -61,7 +61,7 @@ def matmul(a: Any, b: Any) -> np.ndarray:
     b = np.ascontiguousarray(b, dtype=dt)
     out = np.empty((a.shape[0], b.shape[1]), dtype=dt)
     ws = _workspace(workspace_size(a.shape[0], b.shape[1], a.shape[1], dt), dt)
-    if 0 < a.shape[0] <= 2 and a.shape[1] > 0 and b.shape[1] > 0:
+    if uses_rows(a.shape[0], b.shape[1], a.shape[1]):
         gemm_rows(a, b, out, ws)
     else:
         gemm(a, b, out, False, False, ws)
@@ -103,5 +103,7 @@ def linear(x: Any, kernel: Any, bias: Any = None, activation: Any = None) -> np.
     w = np.ascontiguousarray(kernel, dtype=dt)
     y = np.empty((x2.shape[0], units), dtype=dt)
     ws = _workspace(_dense.workspace_size(w.shape[0], units, dt), dt)
-    _dense.forward(x2, w, b, act.code, y, y, ws)
+    forward = _dense.forward_rows if uses_rows(x2.shape[0], units, w.shape[0]) \
+        else _dense.forward
+    forward(x2, w, b, act.code, y, y, ws)
     return y.reshape((*x.shape[:-1], units))

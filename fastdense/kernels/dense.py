@@ -101,17 +101,17 @@ def forward(x, w, bias, code, z, y, ws=None):
             _softmax_rows(z, y)
 
 
-#: Batches up to this size have their own entry points, :func:`forward_rows` and
-#: :func:`backward_rows`, which stream the weights once instead of running a matrix product.
-#: They are separate kernels so that each is compiled only when a program uses it (a cold
-#: compile of every path at once is what users wait for).
-ROWS_MAX = 2
+# Batches of one or two (``gemm.uses_rows``) have their own entry points, forward_rows and
+# backward_rows, which stream the weights once instead of running a matrix product.  They are
+# separate kernels so that each is compiled only when a program uses it (a cold compile of
+# every path at once is what users wait for).
 
 
 @kernel
 def forward_rows(x, w, bias, code, z, y, ws):
-    """:func:`forward` for a batch of at most :data:`ROWS_MAX` rows and ``in > 0`` (same
-    arguments, same results); large weights are split over the threads by columns."""
+    """:func:`forward` for a batch of one or two rows and ``in > 0``, same arguments: the same
+    bits up to 2 MiB of weights (split over the threads by columns), beyond that summed in KC
+    row blocks (the packed product's order; see ``gemm.vector_matrix``)."""
     n = z.shape[1]
     acc = ws if ws.shape[0] >= n else np.empty(n, dtype=z.dtype)
     vector_matrix(x, w, z, EP_BIAS_ACT, bias, code, y, z, 0.0, 0.0, 0.0, acc)
@@ -335,7 +335,7 @@ def backward(x, w, bias, z, y, g, code, dz, dw, db, dx, lr, l1w, l2w, l1b, l2b, 
 @kernel
 def backward_rows(x, w, bias, z, y, g, code, dz, dw, db, dx, lr, l1w, l2w, l1b, l2b, fuse_sgd,
                   ws):
-    """:func:`backward` for a batch of 1 to :data:`ROWS_MAX` rows with ``in, units > 0`` (same
+    """:func:`backward` for a batch of one or two rows with ``in, units > 0`` (same
     arguments, same contract): one pass over the weights computes ``dx`` from each row and
     then updates it (or writes ``dw``)."""
     d = g

@@ -54,6 +54,8 @@ EP_SGD = 2
 # 32x64x64 17.9/21.3 vs 7.8/11.4 us; so the crossover is ~20^3.  Rows m <= 2 stay direct
 # (3x256x256: 12.6/21.7 vs 32.2/61.4 us; 8x128x128 is a tie).
 SMALL_WORK = 20 * 20 * 20
+# Products of at most this many rows also have their own entry point, :func:`gemm_rows`.
+ROWS_MAX = 2
 # Below this many multiply-adds one thread does the packed product (no prange launch).
 # Measured on 2 threads, Dense forward float32/float64, best of 9 x 3000 calls, two runs each
 # with the threshold at 96^3 and at 32^3: 64x64x64 8.3 -> 7.6 / 13.9 -> 11.2 us, 128x64x64
@@ -512,7 +514,7 @@ def is_small(m, n, k):
     one or two steps (the batch-1 weight gradient, an outer product): both are bound by memory
     traffic, which packing would only add to.
     """
-    return m * n * k <= SMALL_WORK or m <= 2 or k <= 2
+    return m * n * k <= SMALL_WORK or m <= ROWS_MAX or k <= 2
 
 
 @kernel
@@ -571,3 +573,11 @@ def gemm_rows(a, b, out, ws):
     acc = ws if ws.shape[0] >= n else np.empty(n, dtype=out.dtype)
     e1 = acc[:0]
     vector_matrix(a, b, out, EP_STORE, e1, act.LINEAR, out, out, 0.0, 0.0, 0.0, acc)
+
+
+def uses_rows(m, n, k):
+    """Whether ``(m x k) @ (k x n)`` takes the row entry points (:func:`gemm_rows`, and
+    :func:`fastdense.kernels.dense.forward_rows` / ``backward_rows`` for layers): one to
+    :data:`ROWS_MAX` rows and no empty dimension.  Decided in Python, so that each kernel is
+    compiled only when a program uses it."""
+    return 0 < m <= ROWS_MAX and n > 0 and k > 0
