@@ -381,3 +381,93 @@ def test_skipping_the_input_gradient_updates_the_same(activation):
     assert b.backprop(g, fd.SGD(0.1)).shape == x.shape
     np.testing.assert_array_equal(a.weight, b.weight)
     np.testing.assert_array_equal(a.bias, b.bias)
+
+
+# --------------------------------------------------------------------------- repeated calls
+# A forward call replays the decisions of the previous one when nothing relevant changed
+# (Dense._replay); these tests change one thing at a time and compare with a fresh layer.
+
+
+def _fresh_output(layer, x):
+    """What a new layer with ``layer``'s configuration and weights returns for ``x``."""
+    twin = Dense(layer.units, activation=layer.activation.name, dtype=layer.dtype,
+                 training=layer.training)
+    twin.set_weights(layer.get_weights())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DtypeWarning)
+        return twin(x)
+
+
+@pytest.mark.parametrize("batch", [1, 2, 5, 40])
+def test_repeated_forward_returns_a_new_array_each_call(batch):
+    rng = np.random.default_rng(11)
+    x = _data(rng, (batch, 33), np.float32)
+    layer = Dense(20, activation="relu", seed=0)
+    y1 = layer(x)
+    y1_copy = y1.copy()
+    y2 = layer(x)
+    assert y2 is not y1 and not np.shares_memory(y1, y2)
+    np.testing.assert_array_equal(y1, y1_copy)  # the second call did not write into y1
+    np.testing.assert_array_equal(y2, y1)
+
+
+def _change(layer, x, what):
+    """Change one thing the replayed forward depends on; return the next input."""
+    rng = np.random.default_rng(12)
+    if what == "set_weights":
+        layer.set_weights([w + 1 for w in layer.get_weights()])
+    elif what == "weight_in_place":
+        layer.weight[...] *= -1
+    elif what == "weight_attribute":
+        layer.weight = layer.weight * 2
+    elif what == "bias_attribute":
+        layer.bias = layer.bias + 3
+    elif what == "training":
+        layer.training = not layer.training
+    elif what == "activation":
+        layer.activation = fd.activations.get("tanh")
+    elif what == "batch":
+        return _data(rng, (x.shape[0] + 1, x.shape[1]), np.float32)
+    elif what == "values":
+        return x + 1
+    elif what == "strides":
+        big = np.zeros((x.shape[0], 2 * x.shape[1]), np.float32)
+        big[:, ::2] = x
+        return big[:, ::2]
+    elif what == "dtype":
+        return x.astype(np.float64)
+    elif what == "rank":
+        return x.reshape(1, *x.shape)
+    return x
+
+
+@pytest.mark.parametrize("batch", [1, 7])
+@pytest.mark.parametrize("what", ["set_weights", "weight_in_place", "weight_attribute",
+                                  "bias_attribute", "training", "activation", "batch", "values",
+                                  "strides", "dtype", "rank"])
+def test_repeated_forward_sees_every_change(batch, what):
+    rng = np.random.default_rng(13)
+    x = _data(rng, (batch, 9), np.float32)
+    layer = Dense(6, activation="relu", seed=0, bias_initializer="random_normal")
+    layer(x)
+    layer(x)
+    x = _change(layer, x, what)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DtypeWarning)
+        y = layer(x)
+    np.testing.assert_array_equal(y, _fresh_output(layer, x))
+    assert (layer._cache is not None) == layer.training
+
+
+@pytest.mark.parametrize("activation", ["relu", "gelu", "softmax"])
+def test_backprop_after_repeated_forward(activation):
+    rng = np.random.default_rng(14)
+    x = _data(rng, (3, 8), np.float32)
+    g = _data(rng, (3, 5), np.float32)
+    a, b = (Dense(5, activation=activation, seed=2) for _ in range(2))
+    a(x + 1)
+    a(x)  # replayed: the state for backprop must be this call's
+    b(x)
+    np.testing.assert_array_equal(a.backprop(g, fd.SGD(0.1)), b.backprop(g, fd.SGD(0.1)))
+    np.testing.assert_array_equal(a.weight, b.weight)
+    np.testing.assert_array_equal(a(x), b(x))  # and the next forward sees the update
