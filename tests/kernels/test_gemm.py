@@ -28,6 +28,9 @@ SHAPES = [
     (37, 5, 1),  # direct path
     (2, 300, 300),  # direct path (m <= 2)
     (200, 3, 2),
+    # A row-major B over DIRECT_B_BYTES with few rows: each task packs its own B panels
+    # (``own_b``); two row blocks, edge panels, two KC blocks, and two NC blocks in float64.
+    (70, 1030, 530),
 ]
 
 
@@ -86,7 +89,8 @@ def test_nan_and_inf_propagate(dtype):
     assert np.isfinite(out[mask]).all()
 
 
-@pytest.mark.parametrize("shape", [(300, 200, 600), (16, 2000, 300), (1000, 40, 100)])
+@pytest.mark.parametrize("shape", [(300, 200, 600), (16, 2000, 300), (1000, 40, 100),
+                                   (70, 1030, 530)])
 @pytest.mark.parametrize("trans", [(False, False), (True, True)], ids=["NN", "TT"])
 def test_bitwise_identical_for_any_thread_count(shape, trans, dtype):
     m, n, k = shape
