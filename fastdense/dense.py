@@ -117,8 +117,10 @@ class Dense:
         self._warned_dtype = False
         self._cache: tuple | None = None
         self._workspace: dict[str, np.ndarray] = {}
-        # What the last forward call decided, replayed by the next one (see _make_plan).
+        # What the last forward / backprop call decided, replayed by the next one when it
+        # applies (see _make_plan and _make_backprop_plan).
         self._plan: tuple | None = None
+        self._backprop_plan: tuple | None = None
         # When True (set by Sequential), outputs and input gradients are workspaces reused by
         # the next call instead of fresh arrays: no allocation per step, but the caller must
         # copy what it keeps.
@@ -299,6 +301,11 @@ class Dense:
                 f"{self.name}: backprop needs a forward pass first (each forward allows one "
                 "backprop)"
             )
+        plan = self._backprop_plan
+        if plan is not None and type(dLdy) is np.ndarray:
+            done, dx = self._replay_backprop(plan, dLdy, optimizer, compute_input_grad)
+            if done:
+                return dx
         learning_rate_of(optimizer)
         x2, z, y, in_shape = self._cache
         out_shape = (*in_shape[:-1], self.units)
@@ -333,7 +340,45 @@ class Dense:
             if self.use_bias:
                 self._apply(optimizer, self.bias, db, breg)
         self._cache = None
+        plannable = (not act.is_custom and g is dLdy and g.ndim == 2
+                     and g.flags.c_contiguous)
+        self._backprop_plan = None if not plannable else (
+            g2.shape, g2.strides, g2.dtype, in_shape, compute_input_grad, self.weight,
+            self.bias, kreg, breg, act, self._reuse_outputs, backward, dz, dw, db,
+            dx if self._reuse_outputs else None, bias, ws,
+            _fusable(kreg) and _fusable(breg))
         return dx.reshape(in_shape) if compute_input_grad else None
+
+    def _replay_backprop(self, plan: tuple, g: np.ndarray, optimizer: Any,
+                         compute_input_grad: bool) -> tuple[bool, np.ndarray | None]:
+        """:meth:`backprop` of the ndarray ``g`` by ``plan`` (what the previous call decided,
+        as for :meth:`_replay`): ``(True, dL/dinputs)``, or ``(False, None)`` when the plan
+        does not apply and the full path must run."""
+        (shape, strides, dtype, in_shape, want_dx, weight, bias, kreg, breg, act, reuse,
+         backward, dz, dw, db, dx, kbias, ws, fusable) = plan
+        x, z, y, cached_shape = self._cache
+        if (g.shape != shape or g.strides != strides or g.dtype is not dtype
+                or cached_shape != in_shape or compute_input_grad != want_dx
+                or self.weight is not weight or self.bias is not bias
+                or self.kernel_regularizer is not kreg or self.bias_regularizer is not breg
+                or self.activation is not act or self._reuse_outputs != reuse):
+            return False, None
+        lr = plain_sgd_rate(optimizer)
+        if lr is None:
+            learning_rate_of(optimizer)  # validated as the full path does
+        fuse = lr is not None and fusable
+        if dx is None:
+            dx = np.empty((shape[0] if want_dx else 0, weight.shape[0]), dtype)
+        l1w, l2w = _factors(kreg)
+        l1b, l2b = _factors(breg)
+        backward(x, weight, kbias, z, y, g, act.code, dz, dw, db, dx, lr if fuse else 0.0,
+                 l1w, l2w, l1b, l2b, fuse, ws)
+        if not fuse:
+            self._apply(optimizer, weight, dw, kreg)
+            if self.use_bias:
+                self._apply(optimizer, bias, db, breg)
+        self._cache = None
+        return True, (dx if want_dx else None)
 
     def _kernel_workspace(self) -> np.ndarray:
         """The kernels' packing workspace, sized once per layer shape (sizing costs µs)."""

@@ -471,3 +471,58 @@ def test_backprop_after_repeated_forward(activation):
     np.testing.assert_array_equal(a.backprop(g, fd.SGD(0.1)), b.backprop(g, fd.SGD(0.1)))
     np.testing.assert_array_equal(a.weight, b.weight)
     np.testing.assert_array_equal(a(x), b(x))  # and the next forward sees the update
+
+
+@pytest.mark.parametrize("change", ["none", "input_grad", "regularizer", "optimizer",
+                                    "batch", "learning_rate", "weights"])
+def test_repeated_backprop_matches_the_full_path(change):
+    """Steps whose upstream gradient is a C-contiguous array replay the previous backprop's
+    decisions; a Fortran-ordered copy of the same gradient always takes the full path.  The
+    two layers must stay bitwise equal through a change of each thing the replay depends on."""
+    rng = np.random.default_rng(15)
+    a, b = (Dense(6, activation="relu", seed=3, bias_initializer="random_normal")
+            for _ in range(2))
+    opt_a, opt_b = fd.SGD(0.05), fd.SGD(0.05)
+    want_dx = True
+    batch = 5
+    for step in range(4):
+        if step == 2:
+            if change == "input_grad":
+                want_dx = False
+            elif change == "regularizer":
+                for layer in (a, b):
+                    layer.kernel_regularizer = fd.regularizers.get("l2")
+            elif change == "optimizer":
+                opt_a, opt_b = fd.Adam(0.01), fd.Adam(0.01)
+            elif change == "batch":
+                batch = 3
+            elif change == "learning_rate":
+                opt_a.learning_rate = opt_b.learning_rate = 0.2
+            elif change == "weights":
+                for layer in (a, b):
+                    layer.set_weights([w * 0.5 for w in layer.get_weights()])
+        x = _data(rng, (batch, 4), np.float32)
+        g = _data(rng, (batch, 6), np.float32)
+        np.testing.assert_array_equal(a(x), b(x))
+        dx_a = a.backprop(g, opt_a, compute_input_grad=want_dx)
+        dx_b = b.backprop(np.asfortranarray(g), opt_b, compute_input_grad=want_dx)
+        assert (dx_a is None) == (dx_b is None) == (not want_dx)
+        if want_dx:
+            np.testing.assert_array_equal(dx_a, dx_b)
+        np.testing.assert_array_equal(a.weight, b.weight)
+        np.testing.assert_array_equal(a.bias, b.bias)
+    assert a._backprop_plan is not None and b._backprop_plan is None
+
+
+def test_repeated_backprop_returns_a_new_input_gradient():
+    rng = np.random.default_rng(16)
+    x = _data(rng, (4, 3), np.float32)
+    g = _data(rng, (4, 2), np.float32)
+    layer = Dense(2, seed=0)
+    layer(x)
+    dx1 = layer.backprop(g, fd.SGD(0.1))
+    kept = dx1.copy()
+    layer(x)
+    dx2 = layer.backprop(g, fd.SGD(0.1))
+    assert not np.shares_memory(dx1, dx2)
+    np.testing.assert_array_equal(dx1, kept)
