@@ -526,3 +526,29 @@ def test_repeated_backprop_returns_a_new_input_gradient():
     dx2 = layer.backprop(g, fd.SGD(0.1))
     assert not np.shares_memory(dx1, dx2)
     np.testing.assert_array_equal(dx1, kept)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("batch", [1, 40, 300])
+def test_relu_of_minus_infinity_is_zero(batch, dtype):
+    """relu(-inf) = 0 as in Keras and NumPy's maximum (``z * 0.0`` would make it NaN), +inf
+    and NaN pass through; on every path: row kernels, the direct product, the micro-kernel's
+    own epilogue on full tiles and the edge tiles' store."""
+    units, n_in = 70, 300
+    w = np.zeros((n_in, units), dtype)
+    w[0, ::3] = 1.0
+    w[0, 1::3] = -1.0
+    w[1, 2::3] = 1.0
+    x = np.ones((batch, n_in), dtype)
+    x[:, 0] = np.inf
+    x[batch // 2, 1] = np.nan
+    layer = Dense(units, activation="relu", dtype=dtype, bias_initializer="zeros")
+    layer.build(n_in)
+    layer.set_weights([w, np.zeros(units, dtype)])
+    ref = NumpyDense(units, "relu", dtype=dtype)
+    ref.set_weights([w, np.zeros(units, dtype)])
+    with np.errstate(invalid="ignore"):
+        expected = ref(x)
+    y = layer(x)
+    assert np.all(y[:, 1::3][np.arange(batch) != batch // 2] == 0)
+    np.testing.assert_array_equal(y, expected)

@@ -112,7 +112,7 @@ def _kernel(name: str, mr: int, nr: int, dtype: str) -> str:
     lines.append(f"{body}        if relu:")
     lines.append(f"{body}            for j in range({nr}):")
     lines.append(f"{body}                v = o[j]")
-    lines.append(f"{body}                yr[j] = v if not v < 0 else v * 0.0")
+    lines.append(f"{body}                yr[j] = v if not v < 0 else zero")
     lines.append(f"{body}        else:")
     lines.append(f"{body}            copy_n(yr, 0, o, 0, {nr})")
     return "\n".join(lines) + "\n"

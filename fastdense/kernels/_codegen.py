@@ -157,12 +157,12 @@ def prefetch(typingctx, arr, idx):
 
 
 def zero_of(a):
-    """``0`` of ``a``'s dtype (a compile-time constant in kernels)."""
+    """``0`` of the dtype of array or float ``a`` (a compile-time constant in kernels)."""
 
 
 @overload(zero_of, jit_options={"cache": True})
 def _zero_of_ol(a):
-    zero = a.dtype(0)
+    zero = a(0) if isinstance(a, types.Float) else a.dtype(0)
     return lambda a: zero
 
 

@@ -902,7 +902,7 @@ def ukernel_8x32(kc, a2, bp, bo, bps, tile, out, i0, j0, mode, lr, bias, y, relu
                 if relu:
                     for j in range(32):
                         v = o[j]
-                        yr[j] = v if not v < 0 else v * 0.0
+                        yr[j] = v if not v < 0 else zero
                 else:
                     copy_n(yr, 0, o, 0, 32)
 
@@ -1398,7 +1398,7 @@ def ukernel_8x16(kc, a2, bp, bo, bps, tile, out, i0, j0, mode, lr, bias, y, relu
                 if relu:
                     for j in range(16):
                         v = o[j]
-                        yr[j] = v if not v < 0 else v * 0.0
+                        yr[j] = v if not v < 0 else zero
                 else:
                     copy_n(yr, 0, o, 0, 16)
 

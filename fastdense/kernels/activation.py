@@ -10,6 +10,8 @@ import math
 import numpy as np
 from numba import njit, prange
 
+from fastdense.kernels._codegen import zero_of
+
 LINEAR = 0
 RELU = 1
 SIGMOID = 2
@@ -49,7 +51,8 @@ def sigmoid(z):
 def apply(code, z):
     """Return ``act(z)`` for one scalar ``z`` (softmax is row-wise: see :func:`softmax_rows`)."""
     if code == RELU:
-        return z if not z < 0 else z * 0.0
+        # Not ``z * 0.0``, which is NaN for z = -inf (relu(-inf) is 0, as in Keras).
+        return z if not z < 0 else zero_of(z)
     if code == SIGMOID:
         return sigmoid(z)
     if code == TANH:

@@ -33,7 +33,15 @@ from numba.extending import register_jitable
 from numba.np.ufunc.parallel import _iget_num_threads, _launch_threads
 
 from fastdense.kernels import activation as act
-from fastdense.kernels._codegen import copy_n, fetch_add, fma, kernel, no_inline, wide_vectors
+from fastdense.kernels._codegen import (
+    copy_n,
+    fetch_add,
+    fma,
+    kernel,
+    no_inline,
+    wide_vectors,
+    zero_of,
+)
 from fastdense.kernels._tiles import BLOCKING, _blocking, _strip, _strip_width, _ukernel
 from fastdense.kernels.pack import pack_a, pack_b
 from fastdense.kernels.update import sgd_step
@@ -99,7 +107,7 @@ def _epilogue_row(acc, o, j0, ep, bias, code, yrow, wrow, lr, l1, l2):
         elif code == act.RELU:
             for j in range(nr):
                 v = o[j]
-                yrow[j] = v if not v < 0 else v * 0.0
+                yrow[j] = v if not v < 0 else zero_of(v)
         else:
             for j in range(nr):
                 yrow[j] = act.apply(code, o[j])
