@@ -33,8 +33,11 @@ _INV_SQRT2 = 0.70710678118654752440084436210485
 _INV_SQRT_2PI = 0.39894228040143267793994605993438
 
 # Activations whose derivative is cheapest (or only possible) from the pre-activation Z; the
-# others are differentiated from the output Y, so training keeps only one of the two.
-NEEDS_Z = frozenset({RELU, GELU, LEAKY_RELU, ELU, SELU, SWISH, SOFTPLUS})
+# others are differentiated from the output Y, so training keeps only one of the two.  ReLU is
+# not one: ``y > 0`` exactly when ``z > 0`` (relu(-inf) is 0, NaN stays NaN), so its derivative
+# formula gives the same bits from Y, which the layer then passes as Z (the forward pass writes
+# one array instead of two).
+NEEDS_Z = frozenset({GELU, LEAKY_RELU, ELU, SELU, SWISH, SOFTPLUS})
 
 
 @njit(cache=True, inline="always")
