@@ -370,12 +370,13 @@ def _packed(a, b, out, trans_a, trans_b, ep, bias, code, y, w, lr, l1, l2,
                            ntasks, ncol, False, direct_a, direct_b, own_b)
                 continue
             # One prange, run twice (one parallel loop compiles much faster than two): first
-            # the shared packing, then the tasks.
+            # the shared packing, then the tasks.  The prange index is unsigned: as int64 it
+            # matches the serial call above, so both share one compiled _phase.
             for phase in range(0 if packs else 1, 2):
                 for t in prange(nthreads):
-                    _phase(phase, t, nthreads, a, b, out, trans_a, trans_b, ep, bias, code, y,
-                           w, lr, l1, l2, dcode, z, yd, dz, colsum, db, jc, nc, pc, kc, ws,
-                           alen, ctr, ntasks, ncol, shared_a, direct_a, direct_b, own_b)
+                    _phase(phase, np.int64(t), nthreads, a, b, out, trans_a, trans_b, ep, bias,
+                           code, y, w, lr, l1, l2, dcode, z, yd, dz, colsum, db, jc, nc, pc, kc,
+                           ws, alen, ctr, ntasks, ncol, shared_a, direct_a, direct_b, own_b)
 
 
 @kernel(nrt=False)
