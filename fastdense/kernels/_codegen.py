@@ -17,6 +17,12 @@ so it would invalidate every cached function of theirs.  Instead:
   function calling it, so just the micro-kernels are vectorized 512 bits wide; the target
   machine, Numba's cache key and everybody else's code are untouched.
 
+Calls between kernels: Numba links a copy of every callee's code (and of everything the callee
+calls) into each caller's module, then optimizes that module and compiles it to machine code, so
+a large kernel is compiled again in each caller, once per level of calls: most of a cold
+compile.  ``kernel(link=False)`` makes jitted callers call the kernel's own compiled code
+through a symbol instead (:func:`_unlink`); its code is then compiled once.
+
 No fast-math flags at all.  ``nnan``/``ninf`` would let LLVM drop the NaN/Inf propagation the
 layer promises, and reassociation would make sums depend on the vectorization.  Even
 ``contract`` is left out: whether LLVM fuses a contractable multiply and add depends on the
@@ -29,11 +35,14 @@ by operation, so results are bitwise reproducible from process to process.
 
 from __future__ import annotations
 
+import copy
 import functools
+import importlib
 
 import numba
+from llvmlite import binding as llvm
 from numba import njit, types
-from numba.core import cgutils
+from numba.core import cgutils, imputils, itanium_mangler, sigutils
 from numba.core.compiler_lock import global_compiler_lock
 from numba.extending import intrinsic, overload
 
@@ -59,7 +68,82 @@ def fma(typingctx, a, b, c):
     return sig, codegen
 
 
-def _with_slp(compile_fn, slp=1):
+class _Bind:
+    """Makes the symbol of one compiled kernel (:func:`kernel` with ``link=False``) callable.
+
+    Compiling the kernel for ``argtypes`` (or loading it from Numba's cache) registers its
+    address under its symbol.  Every library calling it keeps one of these in its
+    ``_reload_init``, which Numba runs (and pickles with the cache entry) before loading the
+    library's cached machine code: the symbol must be resolvable by then.
+    """
+
+    def __init__(self, module, qualname, argtypes):
+        self.key = (module, qualname, tuple(argtypes))
+
+    def __eq__(self, other):
+        return isinstance(other, _Bind) and self.key == other.key
+
+    def __hash__(self):
+        return hash(self.key)
+
+    def __call__(self):
+        module, qualname, argtypes = self.key
+        getattr(importlib.import_module(module), qualname).compile(argtypes)
+
+    def __reduce__(self):
+        return _load_bind, self.key
+
+
+def _load_bind(module, qualname, argtypes):
+    """Unpickle (and run) a :class:`_Bind` while Numba reads a caller's cache entry.
+
+    A caller cached against another version of the kernel (a renamed kernel, other argument
+    types; Numba only checks the caller's own source file) then reads as a missing entry,
+    which Numba's cache reports for any ``OSError``: the caller is compiled again, instead of
+    failing to load or calling a symbol nobody defines.
+    """
+    bind = _Bind(module, qualname, argtypes)
+    try:
+        bind()
+    except Exception as exc:
+        raise OSError(f"stale cache entry: no {module}.{qualname}{argtypes}") from exc
+    return bind
+
+
+# Entry points of the specializations whose calls from jitted code already go by symbol.
+_unlinked = set()
+
+
+def _unlink(disp, args):
+    """Make calls from jitted code to ``disp``'s specialization ``args`` go through a symbol
+    instead of linking (and optimizing) a copy of its code into the caller."""
+    cres = disp.overloads[args]
+    if cres.entry_point in _unlinked:
+        return
+    module, qualname = disp.py_func.__module__, disp.py_func.__qualname__
+    # Stable across processes (no compile counter, unlike Numba's own symbol names), so cached
+    # callers find whichever compiled copy is loaded; the prefix keeps it apart from those.
+    symbol = "fastdense." + itanium_mangler.mangle(f"{module}.{qualname}", args)
+    llvm.add_symbol(symbol, cres.library.get_pointer_to_function(cres.fndesc.llvm_func_name))
+    stub = copy.copy(cres.fndesc)
+    stub.mangled_name = symbol
+    call = imputils.user_function(stub, ())
+    bind = _Bind(module, qualname, args)
+
+    def call_unlinked(context, builder, sig, argvals):
+        context.active_code_library._reload_init.add(bind)
+        return call(context, builder, sig, argvals)
+
+    call_unlinked.signature = call.signature
+    call_unlinked.libs = ()
+    # Replaces the implementation Numba registered for calls to this entry point (one that
+    # declares Numba's symbol and links the callee's library).
+    disp.targetctx.remove_user_function(cres.entry_point)
+    disp.targetctx._defns[cres.entry_point].append(call_unlinked, call_unlinked.signature)
+    _unlinked.add(cres.entry_point)
+
+
+def _with_slp(disp, compile_fn, slp=1, link=True):
     @functools.wraps(compile_fn)
     def compile_with_slp(sig):
         # Calls from jitted code pass constants as literal types (``Literal[bool](False)``,
@@ -72,14 +156,17 @@ def _with_slp(compile_fn, slp=1):
             previous = numba.config.SLP_VECTORIZE
             numba.config.SLP_VECTORIZE = slp
             try:
-                return compile_fn(sig)
+                entry = compile_fn(sig)
             finally:
                 numba.config.SLP_VECTORIZE = previous
+            if not link:
+                _unlink(disp, sigutils.normalize_signature(sig)[0])
+            return entry
 
     return compile_with_slp
 
 
-def kernel(fn=None, *, parallel=False, inline="never", slp=True, nrt=True):
+def kernel(fn=None, *, parallel=False, inline="never", slp=True, nrt=True, link=True):
     """``njit(cache=True)`` (no fast-math flags) compiled with SLP vectorization on.
 
     Parameters
@@ -101,15 +188,22 @@ def kernel(fn=None, *, parallel=False, inline="never", slp=True, nrt=True):
         increments and decrements the owner's count atomically, which costs more than the
         work of a small tile and, with two threads slicing one array, bounces that count's
         cache line between the cores.
+    link : bool
+        False makes jitted callers call the compiled kernel through a symbol instead of
+        linking a copy of its code (and of everything it calls) into their own module, which
+        Numba optimizes and compiles to machine code again, once per caller and per level of
+        calls.  For large kernels called from several places: their code is then compiled
+        once (cold-compile time).
     """
     if fn is None:
-        return functools.partial(kernel, parallel=parallel, inline=inline, slp=slp, nrt=nrt)
+        return functools.partial(kernel, parallel=parallel, inline=inline, slp=slp, nrt=nrt,
+                                 link=link)
     options = {} if nrt else {"_nrt": False}
     disp = njit(cache=True, fastmath=set(FASTMATH) or False, parallel=parallel, inline=inline,
                 **options)(fn)
     # ``compile`` is the single entry both for calls from Python (``_compile_for_args``) and
     # for calls from other jitted functions (typing resolves callees through it).
-    disp.compile = _with_slp(disp.compile, 1 if slp else 0)
+    disp.compile = _with_slp(disp, disp.compile, 1 if slp else 0, link)
     return disp
 
 

@@ -175,7 +175,9 @@ def _workspace_size(m, n, k, dtype):
     return _ws_len(m, n, k, MR, NR, KC, MC, NC, numba.config.NUMBA_NUM_THREADS)
 
 
-@kernel(nrt=False)
+# Not linked into its callers (_packed and its parallel region, three modules of Numba's
+# parfor machinery): its code, with the packing and the micro-kernel, is compiled once.
+@kernel(nrt=False, link=False)
 def _phase(phase, t, nthreads, a, b, out, trans_a, trans_b, ep, bias, code, y, w, lr, l1, l2,
            dcode, z, yd, dz, colsum, db, jc, nc, pc, kc, ws, alen, ctr, ntasks, ncol,
            shared_a, direct_a, direct_b, own_b):
@@ -308,7 +310,8 @@ def _phase(phase, t, nthreads, a, b, out, trans_a, trans_b, ep, bias, code, y, w
                                     bias, code, y, w, lr, l1, l2)
 
 
-@kernel(parallel=True)
+# Called by every entry point: not linked into each of them (see ``kernel(link=False)``).
+@kernel(parallel=True, link=False)
 def _packed(a, b, out, trans_a, trans_b, ep, bias, code, y, w, lr, l1, l2,
             dcode, z, yd, dz, colsum, db, ws):
     m, n = out.shape
@@ -507,7 +510,8 @@ def vector_matrix(a, b, out, ep, bias, code, y, w, lr, l1, l2, acc):
             _rows_block(a, b, out, j0, j1, ep, bias, code, y, w, lr, l1, l2, acc)
 
 
-@kernel(nrt=False)
+# Called by every entry point: not linked into each of them (see ``kernel(link=False)``).
+@kernel(nrt=False, link=False)
 def _small(a, b, out, trans_a, trans_b, ep, bias, code, y, w, lr, l1, l2, acc):
     """Direct product for small shapes: no packing, no threads; ``acc`` is an n-row scratch.
 
