@@ -120,6 +120,12 @@ def _unlink(disp, args):
     cres = disp.overloads[args]
     if cres.entry_point in _unlinked:
         return
+    ctx = disp.targetctx
+    if not (hasattr(ctx, "_defns") and hasattr(ctx, "remove_user_function")
+            and hasattr(cres.library, "_reload_init")):
+        # A Numba without the internals this relies on: callers link the kernel as usual,
+        # which only costs compile time.
+        return
     module, qualname = disp.py_func.__module__, disp.py_func.__qualname__
     # Stable across processes (no compile counter, unlike Numba's own symbol names), so cached
     # callers find whichever compiled copy is loaded; the prefix keeps it apart from those.
