@@ -56,7 +56,7 @@ def _pack_cols8(src, j, p0, kc, dst):
 
 
 @kernel(nrt=False)
-def _dz_rows(g, z, y, dcode, i0, mr, p0, kc, dz):
+def dz_rows(g, z, y, dcode, i0, mr, p0, kc, dz):
     """``dz = g * act'(z, y)`` on rows ``i0:i0+mr``, steps ``p0:p0+kc`` (contiguous rows)."""
     for i in range(i0, i0 + mr):
         gi = g[i, p0:p0 + kc]
@@ -86,7 +86,7 @@ def pack_a(a, trans_a, i0, mr, p0, kc, ap, dcode, z, y, dz, write_dz):
     code = dcode
     if dcode != act.LINEAR and not trans_a and write_dz:
         # dz rows first (contiguous, vectorized), then pack them as a plain operand.
-        _dz_rows(a, z, y, dcode, i0, mr, p0, kc, dz)
+        dz_rows(a, z, y, dcode, i0, mr, p0, kc, dz)
         src = dz
         code = act.LINEAR
     for q in range(npan):
