@@ -320,34 +320,46 @@ class Dense:
         if act.is_custom:
             g2 = np.ascontiguousarray(g2 * act.grad(z, y), dtype=self.dtype)
         kreg, breg = self.kernel_regularizer, self.bias_regularizer
-        lr = plain_sgd_rate(optimizer)
-        fuse = lr is not None and _fusable(kreg) and _fusable(breg)
+        fusable = _fusable(kreg) and _fusable(breg)
         dz = self._buffer("dz", g2.shape)
         dw = self._buffer("dw", self.weight.shape)
         db = self._buffer("db", (self.units,)) if self.use_bias else _k.empty_bias(self.dtype)
         dx_rows = n if compute_input_grad else 0
         dx = self._buffer("dx", (dx_rows, self.input_dim), self._reuse_outputs)
         bias = self.bias if self.use_bias else _k.empty_bias(self.dtype)
-        l1w, l2w = _factors(kreg)
-        l1b, l2b = _factors(breg)
         ws = self._kernel_workspace()
         backward = _k.backward_rows if uses_rows(n, self.units, self.input_dim) \
             else _k.backward
-        backward(x2, self.weight, bias, z, y, g2, act.code, dz, dw, db, dx,
-                 lr if fuse else 0.0, l1w, l2w, l1b, l2b, fuse, ws)
-        if not fuse:
-            self._apply(optimizer, self.weight, dw, kreg)
-            if self.use_bias:
-                self._apply(optimizer, self.bias, db, breg)
-        self._cache = None
+        self._backward_and_update(backward, x2, z, y, g2, dz, dw, db, dx, bias, ws, optimizer,
+                                  fusable)
         plannable = (not act.is_custom and g is dLdy and g.ndim == 2
                      and g.flags.c_contiguous)
         self._backprop_plan = None if not plannable else (
             g2.shape, g2.strides, g2.dtype, in_shape, compute_input_grad, self.weight,
             self.bias, kreg, breg, act, self._reuse_outputs, backward, dz, dw, db,
             dx if self._reuse_outputs else None, bias, ws,
-            _fusable(kreg) and _fusable(breg))
+            fusable)
         return dx.reshape(in_shape) if compute_input_grad else None
+
+    def _backward_and_update(self, backward: Any, x: np.ndarray, z: np.ndarray, y: np.ndarray,
+                             g: np.ndarray, dz: np.ndarray, dw: np.ndarray, db: np.ndarray,
+                             dx: np.ndarray, bias: np.ndarray, ws: np.ndarray, optimizer: Any,
+                             fusable: bool) -> None:
+        """The gradients by the ``backward`` kernel, then the update: fused into the kernel
+        for plain SGD with fusable penalties, else by ``optimizer``.  Ends the forward's state.
+        """
+        kreg, breg = self.kernel_regularizer, self.bias_regularizer
+        lr = plain_sgd_rate(optimizer)
+        fuse = lr is not None and fusable
+        l1w, l2w = _factors(kreg)
+        l1b, l2b = _factors(breg)
+        backward(x, self.weight, bias, z, y, g, self.activation.code, dz, dw, db, dx,
+                 lr if fuse else 0.0, l1w, l2w, l1b, l2b, fuse, ws)
+        if not fuse:
+            self._apply(optimizer, self.weight, dw, kreg)
+            if self.use_bias:
+                self._apply(optimizer, self.bias, db, breg)
+        self._cache = None
 
     def _replay_backprop(self, plan: tuple, g: np.ndarray, optimizer: Any,
                          compute_input_grad: bool) -> tuple[bool, np.ndarray | None]:
@@ -363,21 +375,11 @@ class Dense:
                 or self.kernel_regularizer is not kreg or self.bias_regularizer is not breg
                 or self.activation is not act or self._reuse_outputs != reuse):
             return False, None
-        lr = plain_sgd_rate(optimizer)
-        if lr is None:
-            learning_rate_of(optimizer)  # validated as the full path does
-        fuse = lr is not None and fusable
+        learning_rate_of(optimizer)  # validated before anything changes, as the full path
         if dx is None:
             dx = np.empty((shape[0] if want_dx else 0, weight.shape[0]), dtype)
-        l1w, l2w = _factors(kreg)
-        l1b, l2b = _factors(breg)
-        backward(x, weight, kbias, z, y, g, act.code, dz, dw, db, dx, lr if fuse else 0.0,
-                 l1w, l2w, l1b, l2b, fuse, ws)
-        if not fuse:
-            self._apply(optimizer, weight, dw, kreg)
-            if self.use_bias:
-                self._apply(optimizer, bias, db, breg)
-        self._cache = None
+        self._backward_and_update(backward, x, z, y, g, dz, dw, db, dx, kbias, ws, optimizer,
+                                  fusable)
         return True, (dx if want_dx else None)
 
     def _kernel_workspace(self) -> np.ndarray:
