@@ -30,7 +30,17 @@ vector-matrix strips, accumulated in scalar locals that LLVM's SLP vectorizer ma
 registers (see :mod:`fastdense.kernels._codegen` for the compile settings this needs).
 """
 
-from fastdense.kernels._codegen import copy_n, fma, kernel, prefetch, wide_vectors, zero_of
+from fastdense.kernels._codegen import (
+    add_n,
+    copy_n,
+    fma,
+    kernel,
+    prefetch,
+    relu_n,
+    sgd_n,
+    wide_vectors,
+    zero_of,
+)
 '''
 
 
@@ -87,34 +97,35 @@ def _kernel(name: str, mr: int, nr: int, dtype: str) -> str:
     # are what makes these kernels slow to compile, and the tile is in L1.
     lines.append(f"{ind}if mode != 0:")
     lines.append(f"{body}has_bias = bias.shape[0] > 0")
+    lines.append(f"{body}keep_z = y.ctypes.data != out.ctypes.data")
     lines.append(f"{body}for i in range({mr}):")
     lines.append(f"{body}    o = out[i0 + i, j0:j0 + {nr}]")
     lines.append(f"{body}    t = tile[i * {nr}:i * {nr} + {nr}]")
     lines.append(f"{body}    if mode == 1:")
     lines.append(f"{body}        copy_n(o, 0, t, 0, {nr})")
     lines.append(f"{body}    elif mode == 2:")
-    lines.append(f"{body}        for j in range({nr}):")
-    lines.append(f"{body}            o[j] = o[j] + t[j]")
+    lines.append(f"{body}        add_n(o, 0, t, 0, {nr})")
     lines.append(f"{body}    elif mode == 3:")
-    lines.append(f"{body}        for j in range({nr}):")
-    lines.append(f"{body}            o[j] -= lr * t[j]")
+    lines.append(f"{body}        sgd_n(o, 0, t, 0, lr, {nr})")
     lines.append(f"{body}    else:")
+    # Bias and activation are applied to the tile (private to this thread), then stored once
+    # per output (``z`` only when it is kept apart from ``y``), by explicit vector operations:
+    # LLVM unrolls these 16- or 32-trip loops before its loop vectorizer runs, and the SLP
+    # vectorizer cannot tell the arrays apart, so as loops they ran as scalar code (so did the
+    # float64 SGD update).  Measured single-threaded, the micro-kernels alone over a
+    # 1024 x 64 @ 64 x 64 product with bias and ReLU: float32 117 -> 101 us, float64 205 ->
+    # 178 us (152 us without any store).
     lines.append(f"{body}        if mode == 5:")
-    lines.append(f"{body}            for j in range({nr}):")
-    lines.append(f"{body}                t[j] += o[j]")
+    lines.append(f"{body}            add_n(t, 0, o, 0, {nr})")
     lines.append(f"{body}        if has_bias:")
-    lines.append(f"{body}            bs = bias[j0:j0 + {nr}]")
-    lines.append(f"{body}            for j in range({nr}):")
-    lines.append(f"{body}                o[j] = t[j] + bs[j]")
-    lines.append(f"{body}        else:")
+    lines.append(f"{body}            add_n(t, 0, bias, j0, {nr})")
+    lines.append(f"{body}        if keep_z:")
     lines.append(f"{body}            copy_n(o, 0, t, 0, {nr})")
     lines.append(f"{body}        yr = y[i0 + i, j0:j0 + {nr}]")
     lines.append(f"{body}        if relu:")
-    lines.append(f"{body}            for j in range({nr}):")
-    lines.append(f"{body}                v = o[j]")
-    lines.append(f"{body}                yr[j] = v if not v < 0 else zero")
+    lines.append(f"{body}            relu_n(yr, 0, t, 0, {nr})")
     lines.append(f"{body}        else:")
-    lines.append(f"{body}            copy_n(yr, 0, o, 0, {nr})")
+    lines.append(f"{body}            copy_n(yr, 0, t, 0, {nr})")
     return "\n".join(lines) + "\n"
 
 

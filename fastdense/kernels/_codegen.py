@@ -334,3 +334,108 @@ def copy_n(typingctx, dst, di, src, si, n):
         return context.get_dummy_value()
 
     return sig, codegen
+
+
+def _vector_ptr(context, builder, aryty, ary, idx, n):
+    """Pointer to ``<n x dtype>`` at element ``idx`` of the 1-D array ``ary``."""
+    from llvmlite import ir
+
+    a = context.make_array(aryty)(context, builder, ary)
+    ptr = builder.gep(a.data, [idx])
+    vty = ir.VectorType(context.get_data_type(aryty.dtype), n)
+    return builder.bitcast(ptr, vty.as_pointer())
+
+
+def _vector_typing(dst, di, src, si, n):
+    if (not isinstance(n, types.IntegerLiteral) or dst.dtype != src.dtype
+            or dst.layout != "C" or src.layout != "C"):
+        return None
+    return types.none(dst, di, src, si, n)
+
+
+@intrinsic
+def add_n(typingctx, dst, di, src, si, n):
+    """``dst[di:di + n] += src[si:si + n]`` (1-D C arrays of one dtype, ``n`` a literal) as
+    vector IR: one rounded add per element, the bits of the scalar loop.
+
+    Such a short loop with a constant trip count is unrolled by LLVM before its loop
+    vectorizer runs, and the SLP vectorizer cannot prove the two arrays apart, so it would
+    run as ``n`` scalar adds.  No bounds checks.
+    """
+    sig = _vector_typing(dst, di, src, si, n)
+    if sig is None:
+        return None
+    width = n.literal_value
+
+    def codegen(context, builder, signature, args):
+        d = _vector_ptr(context, builder, signature.args[0], args[0], args[1], width)
+        s = _vector_ptr(context, builder, signature.args[2], args[2], args[3], width)
+        align = context.get_abi_sizeof(context.get_data_type(signature.args[0].dtype))
+        value = builder.fadd(builder.load(d, align=align), builder.load(s, align=align))
+        builder.store(value, d, align=align)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def relu_n(typingctx, dst, di, src, si, n):
+    """``dst[di:di + n] = relu(src[si:si + n])`` as vector IR (``n`` a literal): ``v < 0`` gives
+    zero, anything else (NaN too) passes, as :func:`fastdense.kernels.activation.apply`.
+    No bounds checks."""
+    sig = _vector_typing(dst, di, src, si, n)
+    if sig is None:
+        return None
+    width = n.literal_value
+
+    def codegen(context, builder, signature, args):
+        from llvmlite import ir
+
+        d = _vector_ptr(context, builder, signature.args[0], args[0], args[1], width)
+        s = _vector_ptr(context, builder, signature.args[2], args[2], args[3], width)
+        align = context.get_abi_sizeof(context.get_data_type(signature.args[0].dtype))
+        v = builder.load(s, align=align)
+        zero = ir.Constant(v.type, None)
+        builder.store(builder.select(builder.fcmp_ordered("<", v, zero), zero, v), d,
+                      align=align)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def sgd_n(typingctx, dst, di, src, si, lr, n):
+    """``dst[di:di + n] -= lr * src[si:si + n]`` as vector IR (``n`` a literal, ``lr`` a float64).
+
+    The arithmetic of the scalar loop exactly: ``lr * src`` and the subtraction each rounded in
+    float64, then rounded to ``dst``'s dtype (float32 data is widened first).
+    No bounds checks.
+    """
+    sig = _vector_typing(dst, di, src, si, n)
+    if sig is None or lr != types.float64:
+        return None
+    sig = types.none(dst, di, src, si, lr, n)
+    width = n.literal_value
+
+    def codegen(context, builder, signature, args):
+        from llvmlite import ir
+
+        d = _vector_ptr(context, builder, signature.args[0], args[0], args[1], width)
+        s = _vector_ptr(context, builder, signature.args[2], args[2], args[3], width)
+        align = context.get_abi_sizeof(context.get_data_type(signature.args[0].dtype))
+        wide = ir.VectorType(ir.DoubleType(), width)
+        dv = builder.load(d, align=align)
+        sv = builder.load(s, align=align)
+        if dv.type != wide:
+            dv = builder.fpext(dv, wide)
+            sv = builder.fpext(sv, wide)
+        rate = builder.insert_element(ir.Constant(wide, None), args[4], ir.IntType(32)(0))
+        rate = builder.shuffle_vector(rate, rate, ir.Constant(ir.VectorType(ir.IntType(32),
+                                                                         width), None))
+        value = builder.fsub(dv, builder.fmul(rate, sv))
+        if value.type != d.type.pointee:
+            value = builder.fptrunc(value, d.type.pointee)
+        builder.store(value, d, align=align)
+        return context.get_dummy_value()
+
+    return sig, codegen

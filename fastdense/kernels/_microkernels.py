@@ -5,7 +5,17 @@ vector-matrix strips, accumulated in scalar locals that LLVM's SLP vectorizer ma
 registers (see :mod:`fastdense.kernels._codegen` for the compile settings this needs).
 """
 
-from fastdense.kernels._codegen import copy_n, fma, kernel, prefetch, wide_vectors, zero_of
+from fastdense.kernels._codegen import (
+    add_n,
+    copy_n,
+    fma,
+    kernel,
+    prefetch,
+    relu_n,
+    sgd_n,
+    wide_vectors,
+    zero_of,
+)
 
 MR_F32, NR_F32 = 8, 32
 MR_F64, NR_F64 = 8, 16
@@ -877,34 +887,28 @@ def ukernel_8x32(kc, a2, bp, bo, bps, tile, out, i0, j0, mode, lr, bias, y, relu
     tile[255] = c7_31
     if mode != 0:
         has_bias = bias.shape[0] > 0
+        keep_z = y.ctypes.data != out.ctypes.data
         for i in range(8):
             o = out[i0 + i, j0:j0 + 32]
             t = tile[i * 32:i * 32 + 32]
             if mode == 1:
                 copy_n(o, 0, t, 0, 32)
             elif mode == 2:
-                for j in range(32):
-                    o[j] = o[j] + t[j]
+                add_n(o, 0, t, 0, 32)
             elif mode == 3:
-                for j in range(32):
-                    o[j] -= lr * t[j]
+                sgd_n(o, 0, t, 0, lr, 32)
             else:
                 if mode == 5:
-                    for j in range(32):
-                        t[j] += o[j]
+                    add_n(t, 0, o, 0, 32)
                 if has_bias:
-                    bs = bias[j0:j0 + 32]
-                    for j in range(32):
-                        o[j] = t[j] + bs[j]
-                else:
+                    add_n(t, 0, bias, j0, 32)
+                if keep_z:
                     copy_n(o, 0, t, 0, 32)
                 yr = y[i0 + i, j0:j0 + 32]
                 if relu:
-                    for j in range(32):
-                        v = o[j]
-                        yr[j] = v if not v < 0 else zero
+                    relu_n(yr, 0, t, 0, 32)
                 else:
-                    copy_n(yr, 0, o, 0, 32)
+                    copy_n(yr, 0, t, 0, 32)
 
 
 @kernel(nrt=False)
@@ -1373,34 +1377,28 @@ def ukernel_8x16(kc, a2, bp, bo, bps, tile, out, i0, j0, mode, lr, bias, y, relu
     tile[127] = c7_15
     if mode != 0:
         has_bias = bias.shape[0] > 0
+        keep_z = y.ctypes.data != out.ctypes.data
         for i in range(8):
             o = out[i0 + i, j0:j0 + 16]
             t = tile[i * 16:i * 16 + 16]
             if mode == 1:
                 copy_n(o, 0, t, 0, 16)
             elif mode == 2:
-                for j in range(16):
-                    o[j] = o[j] + t[j]
+                add_n(o, 0, t, 0, 16)
             elif mode == 3:
-                for j in range(16):
-                    o[j] -= lr * t[j]
+                sgd_n(o, 0, t, 0, lr, 16)
             else:
                 if mode == 5:
-                    for j in range(16):
-                        t[j] += o[j]
+                    add_n(t, 0, o, 0, 16)
                 if has_bias:
-                    bs = bias[j0:j0 + 16]
-                    for j in range(16):
-                        o[j] = t[j] + bs[j]
-                else:
+                    add_n(t, 0, bias, j0, 16)
+                if keep_z:
                     copy_n(o, 0, t, 0, 16)
                 yr = y[i0 + i, j0:j0 + 16]
                 if relu:
-                    for j in range(16):
-                        v = o[j]
-                        yr[j] = v if not v < 0 else zero
+                    relu_n(yr, 0, t, 0, 16)
                 else:
-                    copy_n(yr, 0, o, 0, 16)
+                    copy_n(yr, 0, t, 0, 16)
 
 STRIP_F32, STRIP_F64 = 128, 64
 
