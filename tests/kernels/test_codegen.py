@@ -1,0 +1,83 @@
+"""The vector intrinsics of ``fastdense.kernels._codegen`` give the bits of the scalar loops they
+replace in the micro-kernel epilogues, special values included."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from numba import njit
+
+from fastdense.kernels._codegen import add_n, relu_n, sgd_n
+
+SPECIAL = [0.0, -0.0, np.nan, np.inf, -np.inf, -1.5, 2.25, 1e-40, -1e-40]
+
+
+@njit(cache=True)
+def _add16(dst, di, src, si):
+    add_n(dst, di, src, si, 16)
+
+
+@njit(cache=True)
+def _relu16(dst, di, src, si):
+    relu_n(dst, di, src, si, 16)
+
+
+@njit(cache=True)
+def _sgd16(dst, di, src, si, lr):
+    sgd_n(dst, di, src, si, lr, 16)
+
+
+def _data(dtype, n, seed):
+    rng = np.random.default_rng(seed)
+    v = rng.standard_normal(n).astype(dtype)
+    v[: len(SPECIAL)] = np.array(SPECIAL, dtype=dtype)
+    return rng.permutation(v)
+
+
+def _same_bits(a, b):
+    view = np.uint32 if a.dtype == np.float32 else np.uint64
+    np.testing.assert_array_equal(a.view(view), b.view(view))
+
+
+def test_add_n_at_offsets(dtype):
+    dst = _data(dtype, 40, 0)
+    src = _data(dtype, 40, 1)
+    want = dst.copy()
+    want[5:21] = want[5:21] + src[19:35]
+    _add16(dst, 5, src, 19)
+    _same_bits(dst, want)
+
+
+def test_relu_n_matches_the_activation(dtype):
+    src = _data(dtype, 40, 2)
+    dst = np.full(40, 7.0, dtype=dtype)
+    _relu16(dst, 3, src, 11)
+    want = np.full(40, 7.0, dtype=dtype)
+    seg = src[11:27]
+    # The activation's rule: v < 0 gives zero; NaN, -0.0 and everything else pass through.
+    want[3:19] = np.where(seg < 0, dtype(0), seg)
+    _same_bits(dst, want)
+    assert np.isnan(dst[3:19]).sum() == np.isnan(seg).sum()
+
+
+def test_relu_n_in_place(dtype):
+    v = _data(dtype, 16, 3)
+    want = np.where(v < 0, dtype(0), v)
+    _relu16(v, 0, v, 0)
+    _same_bits(v, want)
+
+
+@pytest.mark.parametrize("lr", [1e-3, 0.1, 3.0])
+def test_sgd_n_rounds_like_the_scalar_loop(dtype, lr):
+    w = _data(dtype, 32, 4)
+    g = _data(dtype, 32, 5)
+    want = w.copy()
+    # Scalar semantics: ``w[j] -= lr * g[j]`` in float64, rounded to w's dtype.
+    want[8:24] = (want[8:24].astype(np.float64) - lr * g[2:18].astype(np.float64)).astype(dtype)
+    _sgd16(w, 8, g, 2, lr)
+    _same_bits(w, want)
+
+
+def test_typing_rejects_mixed_dtypes():
+    with pytest.raises(Exception, match="add_n"):
+        _add16(np.zeros(16, np.float32), 0, np.zeros(16, np.float64), 0)
