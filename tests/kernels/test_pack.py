@@ -1,0 +1,69 @@
+"""``pack.dz_rows``, the activation derivative of the backward pass: its loops written out per
+activation give the bits of the generic :func:`fastdense.kernels.activation.derivative`, for
+every activation, special values included, through every caller's split of the rows."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from numba import njit
+
+from fastdense.kernels import activation as act
+from fastdense.kernels import dense as kd
+from fastdense.kernels.pack import dz_rows
+
+CODES = [c for c in range(act.SOFTPLUS + 1) if c not in (act.LINEAR, act.SOFTMAX)]
+
+
+@njit(cache=True)
+def _generic(g, z, y, code, dz):
+    for i in range(g.shape[0]):
+        for j in range(g.shape[1]):
+            dz[i, j] = g[i, j] * act.derivative(code, z[i, j], y[i, j])
+
+
+def _inputs(dtype, code, m=37, n=53):
+    rng = np.random.default_rng(code)
+    z = (rng.standard_normal((m, n)) * 3).astype(dtype)
+    z.flat[:7] = np.array([0.0, -0.0, np.nan, np.inf, -np.inf, 1e-40, -1e-40], dtype=dtype)
+    y = np.empty_like(z)
+    act.activate(code, z, y)
+    g = rng.standard_normal((m, n)).astype(dtype)
+    g.flat[-3:] = np.array([np.nan, np.inf, -0.0], dtype=dtype)
+    return g, z, y
+
+
+def _same_bits(a, b):
+    view = np.uint32 if a.dtype == np.float32 else np.uint64
+    np.testing.assert_array_equal(a.view(view), b.view(view))
+
+
+@pytest.mark.parametrize("code", CODES)
+def test_dz_rows_matches_the_generic_derivative(dtype, code):
+    g, z, y = _inputs(dtype, code)
+    want = np.empty_like(g)
+    _generic(g, z, y, code, want)
+    got = np.full_like(g, 7.0)
+    dz_rows(g, z, y, code, 0, g.shape[0], 0, g.shape[1], got)
+    _same_bits(got, want)
+
+
+@pytest.mark.parametrize("code", CODES)
+def test_dz_rows_writes_only_its_block(dtype, code):
+    g, z, y = _inputs(dtype, code)
+    want = np.full_like(g, 7.0)
+    _generic(g[5:20, 8:40], z[5:20, 8:40], y[5:20, 8:40], code, want[5:20, 8:40])
+    got = np.full_like(g, 7.0)
+    dz_rows(g, z, y, code, 5, 15, 8, 32, got)
+    _same_bits(got, want)
+
+
+@pytest.mark.parametrize("code", CODES)
+def test_activation_grad_serial_and_parallel(dtype, code):
+    g, z, y = _inputs(dtype, code, m=131)
+    want = np.empty_like(g)
+    _generic(g, z, y, code, want)
+    for fn in (kd._activation_grad, kd._activation_grad_serial):
+        got = np.empty_like(g)
+        fn(g, z, y, code, got)
+        _same_bits(got, want)
