@@ -64,7 +64,9 @@ def _kernel(name: str, mr: int, nr: int, dtype: str) -> str:
         f"{ind}0 nothing (the caller's epilogue); 1 ``o = tile``; 2 ``o += tile`` (the next KC",
         f"{ind}block of a running sum); 3 ``o -= lr * tile`` (plain SGD, ``out`` being the",
         f"{ind}weights); 4 ``o = tile + bias`` and ``y = relu(o)`` (or ``y = o`` without",
-        f"{ind}``relu``; an empty ``bias`` is none); 5 the same after ``tile += o``.",
+        f"{ind}``relu``; an empty ``bias`` is none); 5 the same after ``tile += o``;",
+        f"{ind}6 ``o -= lr * (tile + y)`` (SGD after the last KC block, ``y`` holding the",
+        f"{ind}running sum of the earlier ones).",
         f'{ind}"""',
         f"{ind}wide_vectors()",
     ]
@@ -106,6 +108,9 @@ def _kernel(name: str, mr: int, nr: int, dtype: str) -> str:
     lines.append(f"{body}    elif mode == 2:")
     lines.append(f"{body}        add_n(o, 0, t, 0, {nr})")
     lines.append(f"{body}    elif mode == 3:")
+    lines.append(f"{body}        sgd_n(o, 0, t, 0, lr, {nr})")
+    lines.append(f"{body}    elif mode == 6:")
+    lines.append(f"{body}        add_n(t, 0, y[i0 + i, j0:j0 + {nr}], 0, {nr})")
     lines.append(f"{body}        sgd_n(o, 0, t, 0, lr, {nr})")
     lines.append(f"{body}    else:")
     # Bias and activation are applied to the tile (private to this thread), then stored once

@@ -37,7 +37,9 @@ def ukernel_8x32(kc, a2, bp, bo, bps, tile, out, i0, j0, mode, lr, bias, y, relu
     0 nothing (the caller's epilogue); 1 ``o = tile``; 2 ``o += tile`` (the next KC
     block of a running sum); 3 ``o -= lr * tile`` (plain SGD, ``out`` being the
     weights); 4 ``o = tile + bias`` and ``y = relu(o)`` (or ``y = o`` without
-    ``relu``; an empty ``bias`` is none); 5 the same after ``tile += o``.
+    ``relu``; an empty ``bias`` is none); 5 the same after ``tile += o``;
+    6 ``o -= lr * (tile + y)`` (SGD after the last KC block, ``y`` holding the
+    running sum of the earlier ones).
     """
     wide_vectors()
     if mode != 0:
@@ -897,6 +899,9 @@ def ukernel_8x32(kc, a2, bp, bo, bps, tile, out, i0, j0, mode, lr, bias, y, relu
                 add_n(o, 0, t, 0, 32)
             elif mode == 3:
                 sgd_n(o, 0, t, 0, lr, 32)
+            elif mode == 6:
+                add_n(t, 0, y[i0 + i, j0:j0 + 32], 0, 32)
+                sgd_n(o, 0, t, 0, lr, 32)
             else:
                 if mode == 5:
                     add_n(t, 0, o, 0, 32)
@@ -927,7 +932,9 @@ def ukernel_8x16(kc, a2, bp, bo, bps, tile, out, i0, j0, mode, lr, bias, y, relu
     0 nothing (the caller's epilogue); 1 ``o = tile``; 2 ``o += tile`` (the next KC
     block of a running sum); 3 ``o -= lr * tile`` (plain SGD, ``out`` being the
     weights); 4 ``o = tile + bias`` and ``y = relu(o)`` (or ``y = o`` without
-    ``relu``; an empty ``bias`` is none); 5 the same after ``tile += o``.
+    ``relu``; an empty ``bias`` is none); 5 the same after ``tile += o``;
+    6 ``o -= lr * (tile + y)`` (SGD after the last KC block, ``y`` holding the
+    running sum of the earlier ones).
     """
     wide_vectors()
     if mode != 0:
@@ -1386,6 +1393,9 @@ def ukernel_8x16(kc, a2, bp, bo, bps, tile, out, i0, j0, mode, lr, bias, y, relu
             elif mode == 2:
                 add_n(o, 0, t, 0, 16)
             elif mode == 3:
+                sgd_n(o, 0, t, 0, lr, 16)
+            elif mode == 6:
+                add_n(t, 0, y[i0 + i, j0:j0 + 16], 0, 16)
                 sgd_n(o, 0, t, 0, lr, 16)
             else:
                 if mode == 5:

@@ -254,3 +254,27 @@ def test_row_entry_points_match_the_general_ones(name, shape, dtype):
             assert np.array_equal(a, c)
     for a, c in zip(results[1], results[2], strict=True):
         assert np.array_equal(a, c)
+
+
+@pytest.mark.parametrize("batch", [37, 600, 1100], ids=["1-block", "2-blocks", "3-blocks"])
+@pytest.mark.parametrize("name", ["linear", "relu"])
+def test_fused_sgd_gives_the_bits_of_gradient_then_update(name, batch, dtype):
+    """Plain SGD fused into the ``dw`` tile stores (after one KC block of the batch or after
+    several, on full and edge tiles) gives exactly ``w - lr * dw`` of the unfused pass."""
+    n_in, units = 70, 45  # full and edge tiles in both directions, for both dtypes
+    code = activations.get(name).code
+    rng = np.random.default_rng(batch)
+    x, w0, b0 = _layer(rng, batch, n_in, units, dtype)
+    g = rng.standard_normal((batch, units)).astype(dtype)
+    z, y = np.empty((batch, units), dtype), np.empty((batch, units), dtype)
+    kd.forward(x, w0, b0, code, z, y)
+    dz, dw, db, dx = (np.empty_like(g), np.empty_like(w0), np.empty_like(b0), np.empty_like(x))
+    kd.backward(x, w0, b0, z, y, g, code, dz, dw, db, dx, 0.0, 0.0, 0.0, 0.0, 0.0, False)
+    lr = 0.037
+    # ``w[j] -= lr * dw[j]``: float64 arithmetic, rounded to the weights' dtype.
+    w_ref = (w0.astype(np.float64) - lr * dw.astype(np.float64)).astype(dtype)
+    b_ref = (b0.astype(np.float64) - lr * db.astype(np.float64)).astype(dtype)
+    w, b = w0.copy(), b0.copy()
+    kd.backward(x, w, b, z, y, g, code, dz, dw, db, dx, lr, 0.0, 0.0, 0.0, 0.0, True)
+    assert np.array_equal(w, w_ref)
+    assert np.array_equal(b, b_ref)
