@@ -32,6 +32,7 @@ registers (see :mod:`fastdense.kernels._codegen` for the compile settings this n
 
 from fastdense.kernels._codegen import (
     add_n,
+    bias_act_n,
     copy_n,
     fma,
     kernel,
@@ -122,6 +123,13 @@ def _kernel(name: str, mr: int, nr: int, dtype: str) -> str:
     # 178 us (152 us without any store).
     lines.append(f"{body}        if mode == 5:")
     lines.append(f"{body}            add_n(t, 0, o, 0, {nr})")
+    # The forward pass's usual case (a bias, z not kept): one pass, act(tile + bias) into y.
+    # Measured as above: float32 101 -> 86 us (an epilogue straight from the accumulators,
+    # unrolled, took 83 us but doubled the cold compile).
+    lines.append(f"{body}        if has_bias and not keep_z:")
+    lines.append(f"{body}            yr = y[i0 + i, j0:j0 + {nr}]")
+    lines.append(f"{body}            bias_act_n(yr, 0, t, 0, bias, j0, relu, {nr})")
+    lines.append(f"{body}            continue")
     lines.append(f"{body}        if has_bias:")
     lines.append(f"{body}            add_n(t, 0, bias, j0, {nr})")
     lines.append(f"{body}        if keep_z:")

@@ -439,3 +439,31 @@ def sgd_n(typingctx, dst, di, src, si, lr, n):
         return context.get_dummy_value()
 
     return sig, codegen
+
+
+@intrinsic
+def bias_act_n(typingctx, dst, di, src, si, bias, bi, relu, n):
+    """``dst[di:di + n] = act(src[si:si + n] + bias[bi:bi + n])`` as vector IR (``n`` a
+    literal), ``act`` being ReLU when ``relu`` (as :func:`relu_n`) and the identity otherwise:
+    the forward pass's store in one pass.  No bounds checks."""
+    sig = _vector_typing(dst, di, src, si, n)
+    if (sig is None or bias.dtype != dst.dtype or bias.layout != "C"
+            or not isinstance(relu, types.Boolean)):
+        return None
+    sig = types.none(dst, di, src, si, bias, bi, relu, n)
+    width = n.literal_value
+
+    def codegen(context, builder, signature, args):
+        from llvmlite import ir
+
+        d = _vector_ptr(context, builder, signature.args[0], args[0], args[1], width)
+        s = _vector_ptr(context, builder, signature.args[2], args[2], args[3], width)
+        b = _vector_ptr(context, builder, signature.args[4], args[4], args[5], width)
+        align = context.get_abi_sizeof(context.get_data_type(signature.args[0].dtype))
+        v = builder.fadd(builder.load(s, align=align), builder.load(b, align=align))
+        zero = ir.Constant(v.type, None)
+        rectified = builder.select(builder.fcmp_ordered("<", v, zero), zero, v)
+        builder.store(builder.select(args[6], rectified, v), d, align=align)
+        return context.get_dummy_value()
+
+    return sig, codegen

@@ -7,6 +7,7 @@ registers (see :mod:`fastdense.kernels._codegen` for the compile settings this n
 
 from fastdense.kernels._codegen import (
     add_n,
+    bias_act_n,
     copy_n,
     fma,
     kernel,
@@ -905,6 +906,10 @@ def ukernel_8x32(kc, a2, bp, bo, bps, tile, out, i0, j0, mode, lr, bias, y, relu
             else:
                 if mode == 5:
                     add_n(t, 0, o, 0, 32)
+                if has_bias and not keep_z:
+                    yr = y[i0 + i, j0:j0 + 32]
+                    bias_act_n(yr, 0, t, 0, bias, j0, relu, 32)
+                    continue
                 if has_bias:
                     add_n(t, 0, bias, j0, 32)
                 if keep_z:
@@ -1400,6 +1405,10 @@ def ukernel_8x16(kc, a2, bp, bo, bps, tile, out, i0, j0, mode, lr, bias, y, relu
             else:
                 if mode == 5:
                     add_n(t, 0, o, 0, 16)
+                if has_bias and not keep_z:
+                    yr = y[i0 + i, j0:j0 + 16]
+                    bias_act_n(yr, 0, t, 0, bias, j0, relu, 16)
+                    continue
                 if has_bias:
                     add_n(t, 0, bias, j0, 16)
                 if keep_z:

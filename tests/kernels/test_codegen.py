@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from numba import njit
 
-from fastdense.kernels._codegen import add_n, relu_n, sgd_n
+from fastdense.kernels._codegen import add_n, bias_act_n, relu_n, sgd_n
 
 SPECIAL = [0.0, -0.0, np.nan, np.inf, -np.inf, -1.5, 2.25, 1e-40, -1e-40]
 
@@ -81,3 +81,20 @@ def test_sgd_n_rounds_like_the_scalar_loop(dtype, lr):
 def test_typing_rejects_mixed_dtypes():
     with pytest.raises(Exception, match="add_n"):
         _add16(np.zeros(16, np.float32), 0, np.zeros(16, np.float64), 0)
+
+
+@njit(cache=True)
+def _bias_act16(dst, di, src, si, bias, bi, relu):
+    bias_act_n(dst, di, src, si, bias, bi, relu, 16)
+
+
+@pytest.mark.parametrize("relu", [False, True], ids=["linear", "relu"])
+def test_bias_act_n_is_add_then_activation(dtype, relu):
+    src = _data(dtype, 40, 6)
+    bias = _data(dtype, 40, 7)
+    dst = np.full(40, 7.0, dtype=dtype)
+    _bias_act16(dst, 4, src, 9, bias, 21, relu)
+    want = np.full(40, 7.0, dtype=dtype)
+    v = src[9:25] + bias[21:37]
+    want[4:20] = np.where(v < 0, dtype(0), v) if relu else v
+    _same_bits(dst, want)
