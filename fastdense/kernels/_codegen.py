@@ -346,6 +346,16 @@ def _vector_ptr(context, builder, aryty, ary, idx, n):
     return builder.bitcast(ptr, vty.as_pointer())
 
 
+def _dst_src(context, builder, signature, args, width):
+    """``(dst, src, align)`` of a vector intrinsic whose first four arguments are
+    ``dst, di, src, si``: pointers to the two ``<width x dtype>`` vectors, and the alignment
+    their loads and stores may assume (the element's)."""
+    d = _vector_ptr(context, builder, signature.args[0], args[0], args[1], width)
+    s = _vector_ptr(context, builder, signature.args[2], args[2], args[3], width)
+    align = context.get_abi_sizeof(context.get_data_type(signature.args[0].dtype))
+    return d, s, align
+
+
 def _vector_typing(dst, di, src, si, n):
     if (not isinstance(n, types.IntegerLiteral) or dst.dtype != src.dtype
             or dst.layout != "C" or src.layout != "C"):
@@ -368,9 +378,7 @@ def add_n(typingctx, dst, di, src, si, n):
     width = n.literal_value
 
     def codegen(context, builder, signature, args):
-        d = _vector_ptr(context, builder, signature.args[0], args[0], args[1], width)
-        s = _vector_ptr(context, builder, signature.args[2], args[2], args[3], width)
-        align = context.get_abi_sizeof(context.get_data_type(signature.args[0].dtype))
+        d, s, align = _dst_src(context, builder, signature, args, width)
         value = builder.fadd(builder.load(d, align=align), builder.load(s, align=align))
         builder.store(value, d, align=align)
         return context.get_dummy_value()
@@ -391,9 +399,7 @@ def relu_n(typingctx, dst, di, src, si, n):
     def codegen(context, builder, signature, args):
         from llvmlite import ir
 
-        d = _vector_ptr(context, builder, signature.args[0], args[0], args[1], width)
-        s = _vector_ptr(context, builder, signature.args[2], args[2], args[3], width)
-        align = context.get_abi_sizeof(context.get_data_type(signature.args[0].dtype))
+        d, s, align = _dst_src(context, builder, signature, args, width)
         v = builder.load(s, align=align)
         zero = ir.Constant(v.type, None)
         builder.store(builder.select(builder.fcmp_ordered("<", v, zero), zero, v), d,
@@ -420,9 +426,7 @@ def sgd_n(typingctx, dst, di, src, si, lr, n):
     def codegen(context, builder, signature, args):
         from llvmlite import ir
 
-        d = _vector_ptr(context, builder, signature.args[0], args[0], args[1], width)
-        s = _vector_ptr(context, builder, signature.args[2], args[2], args[3], width)
-        align = context.get_abi_sizeof(context.get_data_type(signature.args[0].dtype))
+        d, s, align = _dst_src(context, builder, signature, args, width)
         wide = ir.VectorType(ir.DoubleType(), width)
         dv = builder.load(d, align=align)
         sv = builder.load(s, align=align)
