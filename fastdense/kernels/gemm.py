@@ -43,7 +43,7 @@ from fastdense.kernels._codegen import (
     zero_of,
 )
 from fastdense.kernels._tiles import BLOCKING, _blocking, _strip, _strip_width, _ukernel
-from fastdense.kernels.pack import dz_rows, pack_a, pack_b
+from fastdense.kernels.pack import pack_a, pack_b
 from fastdense.kernels.update import sgd_step
 
 # ``numba.get_num_threads()`` inside a jitted function goes through a ctypes pointer, which makes
@@ -204,13 +204,7 @@ def _phase(phase, t, nthreads, a, b, out, trans_a, trans_b, ep, bias, code, y, w
     npan = (nc + NR - 1) // NR
     if phase == 0:
         if own_b:
-            # Each task packs the B panels it uses, in phase 1.  Only here (first block, see
-            # ``pre_dz`` in _packed): this thread's share of the rows of dz = g * act'(z).
-            if dcode != act.LINEAR and not shared_a and not trans_a:
-                r0 = (m * t) // nthreads
-                r1 = (m * (t + 1)) // nthreads
-                if r1 > r0:
-                    dz_rows(a, z, yd, dcode, r0, r1 - r0, 0, k, dz)
+            pass  # each task packs the B panels it uses, in phase 1
         elif direct_b:
             # Only a partial last panel is packed (zero-padded); the others are read in place.
             last = (npan - 1) * NR
@@ -363,19 +357,6 @@ def _packed(a, b, out, trans_a, trans_b, ep, bias, code, y, w, lr, l1, l2,
     # in the layer grid on two threads (with that session's other changes) those cells went
     # from 0.64x and 0.62x of NumPy to 1.19x-1.23x and 1.05x-1.18x.
     own_b = not direct_b and m <= DIRECT_ROWS
-    # Those tasks each pack A for every row block, so an activation derivative fused into that
-    # packing would be computed once per column chunk (measured: a 256 x 256->256 backward
-    # took 0.91 ms where its two products take 0.69): instead dz is computed once, by phase 0
-    # of the first block (the threads splitting the rows), and the tasks read it in place.
-    # (Threaded with a single row block, ``shared_a`` already packs A once.)
-    pre_dz = own_b and not direct_a and not trans_a and (nib > 1 or nthreads == 1)
-    a1 = a
-    dcode1 = dcode
-    da = direct_a or pre_dz
-    if pre_dz:
-        shared_a = False
-        a1 = dz
-        dcode1 = act.LINEAR
     for jc in range(0, n, NC):
         nc = min(NC, n - jc)
         npan = (nc + NR - 1) // NR
@@ -393,25 +374,20 @@ def _packed(a, b, out, trans_a, trans_b, ep, bias, code, y, w, lr, l1, l2,
         for pc in range(0, k, KC):
             kc = min(KC, k - pc)
             ctr[0] = 0
-            first_dz = pre_dz and jc == 0 and pc == 0
             if nthreads == 1:
-                for phase in range(0 if (packs and not own_b) or first_dz else 1, 2):
-                    ap = a if phase == 0 else a1
-                    dcp = dcode if phase == 0 else dcode1
-                    _phase(phase, 0, 1, ap, b, out, trans_a, trans_b, ep, bias, code, y, w, lr,
-                           l1, l2, dcp, z, yd, dz, colsum, db, jc, nc, pc, kc, ws, alen, ctr,
-                           ntasks, ncol, False, da, direct_b, own_b)
+                for phase in range(0 if packs and not own_b else 1, 2):
+                    _phase(phase, 0, 1, a, b, out, trans_a, trans_b, ep, bias, code, y, w, lr,
+                           l1, l2, dcode, z, yd, dz, colsum, db, jc, nc, pc, kc, ws, alen, ctr,
+                           ntasks, ncol, False, direct_a, direct_b, own_b)
                 continue
             # One prange, run twice (one parallel loop compiles much faster than two): first
             # the shared packing, then the tasks.  The prange index is unsigned: as int64 it
             # matches the serial call above, so both share one compiled _phase.
-            for phase in range(0 if packs or first_dz else 1, 2):
-                ap = a if phase == 0 else a1
-                dcp = dcode if phase == 0 else dcode1
+            for phase in range(0 if packs else 1, 2):
                 for t in prange(nthreads):
-                    _phase(phase, np.int64(t), nthreads, ap, b, out, trans_a, trans_b, ep, bias,
-                           code, y, w, lr, l1, l2, dcp, z, yd, dz, colsum, db, jc, nc, pc, kc,
-                           ws, alen, ctr, ntasks, ncol, shared_a, da, direct_b, own_b)
+                    _phase(phase, np.int64(t), nthreads, a, b, out, trans_a, trans_b, ep, bias,
+                           code, y, w, lr, l1, l2, dcode, z, yd, dz, colsum, db, jc, nc, pc, kc,
+                           ws, alen, ctr, ntasks, ncol, shared_a, direct_a, direct_b, own_b)
 
 
 @kernel(nrt=False)
