@@ -14,8 +14,9 @@ from tests.kernels.conftest import product_tolerance
 
 NAMES = ["linear", "relu", "sigmoid", "tanh", "softmax", "gelu", "leaky_relu", "elu", "selu",
          "swish", "softplus"]
-# (batch, in, units): the direct path, the packed path with edge tiles, a skinny training shape.
-SHAPES = [(1, 9, 5), (37, 70, 45), (130, 300, 70)]
+# (batch, in, units): the direct path, the packed path with edge tiles, a skinny training shape,
+# and a batch above gemm.DIRECT_ROWS (the backward pass fuses dz into the packing of dx's A).
+SHAPES = [(1, 9, 5), (37, 70, 45), (130, 300, 70), (300, 37, 45)]
 # Largest |act'| over the reals (bounds how a tolerance on z carries to y).
 LIPSCHITZ = 2.0
 
