@@ -460,10 +460,8 @@ def bias_act_n(typingctx, dst, di, src, si, bias, bi, relu, n):
     def codegen(context, builder, signature, args):
         from llvmlite import ir
 
-        d = _vector_ptr(context, builder, signature.args[0], args[0], args[1], width)
-        s = _vector_ptr(context, builder, signature.args[2], args[2], args[3], width)
+        d, s, align = _dst_src(context, builder, signature, args, width)
         b = _vector_ptr(context, builder, signature.args[4], args[4], args[5], width)
-        align = context.get_abi_sizeof(context.get_data_type(signature.args[0].dtype))
         v = builder.fadd(builder.load(s, align=align), builder.load(b, align=align))
         zero = ir.Constant(v.type, None)
         rectified = builder.select(builder.fcmp_ordered("<", v, zero), zero, v)
