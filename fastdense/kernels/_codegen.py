@@ -356,6 +356,15 @@ def _dst_src(context, builder, signature, args, width):
     return d, s, align
 
 
+def _relu(builder, v):
+    """ReLU of the float vector ``v`` in IR: ``v < 0`` gives zero, anything else (NaN too)
+    passes, as :func:`fastdense.kernels.activation.apply`."""
+    from llvmlite import ir
+
+    zero = ir.Constant(v.type, None)
+    return builder.select(builder.fcmp_ordered("<", v, zero), zero, v)
+
+
 def _vector_typing(dst, di, src, si, n):
     if (not isinstance(n, types.IntegerLiteral) or dst.dtype != src.dtype
             or dst.layout != "C" or src.layout != "C"):
@@ -388,22 +397,16 @@ def add_n(typingctx, dst, di, src, si, n):
 
 @intrinsic
 def relu_n(typingctx, dst, di, src, si, n):
-    """``dst[di:di + n] = relu(src[si:si + n])`` as vector IR (``n`` a literal): ``v < 0`` gives
-    zero, anything else (NaN too) passes, as :func:`fastdense.kernels.activation.apply`.
-    No bounds checks."""
+    """``dst[di:di + n] = relu(src[si:si + n])`` as vector IR (``n`` a literal; see
+    :func:`_relu`).  No bounds checks."""
     sig = _vector_typing(dst, di, src, si, n)
     if sig is None:
         return None
     width = n.literal_value
 
     def codegen(context, builder, signature, args):
-        from llvmlite import ir
-
         d, s, align = _dst_src(context, builder, signature, args, width)
-        v = builder.load(s, align=align)
-        zero = ir.Constant(v.type, None)
-        builder.store(builder.select(builder.fcmp_ordered("<", v, zero), zero, v), d,
-                      align=align)
+        builder.store(_relu(builder, builder.load(s, align=align)), d, align=align)
         return context.get_dummy_value()
 
     return sig, codegen
@@ -458,14 +461,10 @@ def bias_act_n(typingctx, dst, di, src, si, bias, bi, relu, n):
     width = n.literal_value
 
     def codegen(context, builder, signature, args):
-        from llvmlite import ir
-
         d, s, align = _dst_src(context, builder, signature, args, width)
         b = _vector_ptr(context, builder, signature.args[4], args[4], args[5], width)
         v = builder.fadd(builder.load(s, align=align), builder.load(b, align=align))
-        zero = ir.Constant(v.type, None)
-        rectified = builder.select(builder.fcmp_ordered("<", v, zero), zero, v)
-        builder.store(builder.select(args[6], rectified, v), d, align=align)
+        builder.store(builder.select(args[6], _relu(builder, v), v), d, align=align)
         return context.get_dummy_value()
 
     return sig, codegen
