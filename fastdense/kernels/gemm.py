@@ -16,7 +16,8 @@ Threads: per KC x NC block, the B block is packed once into a shared buffer (eac
 of its panels), then the threads take *tasks* (an MC-row block times a range of B panels) from an
 atomic counter, so a core slowed down by another process simply does fewer of them.  With few
 rows (up to ``DIRECT_ROWS``) a task is instead a range of B panels for all rows, and packs those
-panels itself just before using them.  Callers
+panels itself just before using them, unless B is so large that it comes from memory: then the
+shared block is packed by whole source rows, which stream faster.  Callers
 pass the packing buffers as a workspace (:func:`workspace_size`), so no call allocates.
 
 Reproducibility: every output element sums its K products in increasing ``p`` inside each KC
@@ -43,7 +44,7 @@ from fastdense.kernels._codegen import (
     zero_of,
 )
 from fastdense.kernels._tiles import BLOCKING, _blocking, _strip, _strip_width, _ukernel
-from fastdense.kernels.pack import pack_a, pack_b
+from fastdense.kernels.pack import pack_a, pack_b, pack_b_rows
 from fastdense.kernels.update import sgd_step
 
 # ``numba.get_num_threads()`` inside a jitted function goes through a ctypes pointer, which makes
@@ -79,6 +80,9 @@ DIRECT_ROWS = 256
 # larger B read in place is a strided walk through memory that packing would make contiguous
 # (measured 1.3x slower at 4096x1024).
 DIRECT_B_BYTES = 2 << 20
+# Above this size (half the L3 on the target) a B for few rows comes from memory on every call,
+# and is packed whole-row-wise instead of by column chunks (see ``_packed``).
+OWN_B_BYTES = 16 << 20
 
 
 @kernel(nrt=False)
@@ -180,7 +184,7 @@ def _workspace_size(m, n, k, dtype):
 @kernel(nrt=False, link=False)
 def _phase(phase, t, nthreads, a, b, out, trans_a, trans_b, ep, bias, code, y, w, lr, l1, l2,
            dcode, z, yd, dz, colsum, db, jc, nc, pc, kc, ws, alen, ctr, ntasks, ncol,
-           shared_a, direct_a, direct_b, own_b):
+           shared_a, direct_a, direct_b, own_b, row_split):
     """Thread ``t``'s part of one KC x NC block.
 
     Phase 0 packs what is shared: its share of the B block (summing those columns for the bias
@@ -188,7 +192,8 @@ def _phase(phase, t, nthreads, a, b, out, trans_a, trans_b, ep, bias, code, y, w
     of the single A block.  Phase 1 runs tasks from the shared counter ``ctr[0]``.  With
     ``direct_a`` / ``direct_b`` the micro-kernel reads the full panels of A / B in place.  With
     ``own_b`` phase 0 packs no B: a task is a column chunk for all row blocks, and packs its
-    own B panels before using them (see :func:`_packed`).
+    own B panels before using them; with ``row_split`` phase 0 packs a share of the B block's
+    rows, all of their panels (see :func:`_packed`).
     """
     no_inline()
     MR, NR, KC, MC, NC = _blocking(out)
@@ -210,6 +215,9 @@ def _phase(phase, t, nthreads, a, b, out, trans_a, trans_b, ep, bias, code, y, w
             last = (npan - 1) * NR
             if nc - last < NR and t == nthreads - 1:
                 pack_b(b, trans_b, pc, kc, jc + last, nc - last, bbuf[last * kc:], colsum, db)
+        elif row_split:
+            pack_b_rows(b, pc, kc, (kc * t) // nthreads, (kc * (t + 1)) // nthreads, jc, nc,
+                        bbuf)
         else:
             q0 = (npan * t) // nthreads
             q1 = (npan * (t + 1)) // nthreads
@@ -356,7 +364,16 @@ def _packed(a, b, out, trans_a, trans_b, ep, bias, code, y, w, lr, l1, l2,
     # forward 32 x 1024->1024 went from 0.92 to 0.80 ms and 32 x 4096->1024 from 4.7 to 4.15;
     # in the layer grid on two threads (with that session's other changes) those cells went
     # from 0.64x and 0.62x of NumPy to 1.19x-1.23x and 1.05x-1.18x.
-    own_b = not direct_b and m <= DIRECT_ROWS
+    own_b = not direct_b and m <= DIRECT_ROWS and k * n * out.itemsize <= OWN_B_BYTES
+    # A B beyond that, streamed from memory, is packed into the shared block by rows, each
+    # thread a share of whole source rows: a column chunk is a short piece of every row, one
+    # per memory page, which the prefetchers cannot follow (single-threaded, 4096 x 1024
+    # float64 streams at 7.7-9.7 GB/s in column chunks, 24.5 GB/s in whole rows).  In the
+    # layer grid's float64 forward, three A/B runs each: 32 x 4096->1024 went from 0.95-0.99x
+    # of NumPy to 1.02-1.08x, 128 from 0.95-1.05x to 1.01-1.05x, 256 from 0.95-1.02x to
+    # 0.99-1.03x.  Not for the float32 4096 x 1024 (16 MiB, mostly in L3), where the two
+    # ways were at parity, nor for more rows, where the product dwarfs the packing.
+    row_split = not direct_b and m <= DIRECT_ROWS and not own_b and not trans_b and not colsum
     for jc in range(0, n, NC):
         nc = min(NC, n - jc)
         npan = (nc + NR - 1) // NR
@@ -378,7 +395,7 @@ def _packed(a, b, out, trans_a, trans_b, ep, bias, code, y, w, lr, l1, l2,
                 for phase in range(0 if packs and not own_b else 1, 2):
                     _phase(phase, 0, 1, a, b, out, trans_a, trans_b, ep, bias, code, y, w, lr,
                            l1, l2, dcode, z, yd, dz, colsum, db, jc, nc, pc, kc, ws, alen, ctr,
-                           ntasks, ncol, False, direct_a, direct_b, own_b)
+                           ntasks, ncol, False, direct_a, direct_b, own_b, row_split)
                 continue
             # One prange, run twice (one parallel loop compiles much faster than two): first
             # the shared packing, then the tasks.  The prange index is unsigned: as int64 it
@@ -387,7 +404,8 @@ def _packed(a, b, out, trans_a, trans_b, ep, bias, code, y, w, lr, l1, l2,
                 for t in prange(nthreads):
                     _phase(phase, np.int64(t), nthreads, a, b, out, trans_a, trans_b, ep, bias,
                            code, y, w, lr, l1, l2, dcode, z, yd, dz, colsum, db, jc, nc, pc, kc,
-                           ws, alen, ctr, ntasks, ncol, shared_a, direct_a, direct_b, own_b)
+                           ws, alen, ctr, ntasks, ncol, shared_a, direct_a, direct_b, own_b,
+                           row_split)
 
 
 @kernel(nrt=False)

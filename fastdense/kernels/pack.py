@@ -206,3 +206,27 @@ def pack_b(b, trans_b, p0, kc, j0, nc, bp, colsum, db):
                     src = b[p0 + p, j0 + c0:j0 + c0 + cols]
                     for c in range(cols):
                         s[c] += src[c]
+
+
+@kernel(nrt=False)
+def pack_b_rows(b, p0, kc, r0, r1, j0, nc, bp):
+    """Steps ``r0:r1`` of :func:`pack_b`'s packing of a row-major ``b[p0:p0 + kc, j0:j0 + nc]``
+    (same layout, no column sums), source row by source row.
+
+    Each row is read once from end to end, which the hardware prefetchers stream from memory,
+    so that threads can share a large B block by rows rather than by panels.
+    """
+    no_inline()
+    NR = _blocking(bp)[1]
+    full = nc // NR
+    cols = nc - full * NR
+    for p in range(r0, r1):
+        row = b[p0 + p]
+        for q in range(full):
+            copy_n(bp, q * NR * kc + p * NR, row, j0 + q * NR, NR)
+        if cols > 0:
+            d = bp[full * NR * kc + p * NR:full * NR * kc + (p + 1) * NR]
+            for c in range(cols):
+                d[c] = row[j0 + full * NR + c]
+            for c in range(cols, NR):
+                d[c] = 0

@@ -8,7 +8,14 @@ import pytest
 
 from fastdense.kernels._microkernels import MR_F32, MR_F64, NR_F32, NR_F64
 from fastdense.kernels._tiles import KC_F32
-from fastdense.kernels.gemm import DIRECT_B_BYTES, gemm, gemm_rows, is_small, workspace_size
+from fastdense.kernels.gemm import (
+    DIRECT_B_BYTES,
+    OWN_B_BYTES,
+    gemm,
+    gemm_rows,
+    is_small,
+    workspace_size,
+)
 from tests.kernels.conftest import product_tolerance
 
 MR = MR_F32
@@ -31,7 +38,11 @@ SHAPES = [
     # A row-major B over DIRECT_B_BYTES with few rows: each task packs its own B panels
     # (``own_b``); two row blocks, edge panels, two KC blocks, and two NC blocks in float64.
     (70, 1030, 530),
+    # ... and over OWN_B_BYTES in both dtypes: the threads pack the shared B block by rows;
+    # partial row tile, partial last panel, partial KC block.
+    (37, 1000, 4300),
 ]
+assert 1000 * 4300 * 4 > OWN_B_BYTES
 
 
 def _operands(rng, m, n, k, ta, tb, dtype):
@@ -90,7 +101,7 @@ def test_nan_and_inf_propagate(dtype):
 
 
 @pytest.mark.parametrize("shape", [(300, 200, 600), (16, 2000, 300), (1000, 40, 100),
-                                   (70, 1030, 530)])
+                                   (70, 1030, 530), (37, 1000, 4300)])
 @pytest.mark.parametrize("trans", [(False, False), (True, True)], ids=["NN", "TT"])
 def test_bitwise_identical_for_any_thread_count(shape, trans, dtype):
     m, n, k = shape

@@ -1,6 +1,7 @@
 """``pack.dz_rows``, the activation derivative of the backward pass: its loops written out per
 activation give the bits of the generic :func:`fastdense.kernels.activation.derivative`, for
-every activation, special values included, through every caller's split of the rows."""
+every activation, special values included, through every caller's split of the rows.  And
+``pack.pack_b_rows``, which writes :func:`~fastdense.kernels.pack.pack_b`'s layout by rows."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from numba import njit
 
 from fastdense.kernels import activation as act
 from fastdense.kernels import dense as kd
-from fastdense.kernels.pack import dz_rows
+from fastdense.kernels._tiles import BLOCKING
+from fastdense.kernels.pack import dz_rows, pack_b, pack_b_rows
 
 CODES = [c for c in range(act.SOFTPLUS + 1) if c not in (act.LINEAR, act.SOFTMAX)]
 
@@ -67,3 +69,20 @@ def test_activation_grad_serial_and_parallel(dtype, code):
         got = np.empty_like(g)
         fn(g, z, y, code, got)
         _same_bits(got, want)
+
+
+@pytest.mark.parametrize("nc", [1, 40, 64, 100])  # partial panel only, partial last, full
+@pytest.mark.parametrize("splits", [1, 2, 3])
+def test_pack_b_rows_writes_pack_b_layout(dtype, nc, splits):
+    # The row shares of any number of threads together write exactly pack_b's panels,
+    # zero padding included, whatever was in the buffer before.
+    nr, kc = BLOCKING[np.dtype(dtype).name][1], 37
+    rng = np.random.default_rng(nc)
+    b = rng.standard_normal((kc + 9, nc + 11)).astype(dtype)
+    panels = -(-nc // nr) * nr * kc
+    want = np.full(panels, np.nan, dtype)
+    pack_b(b, False, 5, kc, 3, nc, want, False, np.empty(0, dtype))
+    got = np.full(panels, np.nan, dtype)
+    for t in range(splits):
+        pack_b_rows(b, 5, kc, kc * t // splits, kc * (t + 1) // splits, 3, nc, got)
+    _same_bits(got, want)
