@@ -226,7 +226,6 @@ def pack_b_rows(b, p0, kc, r0, r1, j0, nc, bp):
             copy_n(bp, q * NR * kc + p * NR, row, j0 + q * NR, NR)
         if cols > 0:
             d = bp[full * NR * kc + p * NR:full * NR * kc + (p + 1) * NR]
-            for c in range(cols):
-                d[c] = row[j0 + full * NR + c]
+            copy_n(d, 0, row, j0 + full * NR, cols)
             for c in range(cols, NR):
                 d[c] = 0
