@@ -23,6 +23,13 @@ a large kernel is compiled again in each caller, once per level of calls: most o
 compile.  ``kernel(link=False)`` makes jitted callers call the kernel's own compiled code
 through a symbol instead (:func:`_unlink`); its code is then compiled once.
 
+Cache freshness: Numba dates a cached function by its own source file only.  A caller cached
+before a callee's module changed would then run its linked copies of the old helpers (a
+workspace size, say) against the new code of a kernel it calls by symbol: a mix that no version
+of the source computes, which can write out of bounds.  :func:`kernel` dates every kernel by the
+contents of all the modules of its package instead (:class:`_PackageCache`): any edit there
+recompiles them all, and an unchanged package loads from the cache as before.
+
 No fast-math flags at all.  ``nnan``/``ninf`` would let LLVM drop the NaN/Inf propagation the
 layer promises, and reassociation would make sums depend on the vectorization.  Even
 ``contract`` is left out: whether LLVM fuses a contractable multiply and add depends on the
@@ -37,12 +44,15 @@ from __future__ import annotations
 
 import copy
 import functools
+import hashlib
 import importlib
+import inspect
+import pathlib
 
 import numba
 from llvmlite import binding as llvm
 from numba import njit, types
-from numba.core import cgutils, imputils, itanium_mangler, sigutils
+from numba.core import caching, cgutils, imputils, itanium_mangler, sigutils
 from numba.core.compiler_lock import global_compiler_lock
 from numba.extending import intrinsic, overload
 
@@ -172,6 +182,51 @@ def _with_slp(disp, compile_fn, slp=1, link=True):
     return compile_with_slp
 
 
+@functools.cache
+def _package_digest(directory: pathlib.Path) -> str:
+    """SHA-256 of the names and contents of the Python modules in ``directory``."""
+    digest = hashlib.sha256()
+    for path in sorted(directory.glob("*.py")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+class _PackageStamp:
+    """A Numba cache locator whose source stamp is its package's digest (everything else is
+    the wrapped locator's: where the cache lives, whether it is writable)."""
+
+    def __init__(self, locator, directory: pathlib.Path):
+        self._locator = locator
+        self._directory = directory
+
+    def __getattr__(self, name):
+        return getattr(self._locator, name)
+
+    def get_source_stamp(self) -> str:
+        return _package_digest(self._directory)
+
+
+class _PackageCacheImpl(caching.CompileResultCacheImpl):
+    def __init__(self, py_func):
+        super().__init__(py_func)
+        self._locator = _PackageStamp(self._locator, pathlib.Path(inspect.getfile(py_func)).parent)
+
+
+class _PackageCache(caching.FunctionCache):
+    """Numba's cache of compile results, stale as soon as any module beside the function's own
+    changed, instead of only its own file (see the module docstring)."""
+
+    _impl_class = _PackageCacheImpl
+
+
+def _date_by_package(disp) -> None:
+    """Give ``disp`` a :class:`_PackageCache`; Numba's own cache where the internals this needs
+    are missing (another Numba version: stale entries then stay possible after an edit, as for
+    any Numba code)."""
+    if isinstance(getattr(disp, "_cache", None), caching.FunctionCache):
+        disp._cache = _PackageCache(disp.py_func)
+
+
 def kernel(fn=None, *, parallel=False, inline="never", slp=True, nrt=True, link=True):
     """``njit(cache=True)`` (no fast-math flags) compiled with SLP vectorization on.
 
@@ -207,6 +262,7 @@ def kernel(fn=None, *, parallel=False, inline="never", slp=True, nrt=True, link=
     options = {} if nrt else {"_nrt": False}
     disp = njit(cache=True, fastmath=set(FASTMATH) or False, parallel=parallel, inline=inline,
                 **options)(fn)
+    _date_by_package(disp)
     # ``compile`` is the single entry both for calls from Python (``_compile_for_args``) and
     # for calls from other jitted functions (typing resolves callees through it).
     disp.compile = _with_slp(disp, disp.compile, 1 if slp else 0, link)

@@ -1,7 +1,14 @@
-"""The vector intrinsics of ``fastdense.kernels._codegen`` give the bits of the scalar loops they
-replace in the micro-kernel epilogues, special values included."""
+"""``fastdense.kernels._codegen``: the vector intrinsics give the bits of the scalar loops they
+replace in the micro-kernel epilogues, special values included; kernels cached by Numba are
+stale once any module of their package changed."""
 
 from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -98,3 +105,58 @@ def test_bias_act_n_is_add_then_activation(dtype, relu):
     v = src[9:25] + bias[21:37]
     want[4:20] = np.where(v < 0, dtype(0), v) if relu else v
     _same_bits(dst, want)
+
+
+# A package of two kernel modules: ``b.run`` links ``a.count`` and calls ``a.fill`` by symbol.
+_CALLEE = textwrap.dedent("""
+    from fastdense.kernels._codegen import kernel
+
+    @kernel
+    def count(n):
+        return n // {v}
+
+    @kernel(nrt=False, link=False)
+    def fill(out, n):
+        for i in range(n):
+            out[i] = {v}.0
+""")
+_CALLER = textwrap.dedent("""
+    from fastdense.kernels._codegen import kernel
+    from toy.a import count, fill
+
+    @kernel
+    def run(out):
+        fill(out, count(out.shape[0]))
+""")
+_MAIN = textwrap.dedent("""
+    import json
+    import numpy as np
+    from toy.b import run
+    out = np.zeros(4)
+    run(out)
+    print(json.dumps([out.tolist(), len(run.stats.cache_hits)]))
+""")
+
+
+def test_a_callee_module_edit_recompiles_its_cached_callers(tmp_path):
+    # Numba alone dates ``run`` by b.py only: after a.py changes it would load ``run`` with its
+    # linked copy of the old ``count`` and call the new ``fill``, giving [2, 2, 2, 2], which
+    # no version of the source computes (with a workspace size, a write out of bounds).
+    pkg = tmp_path / "toy"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "b.py").write_text(_CALLER)
+    pythonpath = os.pathsep.join([str(tmp_path), *sys.path])
+    env = {**os.environ, "PYTHONPATH": pythonpath, "NUMBA_CACHE_DIR": str(tmp_path / "cache")}
+
+    def run(version: int) -> tuple[list[float], int]:
+        (pkg / "a.py").write_text(_CALLEE.format(v=version))
+        done = subprocess.run([sys.executable, "-c", _MAIN], env=env, capture_output=True,
+                              text=True, timeout=300, check=True, cwd=tmp_path)
+        values, hits = json.loads(done.stdout)
+        return values, hits
+
+    assert run(1) == ([1.0] * 4, 0)
+    assert run(1) == ([1.0] * 4, 1)  # unchanged package: loaded from the cache
+    assert run(2) == ([2.0, 2.0, 0.0, 0.0], 0)
+    assert run(2) == ([2.0, 2.0, 0.0, 0.0], 1)
