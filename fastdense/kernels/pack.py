@@ -211,21 +211,30 @@ def pack_b(b, trans_b, p0, kc, j0, nc, bp, colsum, db):
 @kernel(nrt=False)
 def pack_b_rows(b, p0, kc, r0, r1, j0, nc, bp):
     """Steps ``r0:r1`` of :func:`pack_b`'s packing of a row-major ``b[p0:p0 + kc, j0:j0 + nc]``
-    (same layout, no column sums), source row by source row.
+    (same layout, no column sums), by whole source rows.
 
     Each row is read once from end to end, which the hardware prefetchers stream from memory,
-    so that threads can share a large B block by rows rather than by panels.
+    so that threads can share a large B block by rows rather than by panels.  Eight rows at a
+    time, panel by panel: eight streams in flight, and each panel gets eight contiguous steps
+    (packing 4096x1024 float64 from memory: 2.8 -> 1.8 ms single-threaded, against one row at
+    a time; sixteen rows were as slow as one).
     """
     no_inline()
     NR = _blocking(bp)[1]
     full = nc // NR
     cols = nc - full * NR
-    for p in range(r0, r1):
+    r8 = r0 + ((r1 - r0) // 8) * 8
+    for p in range(r0, r8, 8):
+        for q in range(full):
+            for g in range(8):
+                copy_n(bp, q * NR * kc + (p + g) * NR, b[p0 + p + g], j0 + q * NR, NR)
+    for p in range(r8, r1):
         row = b[p0 + p]
         for q in range(full):
             copy_n(bp, q * NR * kc + p * NR, row, j0 + q * NR, NR)
-        if cols > 0:
+    if cols > 0:
+        for p in range(r0, r1):
             d = bp[full * NR * kc + p * NR:full * NR * kc + (p + 1) * NR]
-            copy_n(d, 0, row, j0 + full * NR, cols)
+            copy_n(d, 0, b[p0 + p], j0 + full * NR, cols)
             for c in range(cols, NR):
                 d[c] = 0

@@ -9,8 +9,10 @@ import pytest
 from fastdense.kernels._microkernels import MR_F32, MR_F64, NR_F32, NR_F64
 from fastdense.kernels._tiles import KC_F32
 from fastdense.kernels.gemm import (
+    DEEP_B_BYTES,
     DIRECT_B_BYTES,
     OWN_B_BYTES,
+    _vecmat,
     gemm,
     gemm_rows,
     is_small,
@@ -138,8 +140,13 @@ def test_workspace_argument(shape, dtype):
         assert np.array_equal(out, ref)
 
 
+# A ``b`` over DEEP_B_BYTES in both dtypes, read eight rows at a time; a partial KC block.
+DEEP_ROWS_SHAPE = (2, 4100, 1030)
+assert 4100 * 1030 * 4 >= DEEP_B_BYTES
+
+
 @pytest.mark.parametrize("shape", [(1, 9, 5), (2, 300, 40), (1, 700, 600), (2, 130, 1000),
-                                   (1, 1500, 700)],
+                                   (1, 1500, 700), DEEP_ROWS_SHAPE],
                          ids=lambda s: "x".join(map(str, s)))
 def test_gemm_rows(shape, dtype):
     """The one-or-two-row entry point (column strips, threads over columns) gives the bits of
@@ -171,3 +178,20 @@ def test_gemm_rows(shape, dtype):
         assert not np.array_equal(outs[0], ref)  # the blocked order was taken
     else:
         assert np.array_equal(outs[0], ref)
+
+
+@pytest.mark.parametrize("k", [1, 7, 8, 9, 15, 16, 37])
+def test_vecmat_eight_rows_per_pass_gives_the_bits_of_four(k, dtype):
+    # The deep loop (a ``b`` streamed from memory) keeps each element's FMA chain in
+    # increasing ``p``: the same bits, for any remainder of eight rows and column range.
+    rng = np.random.default_rng(k)
+    a = rng.standard_normal(k).astype(dtype)
+    b = rng.standard_normal((k, 75)).astype(dtype)
+    for j0, j1 in [(0, 75), (3, 70), (5, 6)]:
+        four, eight = np.full(75, np.nan, dtype), np.full(75, np.nan, dtype)
+        _vecmat(a, b, j0, j1, four, False)
+        _vecmat(a, b, j0, j1, eight, True)
+        np.testing.assert_array_equal(four.view(np.uint8), eight.view(np.uint8))
+        cols = b[:, j0:j1]
+        exact = a.astype(np.float64) @ cols.astype(np.float64)
+        assert np.all(np.abs(four[j0:j1] - exact) <= product_tolerance(a[None], cols, dtype)[0])
