@@ -80,8 +80,9 @@ DIRECT_ROWS = 256
 # larger B read in place is a strided walk through memory that packing would make contiguous
 # (measured 1.3x slower at 4096x1024).
 DIRECT_B_BYTES = 2 << 20
-# Above this size (half the L3 on the target) a B for few rows comes from memory on every call,
-# and is packed whole-row-wise instead of by column chunks (see ``_packed``).
+# Above this size (half the L3 on the target) a B for few rows comes from memory on every call:
+# it is packed whole-row-wise instead of by column chunks (see ``_packed``), and a product of
+# one or two rows streams eight of its rows at a time (see ``_vecmat``).
 OWN_B_BYTES = 16 << 20
 
 
@@ -418,7 +419,8 @@ def _vecmat(ai, b, j0, j1, acc, deep):
     strips walking ``b`` down its columns, for 784x512 to 4096x1024).  ``deep`` takes eight
     rows per pass, for a ``b`` read from memory: eight streams in flight instead of four read
     a 4096x1024 float64 ``b`` at 30-34 GB/s instead of 22-27 on one core; from the caches
-    the four-row loop is as fast or up to 10% faster.  Both give the same bits.
+    (float32 4096x1024 included, 16 MiB) the four-row loop is as fast or faster.  Both give
+    the same bits.
     """
     wide_vectors()
     k = ai.shape[0]
@@ -479,10 +481,6 @@ def _row_product(ai, b, j0, j1, acc, deep):
         _vecmat(ai, b, jf, j1, acc, deep)
 
 
-#: From this many bytes ``b`` is read from memory at every product of one or two rows (more
-#: than this machine's share of L3): :func:`_vecmat` then streams eight of its rows at a time.
-DEEP_B_BYTES = 16 << 20
-
 #: From this many elements of ``b`` a product of one or two rows is split over threads by
 #: columns (each core then streams its part of ``b``, from its own cache when it is reused).
 VECTOR_SPLIT_MIN = 1 << 16
@@ -509,7 +507,7 @@ def _blocked_vector_matrix(a, b, out, ep, bias, code, y, w, lr, l1, l2, part):
     nblk = (k + KC - 1) // KC
     per = m * n
     nthreads = min(_iget_num_threads(), nblk)
-    deep = k * n * out.itemsize >= DEEP_B_BYTES
+    deep = k * n * out.itemsize > OWN_B_BYTES
     for t in prange(nthreads):
         for blk in range(t, nblk, nthreads):
             p0 = blk * KC
