@@ -159,6 +159,23 @@ def _unlink(disp, args):
     _unlinked.add(cres.entry_point)
 
 
+def _keep_reload_init(disp, args):
+    """Give a specialization loaded from Numba's cache its library's hooks back.
+
+    A library compiled here collects the reload hooks of everything it links (the
+    :class:`_Bind` of each kernel it calls by symbol), and a caller compiled later inherits
+    them when it links that library.  A library loaded from the cache starts with none: Numba
+    keeps them on the compile result only.  A caller compiled in that process then saved a
+    cache entry without the binds, which crashed in a later process calling a symbol nobody
+    had defined.
+    """
+    cres = disp.overloads.get(args)
+    library = getattr(cres, "library", None)
+    hooks = getattr(cres, "reload_init", None)
+    if hooks and hasattr(library, "_reload_init"):
+        library._reload_init.update(hooks)
+
+
 def _with_slp(disp, compile_fn, slp=1, link=True):
     @functools.wraps(compile_fn)
     def compile_with_slp(sig):
@@ -175,8 +192,10 @@ def _with_slp(disp, compile_fn, slp=1, link=True):
                 entry = compile_fn(sig)
             finally:
                 numba.config.SLP_VECTORIZE = previous
+            args = sigutils.normalize_signature(sig)[0]
+            _keep_reload_init(disp, args)
             if not link:
-                _unlink(disp, sigutils.normalize_signature(sig)[0])
+                _unlink(disp, args)
             return entry
 
     return compile_with_slp

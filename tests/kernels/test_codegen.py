@@ -1,6 +1,7 @@
 """``fastdense.kernels._codegen``: the vector intrinsics give the bits of the scalar loops they
 replace in the micro-kernel epilogues, special values included; kernels cached by Numba are
-stale once any module of their package changed."""
+stale once any module of their package changed, and keep calling kernels by symbol correctly
+when loaded from the cache."""
 
 from __future__ import annotations
 
@@ -160,3 +161,48 @@ def test_a_callee_module_edit_recompiles_its_cached_callers(tmp_path):
     assert run(1) == ([1.0] * 4, 1)  # unchanged package: loaded from the cache
     assert run(2) == ([2.0, 2.0, 0.0, 0.0], 0)
     assert run(2) == ([2.0, 2.0, 0.0, 0.0], 1)
+
+
+_MIDDLE = textwrap.dedent("""
+    from fastdense.kernels._codegen import kernel
+    from toy.a import fill
+
+    @kernel
+    def mid(out):
+        fill(out, out.shape[0])
+
+    @kernel
+    def top(out):
+        mid(out)
+""")
+_CALLS = textwrap.dedent("""
+    import sys
+    import numpy as np
+    from toy.b import mid, top
+    out = np.zeros(4)
+    for name in sys.argv[1:]:
+        {"mid": mid, "top": top}[name](out)
+    print(out.tolist())
+""")
+
+
+def test_a_caller_compiled_over_a_cached_callee_finds_the_kernels_it_calls(tmp_path):
+    # ``top`` links ``mid``, which calls ``a.fill`` by symbol.  Compiled in a process where
+    # ``mid`` came from the cache, ``top`` used to be saved without the hook that binds that
+    # symbol, and a later process loading ``top`` alone crashed calling it.
+    pkg = tmp_path / "toy"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "a.py").write_text(_CALLEE.format(v=1))
+    (pkg / "b.py").write_text(_MIDDLE)
+    pythonpath = os.pathsep.join([str(tmp_path), *sys.path])
+    env = {**os.environ, "PYTHONPATH": pythonpath, "NUMBA_CACHE_DIR": str(tmp_path / "cache")}
+
+    def run(*names: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-c", _CALLS, *names], env=env,
+                              capture_output=True, text=True, timeout=300, cwd=tmp_path)
+
+    for names in (["mid"], ["mid", "top"], ["top"]):
+        done = run(*names)
+        assert done.returncode == 0, (names, done.returncode, done.stderr[-2000:])
+        assert json.loads(done.stdout) == [1.0] * 4
