@@ -26,9 +26,10 @@ through a symbol instead (:func:`_unlink`); its code is then compiled once.
 Cache freshness: Numba dates a cached function by its own source file only.  A caller cached
 before a callee's module changed would then run its linked copies of the old helpers (a
 workspace size, say) against the new code of a kernel it calls by symbol: a mix that no version
-of the source computes, which can write out of bounds.  :func:`kernel` dates every kernel by the
-contents of all the modules of its package instead (:class:`_PackageCache`): any edit there
-recompiles them all, and an unchanged package loads from the cache as before.
+of the source computes, which can write out of bounds.  :func:`kernel` (and :func:`dated_njit`
+for the functions that take Numba's own options) dates every kernel by the contents of all the
+modules of its package instead (:class:`_PackageCache`): any edit there recompiles them all, and
+an unchanged package loads from the cache as before.
 
 No fast-math flags at all.  ``nnan``/``ninf`` would let LLVM drop the NaN/Inf propagation the
 layer promises, and reassociation would make sums depend on the vectorization.  Even
@@ -236,6 +237,18 @@ class _PackageCache(caching.FunctionCache):
     changed, instead of only its own file (see the module docstring)."""
 
     _impl_class = _PackageCacheImpl
+
+
+def dated_njit(**options):
+    """``numba.njit(cache=True, **options)`` with the cache dated as :func:`kernel`'s (by the
+    whole package), for the few functions that need Numba's own options instead."""
+
+    def decorate(fn):
+        disp = njit(cache=True, **options)(fn)
+        _date_by_package(disp)
+        return disp
+
+    return decorate
 
 
 def _date_by_package(disp) -> None:

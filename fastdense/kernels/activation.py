@@ -8,9 +8,9 @@ NaN and Inf flowing through: comparisons are written so that a NaN input gives a
 import math
 
 import numpy as np
-from numba import njit, prange
+from numba import prange
 
-from fastdense.kernels._codegen import zero_of
+from fastdense.kernels._codegen import dated_njit, zero_of
 
 LINEAR = 0
 RELU = 1
@@ -40,7 +40,7 @@ _INV_SQRT_2PI = 0.39894228040143267793994605993438
 NEEDS_Z = frozenset({GELU, LEAKY_RELU, ELU, SELU, SWISH, SOFTPLUS})
 
 
-@njit(cache=True, inline="always")
+@dated_njit(inline="always")
 def sigmoid(z):
     """The logistic function, without overflow for any z."""
     # Two branches so that exp never overflows; NaN takes the second branch and stays NaN.
@@ -50,7 +50,7 @@ def sigmoid(z):
     return e / (1.0 + e)
 
 
-@njit(cache=True, inline="always")
+@dated_njit(inline="always")
 def apply(code, z):
     """Return ``act(z)`` for one scalar ``z`` (softmax is row-wise: see :func:`softmax_rows`)."""
     if code == RELU:
@@ -76,7 +76,7 @@ def apply(code, z):
     return z
 
 
-@njit(cache=True, inline="always")
+@dated_njit(inline="always")
 def derivative(code, z, y):
     """Return ``act'(z)`` given the pre-activation ``z`` and the output ``y = act(z)``."""
     if code == RELU:
@@ -101,7 +101,7 @@ def derivative(code, z, y):
     return 1.0
 
 
-@njit(cache=True)
+@dated_njit()
 def softmax_row(z, y):
     """Write the softmax of the 1-D ``z`` into ``y`` (may alias), shifted by the max for safety."""
     n = z.shape[0]
@@ -124,7 +124,7 @@ def softmax_row(z, y):
         y[j] *= inv
 
 
-@njit(cache=True, parallel=True)
+@dated_njit(parallel=True)
 def activate(code, z, y):
     """``y[...] = act(z)`` for 2-D ``z`` and ``y`` (which may be the same array)."""
     m, n = z.shape
@@ -139,7 +139,7 @@ def activate(code, z, y):
             yi[j] = apply(code, zi[j])
 
 
-@njit(cache=True, inline="always")
+@dated_njit(inline="always")
 def softmax_row_backward(g, y, dz):
     """``dz = y * (g - <g, y>)``: the softmax Jacobian-vector product for one row."""
     n = g.shape[0]

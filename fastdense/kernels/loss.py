@@ -13,8 +13,9 @@ used to clip probabilities for the non-logit cross-entropies.
 
 import math
 
-from numba import njit, prange
+from numba import prange
 
+from fastdense.kernels._codegen import dated_njit
 from fastdense.kernels.activation import sigmoid
 
 EPSILON = 1e-7
@@ -24,7 +25,7 @@ EPSILON = 1e-7
 PARALLEL_MIN = 1 << 15
 
 
-@njit(cache=True)
+@dated_njit()
 def _mean_rows(rows, n):
     s = 0.0
     for i in range(n):
@@ -32,7 +33,7 @@ def _mean_rows(rows, n):
     return s / n if n > 0 else 0.0
 
 
-@njit(cache=True)
+@dated_njit()
 def _zero_tail(grad, n):
     # At most one batch of padding: not worth a parallel launch.
     for i in range(n, grad.shape[0]):
@@ -40,12 +41,12 @@ def _zero_tail(grad, n):
             grad[i, j] = 0.0
 
 
-@njit(cache=True, inline="always")
+@dated_njit(inline="always")
 def _sign(x):
     return 1.0 if x > 0 else (-1.0 if x < 0 else x * 0.0)
 
 
-@njit(cache=True, parallel=True)
+@dated_njit(parallel=True)
 def _regression(y_true, y_pred, grad, rows, n, absolute):
     """Per-sample mean of ``|p - t|`` (``absolute``) or ``(p - t)**2`` and its gradient."""
     d = y_pred.shape[1]
@@ -60,7 +61,7 @@ def _regression(y_true, y_pred, grad, rows, n, absolute):
     return _mean_rows(rows, n)
 
 
-@njit(cache=True, inline="always")
+@dated_njit(inline="always")
 def _regression_row(i, y_true, y_pred, grad, rows, c, absolute):
     d = y_pred.shape[1]
     s = 0.0
@@ -75,13 +76,13 @@ def _regression_row(i, y_true, y_pred, grad, rows, c, absolute):
     rows[i] = s / d
 
 
-@njit(cache=True)
+@dated_njit()
 def mean_squared_error(y_true, y_pred, grad, rows, n):
     """``mean_j (p - t)**2`` per sample; gradient ``2 (p - t) / (n d)``."""
     return _regression(y_true, y_pred, grad, rows, n, False)
 
 
-@njit(cache=True)
+@dated_njit()
 def mean_absolute_error(y_true, y_pred, grad, rows, n):
     """``mean_j |p - t|`` per sample; gradient ``sign(p - t) / (n d)`` with ``sign(0) = 0``."""
     return _regression(y_true, y_pred, grad, rows, n, True)
@@ -89,7 +90,7 @@ def mean_absolute_error(y_true, y_pred, grad, rows, n):
 
 
 
-@njit(cache=True, parallel=True)
+@dated_njit(parallel=True)
 def binary_crossentropy(y_true, y_pred, grad, rows, n, from_logits):
     """Per sample ``mean_j -(t log p + (1 - t) log(1 - p))``.
 
@@ -110,7 +111,7 @@ def binary_crossentropy(y_true, y_pred, grad, rows, n, from_logits):
     return _mean_rows(rows, n)
 
 
-@njit(cache=True, inline="always")
+@dated_njit(inline="always")
 def _bce_row(i, y_true, y_pred, grad, rows, c, from_logits):
     d = y_pred.shape[1]
     s = 0.0
@@ -134,7 +135,7 @@ def _bce_row(i, y_true, y_pred, grad, rows, c, from_logits):
     rows[i] = s / d
 
 
-@njit(cache=True, inline="always")
+@dated_njit(inline="always")
 def _row_max(z, i, d):
     m = z[i, 0]
     for j in range(1, d):
@@ -146,7 +147,7 @@ def _row_max(z, i, d):
     return m
 
 
-@njit(cache=True, parallel=True)
+@dated_njit(parallel=True)
 def categorical_crossentropy(y_true, y_pred, grad, rows, n, from_logits):
     """Per sample ``-sum_j t_j log p_j``.
 
@@ -168,7 +169,7 @@ def categorical_crossentropy(y_true, y_pred, grad, rows, n, from_logits):
     return _mean_rows(rows, n)
 
 
-@njit(cache=True, inline="always")
+@dated_njit(inline="always")
 def _cce_row(i, y_true, y_pred, grad, rows, c, from_logits):
     d = y_pred.shape[1]
     if from_logits:
@@ -215,7 +216,7 @@ def _cce_row(i, y_true, y_pred, grad, rows, c, from_logits):
         rows[i] = s
 
 
-@njit(cache=True, parallel=True)
+@dated_njit(parallel=True)
 def sparse_categorical_crossentropy(labels, y_pred, grad, rows, n, from_logits):
     """:func:`categorical_crossentropy` with integer class ``labels`` (valid, in ``[0, d)``)."""
     d = y_pred.shape[1]
@@ -230,7 +231,7 @@ def sparse_categorical_crossentropy(labels, y_pred, grad, rows, n, from_logits):
     return _mean_rows(rows, n)
 
 
-@njit(cache=True, inline="always")
+@dated_njit(inline="always")
 def _sparse_row(i, labels, y_pred, grad, rows, c, from_logits):
     d = y_pred.shape[1]
     k = labels[i]
@@ -259,7 +260,7 @@ def _sparse_row(i, labels, y_pred, grad, rows, c, from_logits):
             grad[i, k] -= c / y_pred[i, k]
 
 
-@njit(cache=True)
+@dated_njit()
 def argmax_row(a, i):
     """Column of the largest ``a[i, j]``, the first on ties (Keras' ``argmax``)."""
     d = a.shape[1]
@@ -272,7 +273,7 @@ def argmax_row(a, i):
     return best
 
 
-@njit(cache=True)
+@dated_njit()
 def count_categorical(y_true, y_pred, n):
     """Rows among the first ``n`` whose argmax agrees (ties: first index, as NumPy)."""
     hits = 0
@@ -282,7 +283,7 @@ def count_categorical(y_true, y_pred, n):
     return hits
 
 
-@njit(cache=True)
+@dated_njit()
 def count_sparse(labels, y_pred, n):
     """Rows among the first ``n`` whose argmax equals the integer label."""
     hits = 0
@@ -292,7 +293,7 @@ def count_sparse(labels, y_pred, n):
     return hits
 
 
-@njit(cache=True)
+@dated_njit()
 def count_binary(y_true, y_pred, n, threshold):
     """Elements of the first ``n`` rows with ``(p > threshold) == (t > 0.5)``."""
     hits = 0
@@ -303,7 +304,7 @@ def count_binary(y_true, y_pred, n, threshold):
     return hits
 
 
-@njit(cache=True, parallel=True)
+@dated_njit(parallel=True)
 def gather_rows(src, index, start, n, dst):
     """``dst[:n] = src[index[start:start + n]]`` and ``dst[n:] = 0`` (padding rows).
 
@@ -318,7 +319,7 @@ def gather_rows(src, index, start, n, dst):
             _gather_row(r, src, index, start, n, dst)
 
 
-@njit(cache=True, inline="always")
+@dated_njit(inline="always")
 def _gather_row(r, src, index, start, n, dst):
     d = dst.shape[1]
     if r < n:
@@ -330,14 +331,14 @@ def _gather_row(r, src, index, start, n, dst):
             dst[r, j] = 0
 
 
-@njit(cache=True)
+@dated_njit()
 def gather_labels(src, index, start, n, dst):
     """``dst[:n] = src[index[start:start + n]]`` and ``dst[n:] = 0`` for 1-D integer labels."""
     for r in range(dst.shape[0]):
         dst[r] = src[index[start + r]] if r < n else 0
 
 
-@njit(cache=True)
+@dated_njit()
 def gather_batch(x, labels, index, start, n, xb, yb):
     """:func:`gather_rows` of ``x`` into ``xb`` and :func:`gather_labels` of ``labels`` into
     ``yb`` in one call (a training step gathers both)."""

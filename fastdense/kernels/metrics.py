@@ -5,12 +5,12 @@ rows of a batch (the rest is padding) and allocate nothing.
 """
 
 import numpy as np
-from numba import njit
 
+from fastdense.kernels._codegen import dated_njit
 from fastdense.kernels.loss import argmax_row
 
 
-@njit(cache=True)
+@dated_njit()
 def _in_top_k(y_pred, i, label, k):
     """Whether ``y_pred[i, label]`` is among the row's ``k`` largest scores.
 
@@ -28,7 +28,7 @@ def _in_top_k(y_pred, i, label, k):
     return greater < k
 
 
-@njit(cache=True)
+@dated_njit()
 def count_top_k_sparse(labels, y_pred, n, k):
     """Rows among the first ``n`` whose integer label is in the top ``k`` scores."""
     hits = 0
@@ -38,7 +38,7 @@ def count_top_k_sparse(labels, y_pred, n, k):
     return hits
 
 
-@njit(cache=True)
+@dated_njit()
 def count_top_k_categorical(y_true, y_pred, n, k):
     """Rows among the first ``n`` whose target's argmax (first on ties, as Keras' ``argmax``)
     is in the top ``k`` scores."""

@@ -21,7 +21,9 @@ otherwise bitwise the same.
 import math
 
 import numpy as np
-from numba import njit, prange
+from numba import prange
+
+from fastdense.kernels._codegen import dated_njit
 
 #: Below this many elements the updates run on one thread: a parallel launch (fork and join)
 #: costs more than the work, and far more when another process holds a core.
@@ -32,14 +34,14 @@ PARALLEL_MIN = 1 << 15
 SUMSQ_BLOCK = 4096
 
 
-@njit(cache=True, inline="always", error_model="numpy")
+@dated_njit(inline="always", error_model="numpy")
 def penalty_grad(w, l1, l2):
     """``l1 * sign(w) + 2 * l2 * w``; ``sign(0) = 0`` and a NaN weight stays NaN."""
     s = 1.0 if w > 0 else (-1.0 if w < 0 else w * 0.0)
     return l1 * s + 2.0 * l2 * w
 
 
-@njit(cache=True, inline="always", error_model="numpy")
+@dated_njit(inline="always", error_model="numpy")
 def _clipped(w, g, l1, l2, scale, clipvalue):
     """Steps 1 and 2 above for one element; comparisons written so that NaN stays NaN."""
     gi = g + penalty_grad(w, l1, l2) if (l1 != 0.0 or l2 != 0.0) else g
@@ -52,7 +54,7 @@ def _clipped(w, g, l1, l2, scale, clipvalue):
     return gi
 
 
-@njit(cache=True, inline="always", error_model="numpy")
+@dated_njit(inline="always", error_model="numpy")
 def sgd_step(param, grad, lr, l1, l2):
     """``param -= lr * (grad + l1 * sign(param) + 2 * l2 * param)`` on 1-D slices, serially.
 
@@ -67,7 +69,7 @@ def sgd_step(param, grad, lr, l1, l2):
             param[i] -= lr * (grad[i] + penalty_grad(param[i], l1, l2))
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
+@dated_njit(parallel=True, error_model="numpy")
 def sgd(param, grad, lr, l1, l2):
     """``param -= lr * (grad + l1 * sign(param) + 2 * l2 * param)`` on flat 1-D arrays."""
     n = param.shape[0]
@@ -82,7 +84,7 @@ def sgd(param, grad, lr, l1, l2):
         sgd_step(param[lo:hi], grad[lo:hi], lr, l1, l2)
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
+@dated_njit(parallel=True, error_model="numpy")
 def penalized_sumsq(param, grad, l1, l2, partial):
     """``sum((grad + penalty_grad(param))**2)``, the squared norm that ``clipnorm`` uses.
 
@@ -106,7 +108,7 @@ def penalized_sumsq(param, grad, l1, l2, partial):
     return total
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
+@dated_njit(parallel=True, error_model="numpy")
 def sgd_full(param, grad, velocity, lr, momentum, nesterov, l1, l2, scale, clipvalue, decay):
     """Keras' SGD with momentum, Nesterov, clipping and decoupled weight decay.
 
@@ -125,7 +127,7 @@ def sgd_full(param, grad, velocity, lr, momentum, nesterov, l1, l2, scale, clipv
                       clipvalue, decay)
 
 
-@njit(cache=True, inline="always", error_model="numpy")
+@dated_njit(inline="always", error_model="numpy")
 def _sgd_elem(i, param, grad, velocity, lr, momentum, nesterov, l1, l2, scale, clipvalue,
               decay):
     w = param[i]
@@ -143,7 +145,7 @@ def _sgd_elem(i, param, grad, velocity, lr, momentum, nesterov, l1, l2, scale, c
     param[i] = w
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
+@dated_njit(parallel=True, error_model="numpy")
 def adam(param, grad, m, v, vhat, alpha, beta_1, beta_2, epsilon, amsgrad, l1, l2, scale,
          clipvalue, decay):
     """Keras' Adam / AdamW step with the bias correction folded into ``alpha``.
@@ -163,7 +165,7 @@ def adam(param, grad, m, v, vhat, alpha, beta_1, beta_2, epsilon, amsgrad, l1, l
                        l1, l2, scale, clipvalue, decay)
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
+@dated_njit(parallel=True, error_model="numpy")
 def adam_plain(param, grad, m, v, alpha, one_minus_beta_1, one_minus_beta_2, epsilon):
     """:func:`adam` without penalty, clipping, decay or AMSGrad, in the scalars' dtype.
 
@@ -182,7 +184,7 @@ def adam_plain(param, grad, m, v, alpha, one_minus_beta_1, one_minus_beta_2, eps
                              epsilon)
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
+@dated_njit(parallel=True, error_model="numpy")
 def adam_plain_many(params, grads, ms, vs, alphas, consts):
     """:func:`adam_plain` on several parameters in one call (one step of a whole model).
 
@@ -209,7 +211,7 @@ def adam_plain_many(params, grads, ms, vs, alphas, consts):
                 _adam_plain_elem(i, param, grad, m, v, alpha, omb1, omb2, epsilon)
 
 
-@njit(cache=True, inline="always", error_model="numpy")
+@dated_njit(inline="always", error_model="numpy")
 def _adam_plain_elem(i, param, grad, m, v, alpha, omb1, omb2, epsilon):
     g = grad[i]
     mi = m[i] + (g - m[i]) * omb1
@@ -219,7 +221,7 @@ def _adam_plain_elem(i, param, grad, m, v, alpha, omb1, omb2, epsilon):
     param[i] = param[i] - (mi * alpha) / (np.sqrt(vi) + epsilon)
 
 
-@njit(cache=True, inline="always", error_model="numpy")
+@dated_njit(inline="always", error_model="numpy")
 def _adam_elem(i, param, grad, m, v, vhat, alpha, beta_1, beta_2, epsilon, amsgrad, l1, l2,
                scale, clipvalue, decay):
     w = param[i]
@@ -237,7 +239,7 @@ def _adam_elem(i, param, grad, m, v, vhat, alpha, beta_1, beta_2, epsilon, amsgr
     param[i] = w - (mi * alpha) / (math.sqrt(vi) + epsilon)
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
+@dated_njit(parallel=True, error_model="numpy")
 def rmsprop(param, grad, velocity, mom, avg, lr, rho, momentum, epsilon, centered, l1, l2,
             scale, clipvalue, decay):
     """Keras' RMSprop: ``v = rho * v + (1 - rho) * g**2``, ``inc = lr * g / sqrt(v + eps)``.
@@ -257,7 +259,7 @@ def rmsprop(param, grad, velocity, mom, avg, lr, rho, momentum, epsilon, centere
                           centered, l1, l2, scale, clipvalue, decay)
 
 
-@njit(cache=True, inline="always", error_model="numpy")
+@dated_njit(inline="always", error_model="numpy")
 def _rmsprop_elem(i, param, grad, velocity, mom, avg, lr, rho, momentum, epsilon, centered,
                   l1, l2, scale, clipvalue, decay):
     w = param[i]
