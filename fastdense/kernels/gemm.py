@@ -409,6 +409,12 @@ def _packed(a, b, out, trans_a, trans_b, ep, bias, code, y, w, lr, l1, l2,
                            row_split)
 
 
+@kernel(nrt=False, inline="always")
+def _fma4(s, a0, a1, a2, a3, b0, b1, b2, b3):
+    """``s + a0*b0 + a1*b1 + a2*b2 + a3*b3``, one FMA after the other."""
+    return fma(a3, b3, fma(a2, b2, fma(a1, b1, fma(a0, b0, s))))
+
+
 @kernel(nrt=False)
 def _vecmat(ai, b, j0, j1, acc, deep):
     """``acc[j] = sum_p ai[p] * b[p, j]`` for ``j0 <= j < j1``: one FMA chain per element in
@@ -430,34 +436,18 @@ def _vecmat(ai, b, j0, j1, acc, deep):
         o[j] = 0
     step = 8 if deep else 4
     kd = (k // step) * step
-    if deep:
-        for p in range(0, kd, 8):
-            a0, a1, a2, a3 = ai[p], ai[p + 1], ai[p + 2], ai[p + 3]
+    for p in range(0, kd, step):
+        a0, a1, a2, a3 = ai[p], ai[p + 1], ai[p + 2], ai[p + 3]
+        b0, b1, b2, b3 = b[p, j0:j1], b[p + 1, j0:j1], b[p + 2, j0:j1], b[p + 3, j0:j1]
+        if deep:
             a4, a5, a6, a7 = ai[p + 4], ai[p + 5], ai[p + 6], ai[p + 7]
-            b0, b1, b2, b3 = b[p, j0:j1], b[p + 1, j0:j1], b[p + 2, j0:j1], b[p + 3, j0:j1]
             b4, b5, b6, b7 = b[p + 4, j0:j1], b[p + 5, j0:j1], b[p + 6, j0:j1], b[p + 7, j0:j1]
             for j in range(nn):
-                s = o[j]
-                s = fma(a0, b0[j], s)
-                s = fma(a1, b1[j], s)
-                s = fma(a2, b2[j], s)
-                s = fma(a3, b3[j], s)
-                s = fma(a4, b4[j], s)
-                s = fma(a5, b5[j], s)
-                s = fma(a6, b6[j], s)
-                s = fma(a7, b7[j], s)
-                o[j] = s
-    else:
-        for p in range(0, kd, 4):
-            a0, a1, a2, a3 = ai[p], ai[p + 1], ai[p + 2], ai[p + 3]
-            b0, b1, b2, b3 = b[p, j0:j1], b[p + 1, j0:j1], b[p + 2, j0:j1], b[p + 3, j0:j1]
+                s = _fma4(o[j], a0, a1, a2, a3, b0[j], b1[j], b2[j], b3[j])
+                o[j] = _fma4(s, a4, a5, a6, a7, b4[j], b5[j], b6[j], b7[j])
+        else:
             for j in range(nn):
-                s = o[j]
-                s = fma(a0, b0[j], s)
-                s = fma(a1, b1[j], s)
-                s = fma(a2, b2[j], s)
-                s = fma(a3, b3[j], s)
-                o[j] = s
+                o[j] = _fma4(o[j], a0, a1, a2, a3, b0[j], b1[j], b2[j], b3[j])
     for p in range(kd, k):
         a0 = ai[p]
         b0 = b[p, j0:j1]
