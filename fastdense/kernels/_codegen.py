@@ -240,8 +240,9 @@ class _PackageCache(caching.FunctionCache):
 
 
 def dated_njit(**options):
-    """``numba.njit(cache=True, **options)`` with the cache dated as :func:`kernel`'s (by the
-    whole package), for the few functions that need Numba's own options instead."""
+    """``numba.njit(cache=True, **options)`` with the cache dated by the whole package (see the
+    module docstring): :func:`kernel`'s base, and used directly by the functions that need
+    Numba's own options instead of :func:`kernel`'s settings."""
 
     def decorate(fn):
         disp = njit(cache=True, **options)(fn)
@@ -292,9 +293,8 @@ def kernel(fn=None, *, parallel=False, inline="never", slp=True, nrt=True, link=
         return functools.partial(kernel, parallel=parallel, inline=inline, slp=slp, nrt=nrt,
                                  link=link)
     options = {} if nrt else {"_nrt": False}
-    disp = njit(cache=True, fastmath=set(FASTMATH) or False, parallel=parallel, inline=inline,
-                **options)(fn)
-    _date_by_package(disp)
+    disp = dated_njit(fastmath=set(FASTMATH) or False, parallel=parallel, inline=inline,
+                      **options)(fn)
     # ``compile`` is the single entry both for calls from Python (``_compile_for_args``) and
     # for calls from other jitted functions (typing resolves callees through it).
     disp.compile = _with_slp(disp, disp.compile, 1 if slp else 0, link)
