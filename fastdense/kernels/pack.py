@@ -223,15 +223,11 @@ def pack_b_rows(b, p0, kc, r0, r1, j0, nc, bp):
     NR = _blocking(bp)[1]
     full = nc // NR
     cols = nc - full * NR
-    r8 = r0 + ((r1 - r0) // 8) * 8
-    for p in range(r0, r8, 8):
+    for p in range(r0, r1, 8):
+        rows = min(8, r1 - p)
         for q in range(full):
-            for g in range(8):
+            for g in range(rows):
                 copy_n(bp, q * NR * kc + (p + g) * NR, b[p0 + p + g], j0 + q * NR, NR)
-    for p in range(r8, r1):
-        row = b[p0 + p]
-        for q in range(full):
-            copy_n(bp, q * NR * kc + p * NR, row, j0 + q * NR, NR)
     if cols > 0:
         for p in range(r0, r1):
             d = bp[full * NR * kc + p * NR:full * NR * kc + (p + 1) * NR]
