@@ -139,16 +139,23 @@ _MAIN = textwrap.dedent("""
 """)
 
 
+def _toy_package(root, **modules: str):
+    """Package ``toy`` under ``root`` with the given modules, and an environment whose Python
+    imports it and whose Numba caches into ``root``."""
+    pkg = root / "toy"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    for name, text in modules.items():
+        (pkg / f"{name}.py").write_text(text)
+    pythonpath = os.pathsep.join([str(root), *sys.path])
+    return pkg, {**os.environ, "PYTHONPATH": pythonpath, "NUMBA_CACHE_DIR": str(root / "cache")}
+
+
 def test_a_callee_module_edit_recompiles_its_cached_callers(tmp_path):
     # Numba alone dates ``run`` by b.py only: after a.py changes it would load ``run`` with its
     # linked copy of the old ``count`` and call the new ``fill``, giving [2, 2, 2, 2], which
     # no version of the source computes (with a workspace size, a write out of bounds).
-    pkg = tmp_path / "toy"
-    pkg.mkdir()
-    (pkg / "__init__.py").write_text("")
-    (pkg / "b.py").write_text(_CALLER)
-    pythonpath = os.pathsep.join([str(tmp_path), *sys.path])
-    env = {**os.environ, "PYTHONPATH": pythonpath, "NUMBA_CACHE_DIR": str(tmp_path / "cache")}
+    pkg, env = _toy_package(tmp_path, b=_CALLER)
 
     def run(version: int) -> tuple[list[float], int]:
         (pkg / "a.py").write_text(_CALLEE.format(v=version))
@@ -190,13 +197,7 @@ def test_a_caller_compiled_over_a_cached_callee_finds_the_kernels_it_calls(tmp_p
     # ``top`` links ``mid``, which calls ``a.fill`` by symbol.  Compiled in a process where
     # ``mid`` came from the cache, ``top`` used to be saved without the hook that binds that
     # symbol, and a later process loading ``top`` alone crashed calling it.
-    pkg = tmp_path / "toy"
-    pkg.mkdir()
-    (pkg / "__init__.py").write_text("")
-    (pkg / "a.py").write_text(_CALLEE.format(v=1))
-    (pkg / "b.py").write_text(_MIDDLE)
-    pythonpath = os.pathsep.join([str(tmp_path), *sys.path])
-    env = {**os.environ, "PYTHONPATH": pythonpath, "NUMBA_CACHE_DIR": str(tmp_path / "cache")}
+    _, env = _toy_package(tmp_path, a=_CALLEE.format(v=1), b=_MIDDLE)
 
     def run(*names: str) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-c", _CALLS, *names], env=env,
