@@ -24,6 +24,7 @@ from fastdense.kernels.gemm import (
     _packed,
     _small,
     _ws_len,
+    double_buffers_b,
     is_small,
     vector_matrix,
 )
@@ -50,9 +51,11 @@ def workspace_size(n_in, units, dtype):
     bound of :func:`fastdense.kernels.gemm.workspace_size` over the three products
     (``x @ w``, ``dz @ w.T``, ``x.T @ dz``) for any batch.
     """
-    MR, NR, KC, MC, NC = BLOCKING[np.dtype(dtype).name]
+    dt = np.dtype(dtype)
+    MR, NR, KC, MC, NC = BLOCKING[dt.name]
     widest = max(n_in, units)
-    return _ws_len(MC, widest, KC, MR, NR, KC, MC, NC, numba.config.NUMBA_NUM_THREADS)
+    return _ws_len(MC, widest, KC, MR, NR, KC, MC, NC, numba.config.NUMBA_NUM_THREADS,
+                   double_buffers_b(1, units, n_in, dt.itemsize))
 
 
 @kernel
@@ -60,8 +63,8 @@ def _layer_ws(n_in, units, out):
     """:func:`workspace_size` inside kernels (for callers that pass no workspace)."""
     MR, NR, KC, MC, NC = _blocking(out)
     widest = max(n_in, units)
-    return np.empty(_ws_len(MC, widest, KC, MR, NR, KC, MC, NC, _iget_num_threads()),
-                    dtype=out.dtype)
+    return np.empty(_ws_len(MC, widest, KC, MR, NR, KC, MC, NC, _iget_num_threads(),
+                            double_buffers_b(1, units, n_in, out.itemsize)), dtype=out.dtype)
 
 
 @kernel

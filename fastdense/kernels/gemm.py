@@ -17,7 +17,8 @@ of its panels), then the threads take *tasks* (an MC-row block times a range of 
 atomic counter, so a core slowed down by another process simply does fewer of them.  With few
 rows (up to ``DIRECT_ROWS``) a task is instead a range of B panels for all rows, and packs those
 panels itself just before using them, unless B is so large that it comes from memory: then the
-shared block is packed by whole source rows, which stream faster.  Callers
+shared block is packed by whole source rows, which stream faster, and for the fewest rows the
+next block is packed by tasks among those using the current one (double buffering).  Callers
 pass the packing buffers as a workspace (:func:`workspace_size`), so no call allocates.
 
 Reproducibility: every output element sums its K products in increasing ``p`` inside each KC
@@ -84,6 +85,14 @@ DIRECT_B_BYTES = 2 << 20
 # it is packed whole-row-wise instead of by column chunks (see ``_packed``), and a product of
 # one or two rows streams eight of its rows at a time (see ``_vecmat``).
 OWN_B_BYTES = 16 << 20
+# Up to this many rows, such a B is double-buffered on two threads: the next block is packed
+# while the current one is used (see ``_packed``).  Float64 x 4096->1024, processes of the old
+# and new code alternating, 2 threads, best of 7: 32 rows 4.05-4.57 -> 3.63-3.97 ms, 64 rows
+# 6.30-6.66 -> 5.99-6.51 ms, 128 rows at parity, 256 rows slower (21.8-22.6 -> 22.5-23.4 ms:
+# each B block is re-read by eight row blocks, and the copy competes with them for the L3).
+PIPELINE_ROWS = 64
+# Packing tasks per pipelined B block, each a share of its rows (64 of a 512-row block).
+NEXT_B_TASKS = 8
 
 
 @kernel(nrt=False)
@@ -148,15 +157,25 @@ _CTR = 16
 
 
 @register_jitable
-def _ws_len(m, n, k, MR, NR, KC, MC, NC, threads):
+def double_buffers_b(m, n, k, itemsize):
+    """Whether a product of ``m`` rows by a row-major ``k x n`` B packs the next B block while
+    using the current one on two or more threads (see ``_packed``): its workspace then holds
+    two B blocks."""
+    return m <= PIPELINE_ROWS and k * n * itemsize > OWN_B_BYTES
+
+
+@register_jitable
+def _ws_len(m, n, k, MR, NR, KC, MC, NC, threads, double_b):
     """Workspace elements an ``m x n x k`` product needs with ``threads`` threads.
 
-    The task counter and one packed B block (<= NC columns, whole panels, one KC step), shared;
-    per thread an A block (<= MC rows) and the MR x NR edge tile; at least ``n`` for the direct
-    path's scratch row.  Callable from Python and from kernels.
+    The task counter and one packed B block (<= NC columns, whole panels, one KC step), shared,
+    two with ``double_b``; per thread an A block (<= MC rows) and the MR x NR edge tile; at
+    least ``n`` for the direct path's scratch row.  Callable from Python and from kernels.
     """
     kc = min(KC, k)
     blen = ((min(NC, n) + NR - 1) // NR) * NR * kc
+    if double_b:
+        blen *= 2
     alen = ((min(MC, m) + MR - 1) // MR) * MR * kc
     return max(n, _CTR + blen + threads * (alen + MR * NR))
 
@@ -177,7 +196,8 @@ def _workspace_size(m, n, k, dtype):
     # Cached: evaluating the size in Python (``dtype.name`` alone takes ~3 us in NumPy 2)
     # costs as much as a batch-1 product.
     MR, NR, KC, MC, NC = BLOCKING[dtype.name]
-    return _ws_len(m, n, k, MR, NR, KC, MC, NC, numba.config.NUMBA_NUM_THREADS)
+    return _ws_len(m, n, k, MR, NR, KC, MC, NC, numba.config.NUMBA_NUM_THREADS,
+                   double_buffers_b(m, n, k, dtype.itemsize))
 
 
 # Not linked into its callers (_packed and its parallel region, three modules of Numba's
@@ -185,7 +205,7 @@ def _workspace_size(m, n, k, dtype):
 @kernel(nrt=False, link=False)
 def _phase(phase, t, nthreads, a, b, out, trans_a, trans_b, ep, bias, code, y, w, lr, l1, l2,
            dcode, z, yd, dz, colsum, db, jc, nc, pc, kc, ws, alen, ctr, ntasks, ncol,
-           shared_a, direct_a, direct_b, own_b, row_split):
+           shared_a, direct_a, direct_b, own_b, row_split, nbuf, cur, npack, jc2, nc2, pc2, kc2):
     """Thread ``t``'s part of one KC x NC block.
 
     Phase 0 packs what is shared: its share of the B block (summing those columns for the bias
@@ -194,7 +214,9 @@ def _phase(phase, t, nthreads, a, b, out, trans_a, trans_b, ep, bias, code, y, w
     ``direct_a`` / ``direct_b`` the micro-kernel reads the full panels of A / B in place.  With
     ``own_b`` phase 0 packs no B: a task is a column chunk for all row blocks, and packs its
     own B panels before using them; with ``row_split`` phase 0 packs a share of the B block's
-    rows, all of their panels (see :func:`_packed`).
+    rows, all of their panels (see :func:`_packed`).  With ``nbuf`` = 2 B blocks in the
+    workspace, ``cur`` is the one this block reads, and phase 1 also runs ``npack`` tasks that
+    pack the next block (``b[pc2:pc2 + kc2, jc2:jc2 + nc2]``) into the other by rows.
     """
     no_inline()
     MR, NR, KC, MC, NC = _blocking(out)
@@ -203,9 +225,9 @@ def _phase(phase, t, nthreads, a, b, out, trans_a, trans_b, ep, bias, code, y, w
     k = a.shape[0] if trans_a else a.shape[1]
     kcap = min(KC, k)
     blen = ((min(NC, n) + NR - 1) // NR) * NR * kcap
-    shared = _CTR + blen
+    shared = _CTR + nbuf * blen
     per = alen + MR * NR
-    bbuf = ws[_CTR:shared]
+    bbuf = ws[_CTR + cur * blen:_CTR + (cur + 1) * blen]
     abuf0 = ws[shared:shared + alen]
     npan = (nc + NR - 1) // NR
     if phase == 0:
@@ -246,10 +268,28 @@ def _phase(phase, t, nthreads, a, b, out, trans_a, trans_b, ep, bias, code, y, w
     ldb = b.shape[1]
     bf = b.reshape(b.shape[0] * ldb)
     nib = (m + MC - 1) // MC
+    pairs = min(npack, ntasks)
     while True:
         task = fetch_add(ctr, 0, 1)
-        if task >= ntasks:
+        if task >= ntasks + npack:
             break
+        if npack > 0:
+            # Packing tasks alternate with product tasks, so that while one core copies the
+            # next block from memory the other computes (rather than both waiting on memory).
+            job = -1
+            if task < 2 * pairs:
+                if task % 2 == 1:
+                    job = task // 2
+                task = task // 2
+            elif ntasks > pairs:
+                task = task - pairs
+            else:
+                job = task - pairs
+            if job >= 0:
+                nxt = ws[_CTR + (1 - cur) * blen:_CTR + (2 - cur) * blen]
+                pack_b_rows(b, pc2, kc2, (kc2 * job) // npack, (kc2 * (job + 1)) // npack, jc2,
+                            nc2, nxt)
+                continue
         if own_b:
             cb = task
             ib0 = 0
@@ -375,6 +415,18 @@ def _packed(a, b, out, trans_a, trans_b, ep, bias, code, y, w, lr, l1, l2,
     # 0.99-1.03x.  Not for the float32 4096 x 1024 (16 MiB, mostly in L3), where the two
     # ways were at parity, nor for more rows, where the product dwarfs the packing.
     row_split = not direct_b and m <= DIRECT_ROWS and not own_b and not trans_b and not colsum
+    # With two threads, those blocks are double-buffered: while the threads multiply by one,
+    # packing tasks among theirs copy the next into the second buffer, so the copy from memory
+    # overlaps the other core's arithmetic instead of being a phase of its own.
+    pipeline = (row_split and not shared_a and nthreads > 1
+                and double_buffers_b(m, n, k, out.itemsize)
+                and ws.shape[0] >= shared + blen + 2 * per)
+    nbuf = 1
+    if pipeline:
+        nbuf = 2
+        shared += blen
+        nthreads = min(nthreads, (ws.shape[0] - shared) // per)
+    cur = 0
     for jc in range(0, n, NC):
         nc = min(NC, n - jc)
         npan = (nc + NR - 1) // NR
@@ -396,17 +448,37 @@ def _packed(a, b, out, trans_a, trans_b, ep, bias, code, y, w, lr, l1, l2,
                 for phase in range(0 if packs and not own_b else 1, 2):
                     _phase(phase, 0, 1, a, b, out, trans_a, trans_b, ep, bias, code, y, w, lr,
                            l1, l2, dcode, z, yd, dz, colsum, db, jc, nc, pc, kc, ws, alen, ctr,
-                           ntasks, ncol, False, direct_a, direct_b, own_b, row_split)
+                           ntasks, ncol, False, direct_a, direct_b, own_b, row_split, 1, 0, 0,
+                           jc, nc, pc, kc)
                 continue
+            # The block after this one, packed during this one's tasks when pipelined.
+            npack = 0
+            jc2 = jc
+            nc2 = nc
+            pc2 = pc + KC
+            kc2 = kc
+            if pipeline:
+                if pc2 >= k:
+                    jc2 = jc + NC
+                    nc2 = min(NC, n - jc2)
+                    pc2 = 0
+                if jc2 < n:
+                    kc2 = min(KC, k - pc2)
+                    npack = NEXT_B_TASKS
+            first_phase = 0 if packs else 1
+            if pipeline and (jc > 0 or pc > 0):
+                first_phase = 1
             # One prange, run twice (one parallel loop compiles much faster than two): first
             # the shared packing, then the tasks.  The prange index is unsigned: as int64 it
             # matches the serial call above, so both share one compiled _phase.
-            for phase in range(0 if packs else 1, 2):
+            for phase in range(first_phase, 2):
                 for t in prange(nthreads):
                     _phase(phase, np.int64(t), nthreads, a, b, out, trans_a, trans_b, ep, bias,
                            code, y, w, lr, l1, l2, dcode, z, yd, dz, colsum, db, jc, nc, pc, kc,
                            ws, alen, ctr, ntasks, ncol, shared_a, direct_a, direct_b, own_b,
-                           row_split)
+                           row_split, nbuf, cur, npack, jc2, nc2, pc2, kc2)
+            if pipeline:
+                cur = 1 - cur
 
 
 @kernel(nrt=False, inline="always")
@@ -635,8 +707,9 @@ def gemm(a, b, out, trans_a, trans_b, ws=None):
     if ws is None:
         k = a.shape[0] if trans_a else a.shape[1]
         MR, NR, KC, MC, NC = _blocking(out)
-        buf = np.empty(_ws_len(out.shape[0], out.shape[1], k, MR, NR, KC, MC, NC,
-                               _iget_num_threads()), dtype=out.dtype)
+        m, n = out.shape
+        buf = np.empty(_ws_len(m, n, k, MR, NR, KC, MC, NC, _iget_num_threads(),
+                               double_buffers_b(m, n, k, out.itemsize)), dtype=out.dtype)
     else:
         buf = ws
     product(a, b, out, trans_a, trans_b, EP_STORE, e1, act.LINEAR, out, out, 0.0, 0.0, 0.0, buf)

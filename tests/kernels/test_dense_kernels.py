@@ -9,7 +9,7 @@ import pytest
 from fastdense import activations, reference
 from fastdense.kernels import activation as act
 from fastdense.kernels import dense as kd
-from fastdense.kernels.gemm import DIRECT_B_BYTES
+from fastdense.kernels.gemm import DIRECT_B_BYTES, OWN_B_BYTES, PIPELINE_ROWS
 from tests.kernels.conftest import product_tolerance
 
 NAMES = ["linear", "relu", "sigmoid", "tanh", "softmax", "gelu", "leaky_relu", "elu", "selu",
@@ -189,6 +189,34 @@ def test_bitwise_identical_for_any_thread_count(name, dtype):
         numba.set_num_threads(before)
     for r1, r2 in zip(runs[0], runs[1], strict=True):
         assert np.array_equal(r1, r2)
+
+
+@pytest.mark.parametrize("batch", [5, 37, PIPELINE_ROWS])
+def test_forward_of_weights_streamed_from_memory(batch, dtype):
+    """Weights over OWN_B_BYTES for a small batch: the threads pack each weight block by rows,
+    the next while multiplying by the current.  Against the reference, and the same bits on one
+    thread and on all, with the layer's workspace and without."""
+    n_in = units = 2100
+    assert n_in * units * 4 > OWN_B_BYTES
+    x, w, b = _layer(np.random.default_rng(batch), batch, n_in, units, dtype)
+    runs = []
+    before = numba.get_num_threads()
+    try:
+        for nt, ws in ((numba.config.NUMBA_NUM_THREADS, None), (1, None),
+                       (numba.config.NUMBA_NUM_THREADS,
+                        np.full(kd.workspace_size(n_in, units, dtype), np.nan, dtype))):
+            numba.set_num_threads(nt)
+            z = np.empty((batch, units), dtype)
+            y = np.empty((batch, units), dtype)
+            kd.forward(x, w, b, act.RELU, z, y, ws)
+            runs.append((z, y))
+    finally:
+        numba.set_num_threads(before)
+    zref = _z_reference(x, w, b)
+    tol = product_tolerance(x, w, dtype) + 4 * np.finfo(dtype).eps * np.abs(zref)
+    assert np.all(np.abs(runs[0][0] - zref) <= tol)
+    for z, y in runs[1:]:
+        assert np.array_equal(z, runs[0][0]) and np.array_equal(y, runs[0][1])
 
 
 @pytest.mark.parametrize("name", ["relu", "tanh", "softmax"])

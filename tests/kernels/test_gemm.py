@@ -7,11 +7,13 @@ import numpy as np
 import pytest
 
 from fastdense.kernels._microkernels import MR_F32, MR_F64, NR_F32, NR_F64
-from fastdense.kernels._tiles import KC_F32
+from fastdense.kernels._tiles import BLOCKING, KC_F32, NC_F32
 from fastdense.kernels.gemm import (
     DIRECT_B_BYTES,
     OWN_B_BYTES,
+    PIPELINE_ROWS,
     _vecmat,
+    _ws_len,
     gemm,
     gemm_rows,
     is_small,
@@ -42,8 +44,13 @@ SHAPES = [
     # ... and over OWN_B_BYTES in both dtypes: the threads pack the shared B block by rows;
     # partial row tile, partial last panel, partial KC block.
     (37, 1000, 4300),
+    # ... and so, with up to PIPELINE_ROWS rows on two threads, the next B block is packed
+    # while the current one is used: several NC blocks (the pipeline crosses from one to the
+    # next), a partial last panel and a partial last KC block in both dtypes.
+    (37, 2100, 2100),
 ]
 assert 1000 * 4300 * 4 > OWN_B_BYTES
+assert 2100 * 2100 * 4 > OWN_B_BYTES and 2100 > NC_F32 and 37 <= PIPELINE_ROWS
 
 
 def _operands(rng, m, n, k, ta, tb, dtype):
@@ -102,7 +109,7 @@ def test_nan_and_inf_propagate(dtype):
 
 
 @pytest.mark.parametrize("shape", [(300, 200, 600), (16, 2000, 300), (1000, 40, 100),
-                                   (70, 1030, 530), (37, 1000, 4300)])
+                                   (70, 1030, 530), (37, 1000, 4300), (37, 2100, 2100)])
 @pytest.mark.parametrize("trans", [(False, False), (True, True)], ids=["NN", "TT"])
 def test_bitwise_identical_for_any_thread_count(shape, trans, dtype):
     m, n, k = shape
@@ -122,7 +129,8 @@ def test_bitwise_identical_for_any_thread_count(shape, trans, dtype):
     assert all(np.array_equal(results[0], r) for r in results[1:])
 
 
-@pytest.mark.parametrize("shape", [(300, 200, 600), (16, 2000, 300), (2, 300, 300)])
+@pytest.mark.parametrize("shape", [(300, 200, 600), (16, 2000, 300), (2, 300, 300),
+                                   (37, 2100, 2100)])
 def test_workspace_argument(shape, dtype):
     """A caller's workspace gives the same bits as the kernel's own; a short one still works."""
     from fastdense.kernels.gemm import workspace_size
@@ -132,7 +140,10 @@ def test_workspace_argument(shape, dtype):
     a, b = _operands(rng, m, n, k, False, False, dtype)
     ref = np.empty((m, n), dtype)
     gemm(a, b, ref, False, False)
-    for length in (workspace_size(m, n, k, dtype), 0, 7):
+    # A workspace with room for one B block only: a streamed B is then not double-buffered.
+    one_block = _ws_len(m, n, k, *BLOCKING[np.dtype(dtype).name],
+                        numba.config.NUMBA_NUM_THREADS, False)
+    for length in (workspace_size(m, n, k, dtype), one_block, 0, 7):
         ws = np.full(length, np.nan, dtype)
         out = np.empty((m, n), dtype)
         gemm(a, b, out, False, False, ws)
