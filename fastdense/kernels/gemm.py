@@ -85,11 +85,15 @@ DIRECT_B_BYTES = 2 << 20
 # it is packed whole-row-wise instead of by column chunks (see ``_packed``), and a product of
 # one or two rows streams eight of its rows at a time (see ``_vecmat``).
 OWN_B_BYTES = 16 << 20
-# Up to this many rows, such a B is double-buffered on two threads: the next block is packed
-# while the current one is used (see ``_packed``).  Float64 x 4096->1024, processes of the old
-# and new code alternating, 2 threads, best of 7: 32 rows 4.05-4.57 -> 3.63-3.97 ms, 64 rows
-# 6.30-6.66 -> 5.99-6.51 ms, 128 rows at parity, 256 rows slower (21.8-22.6 -> 22.5-23.4 ms:
-# each B block is re-read by eight row blocks, and the copy competes with them for the L3).
+# Up to this many rows, a B of OWN_B_BYTES or more is double-buffered on two threads: the next
+# block is packed while the current one is used (see ``_packed``).  Float64 x 4096->1024,
+# processes of the old and new code alternating, 2 threads, best of 7: 32 rows 4.05-4.57 ->
+# 3.63-3.97 ms, 64 rows 6.30-6.66 -> 5.99-6.51 ms, 128 rows at parity, 256 rows slower
+# (21.8-22.6 -> 22.5-23.4 ms: each B block is re-read by eight row blocks, and the copy
+# competes with them for the L3).  The float32 4096->1024 weights, exactly OWN_B_BYTES, went
+# from column-chunk packing to this in the benchmark's forward pass (three alternations): 32
+# rows 2.32-2.50 -> 1.76-1.90 ms, 64 rows 3.54-4.07 -> 3.10-3.51 ms.  Smaller B (2-8 MiB, in
+# the L3) showed no clear gain either way, so those keep column-chunk packing.
 PIPELINE_ROWS = 64
 # Packing tasks per pipelined B block, each a share of its rows (64 of a 512-row block).
 NEXT_B_TASKS = 8
@@ -161,7 +165,7 @@ def double_buffers_b(m, n, k, itemsize):
     """Whether a product of ``m`` rows by a row-major ``k x n`` B packs the next B block while
     using the current one on two or more threads (see ``_packed``): its workspace then holds
     two B blocks."""
-    return m <= PIPELINE_ROWS and k * n * itemsize > OWN_B_BYTES
+    return m <= PIPELINE_ROWS and k * n * itemsize >= OWN_B_BYTES
 
 
 @register_jitable
@@ -405,7 +409,8 @@ def _packed(a, b, out, trans_a, trans_b, ep, bias, code, y, w, lr, l1, l2,
     # forward 32 x 1024->1024 went from 0.92 to 0.80 ms and 32 x 4096->1024 from 4.7 to 4.15;
     # in the layer grid on two threads (with that session's other changes) those cells went
     # from 0.64x and 0.62x of NumPy to 1.19x-1.23x and 1.05x-1.18x.
-    own_b = not direct_b and m <= DIRECT_ROWS and k * n * out.itemsize <= OWN_B_BYTES
+    own_b = (not direct_b and m <= DIRECT_ROWS and k * n * out.itemsize <= OWN_B_BYTES
+             and not (nthreads > 1 and double_buffers_b(m, n, k, out.itemsize)))
     # A B beyond that, streamed from memory, is packed into the shared block by rows, each
     # thread a share of whole source rows: a column chunk is a short piece of every row, one
     # per memory page, which the prefetchers cannot follow (single-threaded, 4096 x 1024
@@ -413,7 +418,8 @@ def _packed(a, b, out, trans_a, trans_b, ep, bias, code, y, w, lr, l1, l2,
     # layer grid's float64 forward, three A/B runs each: 32 x 4096->1024 went from 0.95-0.99x
     # of NumPy to 1.02-1.08x, 128 from 0.95-1.05x to 1.01-1.05x, 256 from 0.95-1.02x to
     # 0.99-1.03x.  Not for the float32 4096 x 1024 (16 MiB, mostly in L3), where the two
-    # ways were at parity, nor for more rows, where the product dwarfs the packing.
+    # ways were at parity, unless double-buffered (below), nor for more rows, where the product
+    # dwarfs the packing.
     row_split = not direct_b and m <= DIRECT_ROWS and not own_b and not trans_b and not colsum
     # With two threads, those blocks are double-buffered: while the threads multiply by one,
     # packing tasks among theirs copy the next into the second buffer, so the copy from memory

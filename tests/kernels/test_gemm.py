@@ -14,6 +14,7 @@ from fastdense.kernels.gemm import (
     PIPELINE_ROWS,
     _vecmat,
     _ws_len,
+    double_buffers_b,
     gemm,
     gemm_rows,
     is_small,
@@ -48,9 +49,18 @@ SHAPES = [
     # while the current one is used: several NC blocks (the pipeline crosses from one to the
     # next), a partial last panel and a partial last KC block in both dtypes.
     (37, 2100, 2100),
+    # ... from exactly OWN_B_BYTES in float32 (4096->1024, 16 MiB).
+    (37, 1024, 4096),
 ]
 assert 1000 * 4300 * 4 > OWN_B_BYTES
 assert 2100 * 2100 * 4 > OWN_B_BYTES and 2100 > NC_F32 and 37 <= PIPELINE_ROWS
+assert 4096 * 1024 * 4 == OWN_B_BYTES
+
+
+def test_double_buffering_starts_at_own_b_bytes():
+    assert double_buffers_b(PIPELINE_ROWS, 1024, 4096, 4)
+    assert not double_buffers_b(PIPELINE_ROWS, 1024, 4095, 4)
+    assert not double_buffers_b(PIPELINE_ROWS + 1, 1024, 4096, 4)
 
 
 def _operands(rng, m, n, k, ta, tb, dtype):
@@ -109,7 +119,8 @@ def test_nan_and_inf_propagate(dtype):
 
 
 @pytest.mark.parametrize("shape", [(300, 200, 600), (16, 2000, 300), (1000, 40, 100),
-                                   (70, 1030, 530), (37, 1000, 4300), (37, 2100, 2100)])
+                                   (70, 1030, 530), (37, 1000, 4300), (37, 2100, 2100),
+                                   (37, 1024, 4096)])
 @pytest.mark.parametrize("trans", [(False, False), (True, True)], ids=["NN", "TT"])
 def test_bitwise_identical_for_any_thread_count(shape, trans, dtype):
     m, n, k = shape
