@@ -156,7 +156,8 @@ def _store_tile(tile, NR, out, i0, mr, j0, nr, first, last, ep, bias, code, y, w
                 o[j] = t[j]
 
 
-# Workspace elements before the shared B block: the task counter, alone in its cache line.
+# Workspace elements before the shared B block: the shared task counter ``ws[0]``, and each
+# thread's own counter ``ws[1 + t]`` when a B block is double-buffered (``_pipelined_tasks``).
 _CTR = 16
 
 
@@ -209,7 +210,7 @@ def _workspace_size(m, n, k, dtype):
 @kernel(nrt=False, link=False)
 def _phase(phase, t, nthreads, a, b, out, trans_a, trans_b, ep, bias, code, y, w, lr, l1, l2,
            dcode, z, yd, dz, colsum, db, jc, nc, pc, kc, ws, alen, ctr, ntasks, ncol,
-           shared_a, direct_a, direct_b, own_b, row_split, nbuf, cur, npack, jc2, nc2, pc2, kc2):
+           shared_a, direct_a, direct_b, own_b, row_split, nbuf, cur):
     """Thread ``t``'s part of one KC x NC block.
 
     Phase 0 packs what is shared: its share of the B block (summing those columns for the bias
@@ -219,8 +220,7 @@ def _phase(phase, t, nthreads, a, b, out, trans_a, trans_b, ep, bias, code, y, w
     ``own_b`` phase 0 packs no B: a task is a column chunk for all row blocks, and packs its
     own B panels before using them; with ``row_split`` phase 0 packs a share of the B block's
     rows, all of their panels (see :func:`_packed`).  With ``nbuf`` = 2 B blocks in the
-    workspace, ``cur`` is the one this block reads, and phase 1 also runs ``npack`` tasks that
-    pack the next block (``b[pc2:pc2 + kc2, jc2:jc2 + nc2]``) into the other by rows.
+    workspace, ``cur`` is the one this block reads (see :func:`_pipelined_tasks`).
     """
     no_inline()
     MR, NR, KC, MC, NC = _blocking(out)
@@ -272,28 +272,10 @@ def _phase(phase, t, nthreads, a, b, out, trans_a, trans_b, ep, bias, code, y, w
     ldb = b.shape[1]
     bf = b.reshape(b.shape[0] * ldb)
     nib = (m + MC - 1) // MC
-    pairs = min(npack, ntasks)
     while True:
         task = fetch_add(ctr, 0, 1)
-        if task >= ntasks + npack:
+        if task >= ntasks:
             break
-        if npack > 0:
-            # Packing tasks alternate with product tasks, so that while one core copies the
-            # next block from memory the other computes (rather than both waiting on memory).
-            job = -1
-            if task < 2 * pairs:
-                if task % 2 == 1:
-                    job = task // 2
-                task = task // 2
-            elif ntasks > pairs:
-                task = task - pairs
-            else:
-                job = task - pairs
-            if job >= 0:
-                nxt = ws[_CTR + (1 - cur) * blen:_CTR + (2 - cur) * blen]
-                pack_b_rows(b, pc2, kc2, (kc2 * job) // npack, (kc2 * (job + 1)) // npack, jc2,
-                            nc2, nxt)
-                continue
         if own_b:
             cb = task
             ib0 = 0
@@ -369,6 +351,52 @@ def _phase(phase, t, nthreads, a, b, out, trans_a, trans_b, ep, bias, code, y, w
                                     bias, code, y, w, lr, l1, l2)
 
 
+@kernel(nrt=False)
+def _pipelined_tasks(t, nthreads, a, b, out, trans_a, trans_b, ep, bias, code, y, w, lr, l1, l2,
+                     dcode, z, yd, dz, colsum, db, jc, nc, pc, kc, ws, alen, ctr, ntasks, ncol,
+                     shared_a, direct_a, direct_b, own_b, row_split, cur, npack, jc2, nc2, pc2,
+                     kc2):
+    """Phase 1 of :func:`_phase` for a double-buffered B block, with ``npack`` more tasks that
+    pack the next block (``b[pc2:pc2 + kc2, jc2:jc2 + nc2]``) by rows into the workspace's
+    other B block.
+
+    Packing tasks alternate with product tasks on the shared counter, so that while one core
+    copies the next block from memory the other computes, rather than both waiting on memory.
+    A product task ``i`` runs as :func:`_phase` on a counter of this thread's own that yields
+    ``i`` alone, which leaves the product loop as it is (a packing branch in that loop made
+    small products several percent slower).
+    """
+    no_inline()
+    _, NR, KC, _, NC = _blocking(out)
+    k = a.shape[0] if trans_a else a.shape[1]
+    blen = ((min(NC, out.shape[1]) + NR - 1) // NR) * NR * min(KC, k)
+    nxt = ws[_CTR + (1 - cur) * blen:_CTR + (2 - cur) * blen]
+    own = ws[1 + t:2 + t]
+    pairs = min(npack, ntasks)
+    while True:
+        task = fetch_add(ctr, 0, 1)
+        if task >= ntasks + npack:
+            break
+        job = -1
+        if task < 2 * pairs:
+            if task % 2 == 1:
+                job = task // 2
+            task = task // 2
+        elif ntasks > pairs:
+            task = task - pairs
+        else:
+            job = task - pairs
+        if job >= 0:
+            pack_b_rows(b, pc2, kc2, (kc2 * job) // npack, (kc2 * (job + 1)) // npack, jc2, nc2,
+                        nxt)
+            continue
+        own[0] = 0
+        fetch_add(own, 0, task)
+        _phase(1, t, nthreads, a, b, out, trans_a, trans_b, ep, bias, code, y, w, lr, l1, l2,
+               dcode, z, yd, dz, colsum, db, jc, nc, pc, kc, ws, alen, own, task + 1, ncol,
+               shared_a, direct_a, direct_b, own_b, row_split, 2, cur)
+
+
 # Called by every entry point: not linked into each of them (see ``kernel(link=False)``).
 @kernel(parallel=True, link=False)
 def _packed(a, b, out, trans_a, trans_b, ep, bias, code, y, w, lr, l1, l2,
@@ -424,7 +452,8 @@ def _packed(a, b, out, trans_a, trans_b, ep, bias, code, y, w, lr, l1, l2,
     # With two threads, those blocks are double-buffered: while the threads multiply by one,
     # packing tasks among theirs copy the next into the second buffer, so the copy from memory
     # overlaps the other core's arithmetic instead of being a phase of its own.
-    pipeline = (row_split and not shared_a and nthreads > 1
+    # (Each thread also needs a counter of its own, ``ws[1 + t]``, before ``ws[_CTR]``.)
+    pipeline = (row_split and not shared_a and 1 < nthreads < _CTR
                 and double_buffers_b(m, n, k, out.itemsize)
                 and ws.shape[0] >= shared + blen + 2 * per)
     nbuf = 1
@@ -454,8 +483,7 @@ def _packed(a, b, out, trans_a, trans_b, ep, bias, code, y, w, lr, l1, l2,
                 for phase in range(0 if packs and not own_b else 1, 2):
                     _phase(phase, 0, 1, a, b, out, trans_a, trans_b, ep, bias, code, y, w, lr,
                            l1, l2, dcode, z, yd, dz, colsum, db, jc, nc, pc, kc, ws, alen, ctr,
-                           ntasks, ncol, False, direct_a, direct_b, own_b, row_split, 1, 0, 0,
-                           jc, nc, pc, kc)
+                           ntasks, ncol, False, direct_a, direct_b, own_b, row_split, 1, 0)
                 continue
             # The block after this one, packed during this one's tasks when pipelined.
             npack = 0
@@ -479,10 +507,17 @@ def _packed(a, b, out, trans_a, trans_b, ep, bias, code, y, w, lr, l1, l2,
             # matches the serial call above, so both share one compiled _phase.
             for phase in range(first_phase, 2):
                 for t in prange(nthreads):
-                    _phase(phase, np.int64(t), nthreads, a, b, out, trans_a, trans_b, ep, bias,
-                           code, y, w, lr, l1, l2, dcode, z, yd, dz, colsum, db, jc, nc, pc, kc,
-                           ws, alen, ctr, ntasks, ncol, shared_a, direct_a, direct_b, own_b,
-                           row_split, nbuf, cur, npack, jc2, nc2, pc2, kc2)
+                    if phase == 1 and npack > 0:
+                        _pipelined_tasks(np.int64(t), nthreads, a, b, out, trans_a, trans_b, ep,
+                                         bias, code, y, w, lr, l1, l2, dcode, z, yd, dz, colsum,
+                                         db, jc, nc, pc, kc, ws, alen, ctr, ntasks, ncol,
+                                         shared_a, direct_a, direct_b, own_b, row_split, cur,
+                                         npack, jc2, nc2, pc2, kc2)
+                    else:
+                        _phase(phase, np.int64(t), nthreads, a, b, out, trans_a, trans_b, ep,
+                               bias, code, y, w, lr, l1, l2, dcode, z, yd, dz, colsum, db, jc,
+                               nc, pc, kc, ws, alen, ctr, ntasks, ncol, shared_a, direct_a,
+                               direct_b, own_b, row_split, nbuf, cur)
             if pipeline:
                 cur = 1 - cur
 
