@@ -92,7 +92,8 @@ OWN_B_BYTES = 16 << 20
 # (21.8-22.6 -> 22.5-23.4 ms: each B block is re-read by eight row blocks, and the copy
 # competes with them for the L3).  The float32 4096->1024 weights, exactly OWN_B_BYTES, went
 # from column-chunk packing to this in the benchmark's forward pass (three alternations): 32
-# rows 2.32-2.50 -> 1.76-1.90 ms, 64 rows 3.54-4.07 -> 3.10-3.51 ms.  Smaller B (2-8 MiB, in
+# rows 2.32-2.50 -> 1.76-1.90 ms, 64 rows 3.54-4.07 -> 3.10-3.51 ms.  Later the same day, with
+# the machine's memory less busy, the same comparisons gained 0-10%.  Smaller B (2-8 MiB, in
 # the L3) showed no clear gain either way, so those keep column-chunk packing.
 PIPELINE_ROWS = 64
 # Packing tasks per pipelined B block, each a share of its rows (64 of a 512-row block).
