@@ -55,7 +55,7 @@ def workspace_size(n_in, units, dtype):
     MR, NR, KC, MC, NC = BLOCKING[dt.name]
     widest = max(n_in, units)
     return _ws_len(MC, widest, KC, MR, NR, KC, MC, NC, numba.config.NUMBA_NUM_THREADS,
-                   double_buffers_b(1, units, n_in, dt.itemsize))
+                   double_buffers_b(1, units, n_in, dt.itemsize, MC))
 
 
 @kernel
@@ -64,7 +64,7 @@ def _layer_ws(n_in, units, out):
     MR, NR, KC, MC, NC = _blocking(out)
     widest = max(n_in, units)
     return np.empty(_ws_len(MC, widest, KC, MR, NR, KC, MC, NC, _iget_num_threads(),
-                            double_buffers_b(1, units, n_in, out.itemsize)), dtype=out.dtype)
+                            double_buffers_b(1, units, n_in, out.itemsize, MC)), dtype=out.dtype)
 
 
 @kernel

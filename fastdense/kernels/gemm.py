@@ -85,17 +85,19 @@ DIRECT_B_BYTES = 2 << 20
 # it is packed whole-row-wise instead of by column chunks (see ``_packed``), and a product of
 # one or two rows streams eight of its rows at a time (see ``_vecmat``).
 OWN_B_BYTES = 16 << 20
-# Up to this many rows, a B of OWN_B_BYTES or more is double-buffered on two threads: the next
-# block is packed while the current one is used (see ``_packed``).  Float64 x 4096->1024,
-# processes of the old and new code alternating, 2 threads, best of 7: 32 rows 4.05-4.57 ->
-# 3.63-3.97 ms, 64 rows 6.30-6.66 -> 5.99-6.51 ms, 128 rows at parity, 256 rows slower
-# (21.8-22.6 -> 22.5-23.4 ms: each B block is re-read by eight row blocks, and the copy
-# competes with them for the L3).  The float32 4096->1024 weights, exactly OWN_B_BYTES, went
-# from column-chunk packing to this in the benchmark's forward pass (three alternations): 32
-# rows 2.32-2.50 -> 1.76-1.90 ms, 64 rows 3.54-4.07 -> 3.10-3.51 ms.  Later the same day, with
-# the machine's memory less busy, the same comparisons gained 0-10%.  Smaller B (2-8 MiB, in
-# the L3) showed no clear gain either way, so those keep column-chunk packing.
-PIPELINE_ROWS = 64
+# Up to this many row blocks (MC rows each: 64 rows in float64, 128 in float32), a B of
+# OWN_B_BYTES or more is double-buffered on two threads: the next block is packed while the
+# current one is used (see ``_packed``).  Float64 x 4096->1024, processes of the old and new
+# code alternating, 2 threads, best of 7: 32 rows 4.05-4.57 -> 3.63-3.97 ms, 64 rows 6.30-6.66
+# -> 5.99-6.51 ms, 128 rows (four row blocks) at parity, 256 rows slower (21.8-22.6 -> 22.5-23.4
+# ms: each B block is re-read by eight row blocks, and the copy competes with them for the L3).
+# The float32 4096->1024 weights, exactly OWN_B_BYTES, went from column-chunk packing to this
+# in the benchmark's forward pass (three or four alternations): 32 rows 2.32-2.50 -> 1.76-1.90
+# ms, 64 rows 3.54-4.07 -> 3.10-3.51 ms, 128 rows 6.53-7.15 -> 5.61-6.39 ms, 96 rows
+# 4.54-5.18 -> 4.37-4.89 ms.  Later the same day, with the machine's memory less busy, the
+# 32- and 64-row comparisons gained 0-10%.  Smaller B (2-8 MiB, in the L3) showed no clear
+# gain either way, so those keep column-chunk packing.
+PIPELINE_BLOCKS = 2
 # Packing tasks per pipelined B block, each a share of its rows (64 of a 512-row block).
 NEXT_B_TASKS = 8
 
@@ -163,11 +165,11 @@ _CTR = 16
 
 
 @register_jitable
-def double_buffers_b(m, n, k, itemsize):
-    """Whether a product of ``m`` rows by a row-major ``k x n`` B packs the next B block while
-    using the current one on two or more threads (see ``_packed``): its workspace then holds
-    two B blocks."""
-    return m <= PIPELINE_ROWS and k * n * itemsize >= OWN_B_BYTES
+def double_buffers_b(m, n, k, itemsize, MC):
+    """Whether a product of ``m`` rows (``MC`` to a row block) by a row-major ``k x n`` B packs
+    the next B block while using the current one on two or more threads (see ``_packed``):
+    its workspace then holds two B blocks."""
+    return m <= PIPELINE_BLOCKS * MC and k * n * itemsize >= OWN_B_BYTES
 
 
 @register_jitable
@@ -203,7 +205,7 @@ def _workspace_size(m, n, k, dtype):
     # costs as much as a batch-1 product.
     MR, NR, KC, MC, NC = BLOCKING[dtype.name]
     return _ws_len(m, n, k, MR, NR, KC, MC, NC, numba.config.NUMBA_NUM_THREADS,
-                   double_buffers_b(m, n, k, dtype.itemsize))
+                   double_buffers_b(m, n, k, dtype.itemsize, MC))
 
 
 # Not linked into its callers (_packed and its parallel region, three modules of Numba's
@@ -439,7 +441,7 @@ def _packed(a, b, out, trans_a, trans_b, ep, bias, code, y, w, lr, l1, l2,
     # in the layer grid on two threads (with that session's other changes) those cells went
     # from 0.64x and 0.62x of NumPy to 1.19x-1.23x and 1.05x-1.18x.
     own_b = (not direct_b and m <= DIRECT_ROWS and k * n * out.itemsize <= OWN_B_BYTES
-             and not (nthreads > 1 and double_buffers_b(m, n, k, out.itemsize)))
+             and not (nthreads > 1 and double_buffers_b(m, n, k, out.itemsize, MC)))
     # A B beyond that, streamed from memory, is packed into the shared block by rows, each
     # thread a share of whole source rows: a column chunk is a short piece of every row, one
     # per memory page, which the prefetchers cannot follow (single-threaded, 4096 x 1024
@@ -455,7 +457,7 @@ def _packed(a, b, out, trans_a, trans_b, ep, bias, code, y, w, lr, l1, l2,
     # overlaps the other core's arithmetic instead of being a phase of its own.
     # (Each thread also needs a counter of its own, ``ws[1 + t]``, before ``ws[_CTR]``.)
     pipeline = (row_split and not shared_a and 1 < nthreads < _CTR
-                and double_buffers_b(m, n, k, out.itemsize)
+                and double_buffers_b(m, n, k, out.itemsize, MC)
                 and ws.shape[0] >= shared + blen + 2 * per)
     nbuf = 1
     if pipeline:
@@ -751,7 +753,7 @@ def gemm(a, b, out, trans_a, trans_b, ws=None):
         MR, NR, KC, MC, NC = _blocking(out)
         m, n = out.shape
         buf = np.empty(_ws_len(m, n, k, MR, NR, KC, MC, NC, _iget_num_threads(),
-                               double_buffers_b(m, n, k, out.itemsize)), dtype=out.dtype)
+                               double_buffers_b(m, n, k, out.itemsize, MC)), dtype=out.dtype)
     else:
         buf = ws
     product(a, b, out, trans_a, trans_b, EP_STORE, e1, act.LINEAR, out, out, 0.0, 0.0, 0.0, buf)

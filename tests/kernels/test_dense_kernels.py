@@ -9,7 +9,7 @@ import pytest
 from fastdense import activations, reference
 from fastdense.kernels import activation as act
 from fastdense.kernels import dense as kd
-from fastdense.kernels.gemm import DIRECT_B_BYTES, OWN_B_BYTES, PIPELINE_ROWS
+from fastdense.kernels.gemm import DIRECT_B_BYTES, OWN_B_BYTES
 from tests.kernels.conftest import product_tolerance
 
 NAMES = ["linear", "relu", "sigmoid", "tanh", "softmax", "gelu", "leaky_relu", "elu", "selu",
@@ -191,7 +191,9 @@ def test_bitwise_identical_for_any_thread_count(name, dtype):
         assert np.array_equal(r1, r2)
 
 
-@pytest.mark.parametrize("batch", [5, 37, PIPELINE_ROWS])
+# Double-buffered up to 64 rows in float64 and 128 in float32 (two row blocks); 100 rows in
+# float64 and 129 in float32 take the single-buffered row packing.
+@pytest.mark.parametrize("batch", [5, 37, 64, 100, 128, 129])
 def test_forward_of_weights_streamed_from_memory(batch, dtype):
     """Weights over OWN_B_BYTES for a small batch: the threads pack each weight block by rows,
     the next while multiplying by the current.  Against the reference, and the same bits on one

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 
 from fastdense.kernels._microkernels import MR_F32, MR_F64, NR_F32, NR_F64
-from fastdense.kernels._tiles import BLOCKING, KC_F32, NC_F32
+from fastdense.kernels._tiles import BLOCKING, KC_F32, MC_F32, MC_F64, NC_F32
 from fastdense.kernels.gemm import (
     DIRECT_B_BYTES,
     OWN_B_BYTES,
-    PIPELINE_ROWS,
+    PIPELINE_BLOCKS,
     _vecmat,
     _ws_len,
     double_buffers_b,
@@ -45,22 +45,27 @@ SHAPES = [
     # ... and over OWN_B_BYTES in both dtypes: the threads pack the shared B block by rows;
     # partial row tile, partial last panel, partial KC block.
     (37, 1000, 4300),
-    # ... and so, with up to PIPELINE_ROWS rows on two threads, the next B block is packed
+    # ... and so, with up to PIPELINE_BLOCKS row blocks on two threads, the next B block is packed
     # while the current one is used: several NC blocks (the pipeline crosses from one to the
     # next), a partial last panel and a partial last KC block in both dtypes.
     (37, 2100, 2100),
-    # ... from exactly OWN_B_BYTES in float32 (4096->1024, 16 MiB).
+    # ... from exactly OWN_B_BYTES in float32 (4096->1024, 16 MiB); with two row blocks, the
+    # second partial, in float32 (one more row block than that in float64: not double-buffered).
     (37, 1024, 4096),
+    (100, 1024, 4096),
 ]
 assert 1000 * 4300 * 4 > OWN_B_BYTES
-assert 2100 * 2100 * 4 > OWN_B_BYTES and 2100 > NC_F32 and 37 <= PIPELINE_ROWS
+assert 2100 * 2100 * 4 > OWN_B_BYTES and 2100 > NC_F32 and 37 <= PIPELINE_BLOCKS * MC_F64
 assert 4096 * 1024 * 4 == OWN_B_BYTES
+assert PIPELINE_BLOCKS * MC_F64 < 100 <= PIPELINE_BLOCKS * MC_F32
 
 
-def test_double_buffering_starts_at_own_b_bytes():
-    assert double_buffers_b(PIPELINE_ROWS, 1024, 4096, 4)
-    assert not double_buffers_b(PIPELINE_ROWS, 1024, 4095, 4)
-    assert not double_buffers_b(PIPELINE_ROWS + 1, 1024, 4096, 4)
+def test_double_buffering_starts_at_own_b_bytes_and_stops_after_two_row_blocks():
+    for mc in (MC_F32, MC_F64):
+        rows = PIPELINE_BLOCKS * mc
+        assert double_buffers_b(rows, 1024, 4096, 4, mc)
+        assert not double_buffers_b(rows, 1024, 4095, 4, mc)
+        assert not double_buffers_b(rows + 1, 1024, 4096, 4, mc)
 
 
 def _operands(rng, m, n, k, ta, tb, dtype):
@@ -120,7 +125,7 @@ def test_nan_and_inf_propagate(dtype):
 
 @pytest.mark.parametrize("shape", [(300, 200, 600), (16, 2000, 300), (1000, 40, 100),
                                    (70, 1030, 530), (37, 1000, 4300), (37, 2100, 2100),
-                                   (37, 1024, 4096)])
+                                   (37, 1024, 4096), (100, 1024, 4096)])
 @pytest.mark.parametrize("trans", [(False, False), (True, True)], ids=["NN", "TT"])
 def test_bitwise_identical_for_any_thread_count(shape, trans, dtype):
     m, n, k = shape
