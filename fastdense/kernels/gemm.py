@@ -173,6 +173,12 @@ def double_buffers_b(m, n, k, itemsize, MC):
 
 
 @register_jitable
+def _b_block_len(n, k, NR, KC, NC):
+    """Elements of one packed B block: at most NC columns in whole NR panels, one KC step."""
+    return ((min(NC, n) + NR - 1) // NR) * NR * min(KC, k)
+
+
+@register_jitable
 def _ws_len(m, n, k, MR, NR, KC, MC, NC, threads, double_b):
     """Workspace elements an ``m x n x k`` product needs with ``threads`` threads.
 
@@ -181,7 +187,7 @@ def _ws_len(m, n, k, MR, NR, KC, MC, NC, threads, double_b):
     least ``n`` for the direct path's scratch row.  Callable from Python and from kernels.
     """
     kc = min(KC, k)
-    blen = ((min(NC, n) + NR - 1) // NR) * NR * kc
+    blen = _b_block_len(n, k, NR, KC, NC)
     if double_b:
         blen *= 2
     alen = ((min(MC, m) + MR - 1) // MR) * MR * kc
@@ -230,8 +236,7 @@ def _phase(phase, t, nthreads, a, b, out, trans_a, trans_b, ep, bias, code, y, w
     m = out.shape[0]
     n = out.shape[1]
     k = a.shape[0] if trans_a else a.shape[1]
-    kcap = min(KC, k)
-    blen = ((min(NC, n) + NR - 1) // NR) * NR * kcap
+    blen = _b_block_len(n, k, NR, KC, NC)
     shared = _CTR + nbuf * blen
     per = alen + MR * NR
     bbuf = ws[_CTR + cur * blen:_CTR + (cur + 1) * blen]
@@ -372,7 +377,7 @@ def _pipelined_tasks(t, nthreads, a, b, out, trans_a, trans_b, ep, bias, code, y
     no_inline()
     _, NR, KC, _, NC = _blocking(out)
     k = a.shape[0] if trans_a else a.shape[1]
-    blen = ((min(NC, out.shape[1]) + NR - 1) // NR) * NR * min(KC, k)
+    blen = _b_block_len(out.shape[1], k, NR, KC, NC)
     nxt = ws[_CTR + (1 - cur) * blen:_CTR + (2 - cur) * blen]
     own = ws[1 + t:2 + t]
     pairs = min(npack, ntasks)
@@ -415,7 +420,7 @@ def _packed(a, b, out, trans_a, trans_b, ep, bias, code, y, w, lr, l1, l2,
         nthreads = 1
     kcap = min(KC, k)
     alen = ((min(MC, m) + MR - 1) // MR) * MR * kcap
-    blen = ((min(NC, n) + NR - 1) // NR) * NR * kcap
+    blen = _b_block_len(n, k, NR, KC, NC)
     per = alen + MR * NR
     shared = _CTR + blen
     if ws.shape[0] < shared + per:

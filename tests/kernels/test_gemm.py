@@ -50,7 +50,7 @@ SHAPES = [
     # next), a partial last panel and a partial last KC block in both dtypes.
     (37, 2100, 2100),
     # ... from exactly OWN_B_BYTES in float32 (4096->1024, 16 MiB); with two row blocks, the
-    # second partial, in float32 (one more row block than that in float64: not double-buffered).
+    # second partial, in float32 (four in float64: single-buffered row packing there).
     (37, 1024, 4096),
     (100, 1024, 4096),
 ]
