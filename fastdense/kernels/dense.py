@@ -23,9 +23,11 @@ from fastdense.kernels.gemm import (
     EP_STORE,
     _packed,
     _small,
+    _vector_block_rows,
     _ws_len,
     double_buffers_b,
     is_small,
+    thread_blocks,
     vector_matrix,
 )
 from fastdense.kernels.pack import dz_rows
@@ -115,8 +117,8 @@ def forward(x, w, bias, code, z, y, ws=None):
 @kernel
 def forward_rows(x, w, bias, code, z, y, ws):
     """:func:`forward` for a batch of one or two rows and ``in > 0``, same arguments: the same
-    bits up to 2 MiB of weights (split over the threads by columns), beyond that summed in KC
-    row blocks (the packed product's order; see ``gemm.vector_matrix``)."""
+    bits for weights under ``gemm.VECTOR_SPLIT_MIN`` elements, from there summed in row blocks
+    split over the threads (``gemm.vector_block_rows``; see ``gemm.vector_matrix``)."""
     n = z.shape[1]
     acc = ws if ws.shape[0] >= n else np.empty(n, dtype=z.dtype)
     vector_matrix(x, w, z, EP_BIAS_ACT, bias, code, y, z, 0.0, 0.0, 0.0, acc)
@@ -240,18 +242,16 @@ def _rows_backward(x, w, d, dx, dw, p0, p1, want_dx, fuse_sgd, lr, l1, l2, grad)
             sgd_step(wp, gp, lr, l1, l2)
 
 
-#: Weights (elements) from which the row-streaming backward pass of a batch of one or two is
-#: split over threads; below, a thread launch costs more than the pass.
-ROWS_PARALLEL_MIN = 1 << 17
-
-
 @kernel(parallel=True)
 def _small_batch_backward(x, w, d, dx, dw, want_dx, fuse_sgd, lr, l1, l2, ws):
     """The backward pass of a batch of one or two as one pass over the weights: each row of
     ``w`` is read once for ``dx`` and (with ``fuse_sgd``) updated right after, instead of a
     vector-matrix product, an outer product and an update each walking the whole matrix."""
     n_in, units = w.shape
-    nthreads = _iget_num_threads() if n_in * units >= ROWS_PARALLEL_MIN else 1
+    # The forward pass's row blocks (``gemm.thread_blocks``).
+    kb = _vector_block_rows(n_in, units, _blocking(w)[2])
+    nblk = (n_in + kb - 1) // kb
+    nthreads = min(_iget_num_threads(), nblk)
     if ws.shape[0] < units * nthreads:
         nthreads = max(1, min(nthreads, ws.shape[0] // units))
     if nthreads == 1:
@@ -260,8 +260,9 @@ def _small_batch_backward(x, w, d, dx, dw, want_dx, fuse_sgd, lr, l1, l2, ws):
         return
     # Rows are independent: any split gives the same bits.
     for t in prange(nthreads):
-        _rows_backward(x, w, d, dx, dw, (n_in * t) // nthreads, (n_in * (t + 1)) // nthreads,
-                       want_dx, fuse_sgd, lr, l1, l2, ws[t * units:(t + 1) * units])
+        blk0, blk1 = thread_blocks(nblk, t, nthreads)
+        _rows_backward(x, w, d, dx, dw, min(n_in, blk0 * kb), min(n_in, blk1 * kb), want_dx,
+                       fuse_sgd, lr, l1, l2, ws[t * units:(t + 1) * units])
 
 
 @kernel

@@ -10,7 +10,7 @@ each tile is the *epilogue*: plain store, ``act(acc + bias)`` for the Dense forw
 SGD update of the weights for the fused backward pass (so the full ``dW`` need not exist); the
 micro-kernel applies the common ones to full tiles itself.  Small products take a direct path
 with no packing and no thread launch, and products of one or two rows (batch-1 inference)
-:func:`vector_matrix`, register strips streaming ``b`` once, split over threads by columns.
+:func:`vector_matrix`, streaming ``b`` once, split over threads by row blocks.
 
 Threads: per KC x NC block, the B block is packed once into a shared buffer (each thread a share
 of its panels), then the threads take *tasks* (an MC-row block times a range of B panels) from an
@@ -592,40 +592,105 @@ def _row_product(ai, b, j0, j1, acc, deep):
         _vecmat(ai, b, jf, j1, acc, deep)
 
 
-#: From this many elements of ``b`` a product of one or two rows is split over threads by
-#: columns (each core then streams its part of ``b``, from its own cache when it is reused).
+#: From this many elements of ``b`` a product of one or two rows is summed in row blocks of
+#: ``b`` (:func:`_vector_block_rows`), which the threads take in contiguous runs.
 VECTOR_SPLIT_MIN = 1 << 16
+#: Row blocks of such a ``b`` (more when KC rows make a block first).  Each thread's run of
+#: blocks is a contiguous part of ``b``, which stays in its core's L2 from call to call when it
+#: fits.  A split by columns does not: with rows of 2 or 4 KiB, each thread's columns fall
+#: into a fixed part of every 4 KiB page, so into that part of the L2's sets only, and half of
+#: a 1.6 MB ``b`` does not fit in half of a 1 MiB L2.  Four blocks rather than two keep four
+#: threads busy, at the same speed on two.  Measured on 2 threads, interleaved in one process,
+#: best of 15: float32 784x512 19.9 -> 13.8 us, 512x512 12.0 -> 8.9 us; float64 784x256 21.9
+#: -> 13.8 us, 784x512 30.9 -> 25.7 us.  The backward pass uses the same runs
+#: (:func:`thread_blocks`), which is what made the batch-1 training step faster (see the
+#: commit message).
+VECTOR_BLOCKS = 4
+
+
+@register_jitable
+def _vector_block_rows(k, n, KC):
+    """Rows of ``b`` (``k x n``) per partial sum in :func:`vector_matrix`: ``k`` (no split)
+    below ``VECTOR_SPLIT_MIN`` elements, else a multiple of 8 giving ``VECTOR_BLOCKS`` blocks,
+    at most ``KC`` (the last block may be shorter).  The shape alone decides, so the bits are
+    the same for any thread count.  Callable from Python and from kernels."""
+    if k * n < VECTOR_SPLIT_MIN or k < 16:
+        return k
+    return min(KC, ((k + VECTOR_BLOCKS - 1) // VECTOR_BLOCKS + 7) // 8 * 8)
+
+
+def vector_block_rows(k, n, dtype):
+    """Rows of ``b`` per partial sum when one or two rows multiply a ``k x n`` ``b`` of
+    ``dtype`` (:func:`gemm_rows`, ``dense.forward_rows``); ``k`` means one FMA chain per
+    element, the bits of :func:`gemm`."""
+    return _vector_block_rows(k, n, BLOCKING[np.dtype(dtype).name][2])
+
+
+@register_jitable
+def thread_blocks(nblk, t, nthreads):
+    """Blocks ``blk0:blk1`` of thread ``t``'s contiguous run when ``nthreads`` share ``nblk``.
+
+    The backward pass of a batch of one or two (``dense._small_batch_backward``) splits the
+    weights into the same runs of :func:`_vector_block_rows` blocks as :func:`vector_matrix`,
+    so that over a training step each core reads and updates the same rows, in its own L2.
+    """
+    return (nblk * t) // nthreads, (nblk * (t + 1)) // nthreads
 
 
 @kernel(nrt=False)
-def _rows_block(a, b, out, j0, j1, ep, bias, code, y, w, lr, l1, l2, acc):
-    """Columns ``j0:j1`` of ``out = a @ b`` (not transposed) and their epilogue, row by row."""
+def _rows_block(a, b, out, ep, bias, code, y, w, lr, l1, l2, acc):
+    """``out = a @ b`` (not transposed) and its epilogue, row by row, one FMA chain per
+    element."""
+    n = out.shape[1]
     for i in range(out.shape[0]):
-        _row_product(a[i], b, j0, j1, acc, False)
-        _epilogue_row(acc[j0:j1], out[i, j0:j1], j0, ep, bias, code, y[i, j0:j1],
-                      w[i, j0:j1], lr, l1, l2)
+        _row_product(a[i], b, 0, n, acc, False)
+        _epilogue_row(acc[:n], out[i], 0, ep, bias, code, y[i], w[i], lr, l1, l2)
+
+
+@kernel(nrt=False)
+def _partial_products(a, b, part, kb, blk0, blk1, deep):
+    """Partial sums of ``a @ b`` over the row blocks ``blk0:blk1`` of ``b`` (``kb`` rows each)
+    into ``part``, block-major: block ``blk``, row ``i`` at ``(blk * m + i) * n``."""
+    m = a.shape[0]
+    k, n = b.shape
+    for blk in range(blk0, blk1):
+        p0 = blk * kb
+        p1 = min(k, p0 + kb)
+        for i in range(m):
+            q = (blk * m + i) * n
+            _row_product(a[i, p0:p1], b[p0:p1], 0, n, part[q:q + n], deep)
 
 
 @kernel(parallel=True)
-def _blocked_vector_matrix(a, b, out, ep, bias, code, y, w, lr, l1, l2, part):
-    """:func:`vector_matrix` for a ``b`` too large for the caches: the rows of ``b`` in KC
-    blocks, one partial sum per block (threads take whole blocks, each streamed
-    sequentially), then the partial sums added in block order, which is the order the packed
-    GEMM sums in, for any thread count.  ``part`` holds ``ceil(k / KC) * m * n`` partials."""
+def vector_matrix(a, b, out, ep, bias, code, y, w, lr, l1, l2, acc):
+    """``out = a @ b`` with epilogue ``ep`` for few rows (batch-1 inference): no packing.
+
+    A small ``b`` is one FMA chain per element on one thread.  From ``VECTOR_SPLIT_MIN``
+    elements each element is the sum of partial sums over row blocks of ``b``
+    (:func:`_vector_block_rows`), added in block order.  Threads take contiguous runs of
+    blocks, each streamed row by row (eight rows at a time for a ``b`` read from memory), and
+    the bits do not depend on the thread count.  ``acc`` is a scratch of at least ``n``
+    elements; the whole workspace spares the partial sums an allocation.
+    """
     m, n = out.shape
     k = b.shape[0]
-    KC = _blocking(out)[2]
-    nblk = (k + KC - 1) // KC
+    kb = _vector_block_rows(k, n, _blocking(out)[2])
+    if kb >= k:
+        _rows_block(a, b, out, ep, bias, code, y, w, lr, l1, l2, acc)
+        return
+    nblk = (k + kb - 1) // kb
     per = m * n
-    nthreads = min(_iget_num_threads(), nblk)
+    need = nblk * per
+    part = acc[:need] if acc.shape[0] >= need else np.empty(need, dtype=out.dtype)
     deep = k * n * out.itemsize > OWN_B_BYTES
-    for t in prange(nthreads):
-        for blk in range(t, nblk, nthreads):
-            p0 = blk * KC
-            p1 = min(k, p0 + KC)
-            for i in range(m):
-                q = blk * per + i * n
-                _row_product(a[i, p0:p1], b[p0:p1], 0, n, part[q:q + n], deep)
+    nthreads = min(_iget_num_threads(), nblk)
+    if nthreads == 1:
+        # No thread launch for one thread (about 1 us, a quarter of a 256x256 product).
+        _partial_products(a, b, part, kb, 0, nblk, deep)
+    else:
+        for t in prange(nthreads):
+            blk0, blk1 = thread_blocks(nblk, t, nthreads)
+            _partial_products(a, b, part, kb, blk0, blk1, deep)
     for i in range(m):
         s = part[i * n:(i + 1) * n]
         for blk in range(1, nblk):
@@ -634,36 +699,6 @@ def _blocked_vector_matrix(a, b, out, ep, bias, code, y, w, lr, l1, l2, part):
             for j in range(n):
                 s[j] = s[j] + pb[j]
         _epilogue_row(s, out[i], 0, ep, bias, code, y[i], w[i], lr, l1, l2)
-
-
-@kernel(parallel=True)
-def vector_matrix(a, b, out, ep, bias, code, y, w, lr, l1, l2, acc):
-    """``out = a @ b`` with epilogue ``ep`` for few rows (batch-1 inference): no packing;
-    large ``b`` split over the threads by column ranges (same bits for any split), or when
-    larger than the caches by row blocks (:func:`_blocked_vector_matrix`).  ``acc`` is a
-    scratch of at least ``n`` elements (the whole workspace spares the row blocks an
-    allocation)."""
-    m, n = out.shape
-    k = b.shape[0]
-    KC = _blocking(out)[2]
-    if k * n * out.itemsize > DIRECT_B_BYTES and k > KC:
-        need = ((k + KC - 1) // KC) * m * n
-        part = acc[:need] if acc.shape[0] >= need else np.empty(need, dtype=out.dtype)
-        _blocked_vector_matrix(a, b, out, ep, bias, code, y, w, lr, l1, l2, part)
-        return
-    unit = _strip_width(acc)
-    # Whole strips per thread: narrower column ranges lose more to the launch and to partial
-    # strips than the second core gains.
-    nthreads = _iget_num_threads() if k * n >= VECTOR_SPLIT_MIN and n >= 2 * unit else 1
-    if nthreads == 1:
-        _rows_block(a, b, out, 0, n, ep, bias, code, y, w, lr, l1, l2, acc)
-        return
-    units = (n + unit - 1) // unit
-    for t in prange(nthreads):
-        j0 = min(n, ((units * t) // nthreads) * unit)
-        j1 = min(n, ((units * (t + 1)) // nthreads) * unit)
-        if j1 > j0:
-            _rows_block(a, b, out, j0, j1, ep, bias, code, y, w, lr, l1, l2, acc)
 
 
 # Called by every entry point: not linked into each of them (see ``kernel(link=False)``).
@@ -767,7 +802,8 @@ def gemm(a, b, out, trans_a, trans_b, ws=None):
 @kernel
 def gemm_rows(a, b, out, ws):
     """:func:`gemm` (not transposed) for one or two rows and ``K > 0``: a separate entry point,
-    compiled only when used, that streams ``b`` once (split over threads when large)."""
+    compiled only when used, that streams ``b`` once (in row blocks split over the threads
+    when large: :func:`vector_matrix`)."""
     n = out.shape[1]
     acc = ws if ws.shape[0] >= n else np.empty(n, dtype=out.dtype)
     e1 = acc[:0]

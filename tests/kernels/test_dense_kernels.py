@@ -9,7 +9,7 @@ import pytest
 from fastdense import activations, reference
 from fastdense.kernels import activation as act
 from fastdense.kernels import dense as kd
-from fastdense.kernels.gemm import DIRECT_B_BYTES, OWN_B_BYTES
+from fastdense.kernels.gemm import OWN_B_BYTES, vector_block_rows
 from tests.kernels.conftest import product_tolerance
 
 NAMES = ["linear", "relu", "sigmoid", "tanh", "softmax", "gelu", "leaky_relu", "elu", "selu",
@@ -83,7 +83,8 @@ def _backward_reference(name, x, w, b, z, y, g):
 
 # Batches of one or two also have their own entry points (one pass over the weights), the
 # large one split over threads.
-ROW_SHAPES = [(1, 9, 5), (2, 70, 45), (1, 600, 300), (2, 300, 600), (2, 1500, 700)]
+ROW_SHAPES = [(1, 9, 5), (2, 70, 45), (2, 256, 255), (1, 600, 300), (2, 300, 600),
+              (2, 1500, 700)]
 
 
 def _backward_entry(entry):
@@ -275,8 +276,8 @@ def test_row_entry_points_match_the_general_ones(name, shape, dtype):
             results.append((z, y, w, b, db, dx))
     finally:
         numba.set_num_threads(before)
-    if n_in * units * np.dtype(dtype).itemsize > DIRECT_B_BYTES:
-        # Weights larger than the caches: summed in KC row blocks (another order).
+    if vector_block_rows(n_in, units, dtype) < n_in:
+        # Larger weights: summed in row blocks (another order).
         zref = _z_reference(x, w0, b0)
         tol = product_tolerance(x, w0, dtype) + 4 * np.finfo(dtype).eps * np.abs(zref)
         assert np.all(np.abs(results[1][0] - zref) <= tol)

@@ -9,7 +9,6 @@ import pytest
 from fastdense.kernels._microkernels import MR_F32, MR_F64, NR_F32, NR_F64
 from fastdense.kernels._tiles import BLOCKING, KC_F32, MC_F32, MC_F64, NC_F32
 from fastdense.kernels.gemm import (
-    DIRECT_B_BYTES,
     OWN_B_BYTES,
     PIPELINE_BLOCKS,
     _vecmat,
@@ -18,6 +17,7 @@ from fastdense.kernels.gemm import (
     gemm,
     gemm_rows,
     is_small,
+    vector_block_rows,
     workspace_size,
 )
 from tests.kernels.conftest import product_tolerance
@@ -171,21 +171,24 @@ DEEP_ROWS_SHAPE = (2, 4100, 1030)
 assert 4100 * 1030 * 4 > OWN_B_BYTES
 
 
-@pytest.mark.parametrize("shape", [(1, 9, 5), (2, 300, 40), (1, 700, 600), (2, 130, 1000),
-                                   (1, 1500, 700), DEEP_ROWS_SHAPE],
+# Row blocks of b (vector_block_rows): none just under VECTOR_SPLIT_MIN or with k < 16; two
+# of 8 rows at k = 16; a short last block; KC-row blocks, a partial last one.
+@pytest.mark.parametrize("shape", [(1, 9, 5), (2, 300, 40), (1, 256, 255), (2, 15, 5000),
+                                   (2, 16, 4096), (1, 20, 4000), (1, 256, 256), (1, 700, 600),
+                                   (2, 130, 1000), (1, 1500, 700), (2, 2100, 40),
+                                   DEEP_ROWS_SHAPE],
                          ids=lambda s: "x".join(map(str, s)))
 def test_gemm_rows(shape, dtype):
-    """The one-or-two-row entry point (column strips, threads over columns) gives the bits of
-    the general product; a ``b`` larger than the caches is summed in KC row blocks instead
-    (the packed product's order), checked against the reference.  Same bits on any number of
-    threads either way."""
+    """The one-or-two-row entry point gives the bits of the general product for a small
+    ``b``; a larger one is summed in row blocks instead (``vector_block_rows``), checked
+    against the reference.  Same bits on any number of threads either way."""
     m, k, n = shape
     rng = np.random.default_rng(m + k + n)
     a = rng.standard_normal((m, k)).astype(dtype)
     b = rng.standard_normal((k, n)).astype(dtype)
     ref = np.empty((m, n), dtype)
     gemm(a, b, ref, False, False)
-    blocked = k * n * np.dtype(dtype).itemsize > DIRECT_B_BYTES
+    blocked = vector_block_rows(k, n, dtype) < k
     ws = np.empty(workspace_size(m, n, k, dtype), dtype)
     before = numba.get_num_threads()
     outs = []
