@@ -117,8 +117,8 @@ def forward(x, w, bias, code, z, y, ws=None):
 @kernel
 def forward_rows(x, w, bias, code, z, y, ws):
     """:func:`forward` for a batch of one or two rows and ``in > 0``, same arguments: the same
-    bits for weights under ``gemm.VECTOR_SPLIT_MIN`` elements, from there summed in row blocks
-    split over the threads (``gemm.vector_block_rows``; see ``gemm.vector_matrix``)."""
+    bits, unless the weights are large enough to be summed in row blocks split over the
+    threads (``gemm.vector_block_rows``; see ``gemm.vector_matrix``)."""
     n = z.shape[1]
     acc = ws if ws.shape[0] >= n else np.empty(n, dtype=z.dtype)
     vector_matrix(x, w, z, EP_BIAS_ACT, bias, code, y, z, 0.0, 0.0, 0.0, acc)

@@ -81,8 +81,8 @@ def _backward_reference(name, x, w, b, z, y, g):
     return d, d @ w.T.astype(np.float64), x.T.astype(np.float64) @ d, d.sum(axis=0)
 
 
-# Batches of one or two also have their own entry points (one pass over the weights), the
-# large one split over threads.
+# Batches of one or two also have their own entry points (one pass over the weights): the
+# larger shapes summed in row blocks split over threads, 2 x 256->255 just below that size.
 ROW_SHAPES = [(1, 9, 5), (2, 70, 45), (2, 256, 255), (1, 600, 300), (2, 300, 600),
               (2, 1500, 700)]
 
