@@ -5,6 +5,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from fastdense.kernels._microkernels import MR_F32, MR_F64, NR_F32, NR_F64
 from fastdense.kernels._tiles import BLOCKING, KC_F32, MC_F32, MC_F64, NC_F32
@@ -206,6 +208,36 @@ def test_gemm_rows(shape, dtype):
         assert np.all(np.abs(outs[0] - exact) <= product_tolerance(a, b, dtype))
         assert not np.array_equal(outs[0], ref)  # the blocked order was taken
     else:
+        assert np.array_equal(outs[0], ref)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.integers(1, 2), st.integers(1, 900), st.integers(1, 400),
+       st.sampled_from([np.float32, np.float64]), st.integers(0, 2**31 - 1))
+def test_property_gemm_rows(m, k, n, dtype, seed):
+    """Over shapes on both sides of the row-block split: within the reduction's error bound of
+    the exact product, the same bits on 1 and on all threads, and the general product's bits
+    where the weights are not split."""
+    rng = np.random.default_rng(seed)
+    a = rng.standard_normal((m, k)).astype(dtype)
+    b = rng.standard_normal((k, n)).astype(dtype)
+    ws = np.empty(workspace_size(m, n, k, dtype), dtype)
+    before = numba.get_num_threads()
+    outs = []
+    try:
+        for threads in (1, numba.config.NUMBA_NUM_THREADS):
+            numba.set_num_threads(threads)
+            out = np.full((m, n), np.nan, dtype)
+            gemm_rows(a, b, out, ws)
+            outs.append(out)
+    finally:
+        numba.set_num_threads(before)
+    assert np.array_equal(outs[0], outs[1])
+    exact = a.astype(np.float64) @ b.astype(np.float64)
+    assert np.all(np.abs(outs[0] - exact) <= product_tolerance(a, b, dtype))
+    if vector_block_rows(k, n, dtype) == k:
+        ref = np.empty((m, n), dtype)
+        gemm(a, b, ref, False, False)
         assert np.array_equal(outs[0], ref)
 
 
