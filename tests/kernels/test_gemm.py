@@ -173,6 +173,28 @@ DEEP_ROWS_SHAPE = (2, 4100, 1030)
 assert 4100 * 1030 * 4 > OWN_B_BYTES
 
 
+def _rows_and_general(a, b, dtype):
+    """``gemm_rows(a, b)`` on 1 and on all threads (asserted bitwise equal), and ``gemm``'s
+    result for the same operands."""
+    m, k = a.shape
+    n = b.shape[1]
+    ws = np.empty(workspace_size(m, n, k, dtype), dtype)
+    before = numba.get_num_threads()
+    outs = []
+    try:
+        for threads in (1, numba.config.NUMBA_NUM_THREADS):
+            numba.set_num_threads(threads)
+            out = np.full((m, n), np.nan, dtype)
+            gemm_rows(a, b, out, ws)
+            outs.append(out)
+    finally:
+        numba.set_num_threads(before)
+    assert np.array_equal(outs[0], outs[1])
+    ref = np.empty((m, n), dtype)
+    gemm(a, b, ref, False, False)
+    return outs[0], ref
+
+
 # Row blocks of b (vector_block_rows): none just under VECTOR_SPLIT_MIN or with k < 16; two
 # of 8 rows at k = 16; a short last block; KC-row blocks, a partial last one.
 @pytest.mark.parametrize("shape", [(1, 9, 5), (2, 300, 40), (1, 256, 255), (2, 15, 5000),
@@ -188,27 +210,13 @@ def test_gemm_rows(shape, dtype):
     rng = np.random.default_rng(m + k + n)
     a = rng.standard_normal((m, k)).astype(dtype)
     b = rng.standard_normal((k, n)).astype(dtype)
-    ref = np.empty((m, n), dtype)
-    gemm(a, b, ref, False, False)
-    blocked = vector_block_rows(k, n, dtype) < k
-    ws = np.empty(workspace_size(m, n, k, dtype), dtype)
-    before = numba.get_num_threads()
-    outs = []
-    try:
-        for threads in (1, numba.config.NUMBA_NUM_THREADS):
-            numba.set_num_threads(threads)
-            out = np.full((m, n), np.nan, dtype)
-            gemm_rows(a, b, out, ws)
-            outs.append(out)
-    finally:
-        numba.set_num_threads(before)
-    assert np.array_equal(outs[0], outs[1])
-    if blocked:
+    out, ref = _rows_and_general(a, b, dtype)
+    if vector_block_rows(k, n, dtype) < k:
         exact = a.astype(np.float64) @ b.astype(np.float64)
-        assert np.all(np.abs(outs[0] - exact) <= product_tolerance(a, b, dtype))
-        assert not np.array_equal(outs[0], ref)  # the blocked order was taken
+        assert np.all(np.abs(out - exact) <= product_tolerance(a, b, dtype))
+        assert not np.array_equal(out, ref)  # the blocked order was taken
     else:
-        assert np.array_equal(outs[0], ref)
+        assert np.array_equal(out, ref)
 
 
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -221,24 +229,11 @@ def test_property_gemm_rows(m, k, n, dtype, seed):
     rng = np.random.default_rng(seed)
     a = rng.standard_normal((m, k)).astype(dtype)
     b = rng.standard_normal((k, n)).astype(dtype)
-    ws = np.empty(workspace_size(m, n, k, dtype), dtype)
-    before = numba.get_num_threads()
-    outs = []
-    try:
-        for threads in (1, numba.config.NUMBA_NUM_THREADS):
-            numba.set_num_threads(threads)
-            out = np.full((m, n), np.nan, dtype)
-            gemm_rows(a, b, out, ws)
-            outs.append(out)
-    finally:
-        numba.set_num_threads(before)
-    assert np.array_equal(outs[0], outs[1])
+    out, ref = _rows_and_general(a, b, dtype)
     exact = a.astype(np.float64) @ b.astype(np.float64)
-    assert np.all(np.abs(outs[0] - exact) <= product_tolerance(a, b, dtype))
+    assert np.all(np.abs(out - exact) <= product_tolerance(a, b, dtype))
     if vector_block_rows(k, n, dtype) == k:
-        ref = np.empty((m, n), dtype)
-        gemm(a, b, ref, False, False)
-        assert np.array_equal(outs[0], ref)
+        assert np.array_equal(out, ref)
 
 
 @pytest.mark.parametrize("k", [1, 7, 8, 9, 15, 16, 37])
