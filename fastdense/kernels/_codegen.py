@@ -461,6 +461,55 @@ def _vector_typing(dst, di, src, si, n):
 
 
 @intrinsic
+def transpose8(typingctx, dst, di, dstride, src, si, sstride):
+    """``dst[di + c * dstride + r] = src[si + r * sstride + c]`` for ``r, c < 8``: an 8 x 8
+    block of ``src`` (rows ``sstride`` elements apart) stored transposed into ``dst`` (rows
+    ``dstride`` apart), 1-D C arrays of one dtype, as eight vector loads, three stages of
+    shuffles and eight vector stores.
+
+    Written as a scalar loop, the block compiles to one scalar load and one scalar store per
+    element (checked with ``inspect_asm``): LLVM's vectorizers do not form transposes.  No
+    bounds checks.
+    """
+    if dst.dtype != src.dtype or dst.layout != "C" or src.layout != "C":
+        return None
+    sig = types.none(dst, di, dstride, src, si, sstride)
+
+    def codegen(context, builder, signature, args):
+        from llvmlite import ir
+
+        d = context.make_array(signature.args[0])(context, builder, args[0])
+        s = context.make_array(signature.args[3])(context, builder, args[3])
+        di_, dstride_, si_, sstride_ = (
+            context.cast(builder, args[i], signature.args[i], types.intp) for i in (1, 2, 4, 5))
+        vty = ir.VectorType(context.get_data_type(signature.args[0].dtype), 8)
+        align = context.get_abi_sizeof(context.get_data_type(signature.args[0].dtype))
+        intp = context.get_value_type(types.intp)
+
+        def at(data, base, stride, i):
+            idx = builder.add(base, builder.mul(stride, ir.Constant(intp, i)))
+            return builder.bitcast(builder.gep(data, [idx]), vty.as_pointer())
+
+        rows = [builder.load(at(s.data, si_, sstride_, r), align=align) for r in range(8)]
+        # Swap the off-diagonal b x b blocks of every 2b x 2b block, for b = 4, 2, 1.
+        for b in (4, 2, 1):
+            lo = ir.Constant(ir.VectorType(ir.IntType(32), 8),
+                             [j if (j // b) % 2 == 0 else j - b + 8 for j in range(8)])
+            hi = ir.Constant(ir.VectorType(ir.IntType(32), 8),
+                             [j + b if (j // b) % 2 == 0 else j + 8 for j in range(8)])
+            for i in range(8):
+                if (i // b) % 2 == 0:
+                    u, v = rows[i], rows[i + b]
+                    rows[i] = builder.shuffle_vector(u, v, lo)
+                    rows[i + b] = builder.shuffle_vector(u, v, hi)
+        for c in range(8):
+            builder.store(rows[c], at(d.data, di_, dstride_, c), align=align)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
 def add_n(typingctx, dst, di, src, si, n):
     """``dst[di:di + n] += src[si:si + n]`` (1-D C arrays of one dtype, ``n`` a literal) as
     vector IR: one rounded add per element, the bits of the scalar loop.
