@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from numba import njit
 
-from fastdense.kernels._codegen import add_n, bias_act_n, relu_n, sgd_n
+from fastdense.kernels._codegen import add_n, bias_act_n, relu_n, sgd_n, transpose8
 
 SPECIAL = [0.0, -0.0, np.nan, np.inf, -np.inf, -1.5, 2.25, 1e-40, -1e-40]
 
@@ -33,6 +33,11 @@ def _relu16(dst, di, src, si):
 @njit(cache=True)
 def _sgd16(dst, di, src, si, lr):
     sgd_n(dst, di, src, si, lr, 16)
+
+
+@njit(cache=True)
+def _transpose8(dst, di, dstride, src, si, sstride):
+    transpose8(dst, di, dstride, src, si, sstride)
 
 
 def _data(dtype, n, seed):
@@ -53,6 +58,20 @@ def test_add_n_at_offsets(dtype):
     want = dst.copy()
     want[5:21] = want[5:21] + src[19:35]
     _add16(dst, 5, src, 19)
+    _same_bits(dst, want)
+
+
+@pytest.mark.parametrize(("si", "sstride", "di", "dstride"), [(0, 8, 0, 8), (3, 29, 7, 32),
+                                                              (11, 16, 2, 9)])
+def test_transpose8_moves_each_bit_and_nothing_else(dtype, si, sstride, di, dstride):
+    src = _data(dtype, 8 * sstride + si + 8, 5)
+    dst = _data(dtype, 8 * dstride + di + 8, 6)
+    want = dst.copy()
+    block = np.lib.stride_tricks.as_strided(src[si:], (8, 8), (sstride * src.itemsize,
+                                                               src.itemsize))
+    for c in range(8):
+        want[di + c * dstride:di + c * dstride + 8] = block[:, c]
+    _transpose8(dst, di, dstride, src, si, sstride)
     _same_bits(dst, want)
 
 
