@@ -577,19 +577,21 @@ def _vecmat(ai, b, j0, j1, acc, deep):
 
 
 @kernel(nrt=False)
-def _row_product(ai, b, j0, j1, acc, deep):
-    """``acc[j] = ai @ b[:, j]`` for ``j0 <= j < j1``: register strips, then :func:`_vecmat` for
-    the columns left over (the same FMA chain per element either way; ``deep`` as there)."""
+def _row_product(ai, b, acc, deep):
+    """``acc[j] = ai @ b[:, j]`` for every column ``j`` of ``b``: register strips, then
+    :func:`_vecmat` for the columns left over (the same FMA chain per element either way;
+    ``deep`` as there)."""
+    n = b.shape[1]
     sw = _strip_width(acc)
-    jf = j0
-    if b.shape[1] <= 2 * sw:
+    jf = 0
+    if n <= 2 * sw:
         # Short rows: a strip walks down ``b`` nearly sequentially.  Longer rows would make it
         # a strided walk, slower than _vecmat's streaming of whole rows (measured 1.4x).
-        jf = j0 + ((j1 - j0) // sw) * sw
-        for j in range(j0, jf, sw):
+        jf = (n // sw) * sw
+        for j in range(0, jf, sw):
             _strip(ai, b, j, acc)
-    if jf < j1:
-        _vecmat(ai, b, jf, j1, acc, deep)
+    if jf < n:
+        _vecmat(ai, b, jf, n, acc, deep)
 
 
 #: From this many elements of ``b`` a product of one or two rows is summed in row blocks of
@@ -643,7 +645,7 @@ def _rows_block(a, b, out, ep, bias, code, y, w, lr, l1, l2, acc):
     element."""
     n = out.shape[1]
     for i in range(out.shape[0]):
-        _row_product(a[i], b, 0, n, acc, False)
+        _row_product(a[i], b, acc, False)
         _epilogue_row(acc[:n], out[i], 0, ep, bias, code, y[i], w[i], lr, l1, l2)
 
 
@@ -658,7 +660,7 @@ def _partial_products(a, b, part, kb, blk0, blk1, deep):
         p1 = min(k, p0 + kb)
         for i in range(m):
             q = (blk * m + i) * n
-            _row_product(a[i, p0:p1], b[p0:p1], 0, n, part[q:q + n], deep)
+            _row_product(a[i, p0:p1], b[p0:p1], part[q:q + n], deep)
 
 
 @kernel(parallel=True)
