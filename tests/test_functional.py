@@ -21,6 +21,28 @@ def test_matmul(dtype, m, k, n):
     assert np.all(np.abs(c - exact) <= matmul_bound(a, b, dtype))
 
 
+def test_matmul_reused_workspace():
+    """Products of alternating shapes and dtypes, each shape seen again after others: every
+    result has the bits of a call with a workspace of its own (the remembered workspace of
+    the last shape must not serve another shape or dtype)."""
+    from fastdense.kernels.gemm import gemm, gemm_rows, workspace_size
+
+    rng = np.random.default_rng(2)
+    shapes = [(1, 300, 300), (100, 200, 300), (1, 300, 300), (2, 300, 300), (1, 300, 300)]
+    for m, k, n in shapes:
+        for dtype in (np.float32, np.float64, np.float32):
+            a = rng.standard_normal((m, k)).astype(dtype)
+            b = rng.standard_normal((k, n)).astype(dtype)
+            c = fd.matmul(a, b)
+            expected = np.empty((m, n), dtype)
+            ws = np.empty(workspace_size(m, n, k, dtype), dtype)
+            if m <= 2:
+                gemm_rows(a, b, expected, ws)
+            else:
+                gemm(a, b, expected, False, False, ws)
+            np.testing.assert_array_equal(c, expected)
+
+
 def test_matmul_promotion_and_errors():
     assert fd.matmul(np.ones((2, 2), np.int64), np.ones((2, 2), np.float32)).dtype == np.float64
     assert fd.matmul(np.ones((2, 2), np.float32), np.ones((2, 2), np.float32)).dtype == np.float32
