@@ -6,7 +6,8 @@ A steady benchmark loop never lets the threads rest; an inference service that a
 request now and then does.  After each pause this times a single call, ``--repeat`` times per
 pause, and prints the median and the worst.  Both libraries use the same number of threads
 (threadpoolctl pins OpenBLAS).  Run it once as is and once with ``OMP_PROC_BIND=true`` in the
-environment to see what binding the OpenMP threads changes (see the README, "Threads").
+environment to compare with OpenMP threads bound to cores (see the README, "Functions, threads,
+reference", and ``fastdense/kernels/_placement.py``).
 """
 
 from __future__ import annotations

@@ -44,6 +44,7 @@ from fastdense.kernels._codegen import (
     wide_vectors,
     zero_of,
 )
+from fastdense.kernels._placement import caller_waits, current_cpu, worker_arrives
 from fastdense.kernels._tiles import BLOCKING, _blocking, _strip, _strip_width, _ukernel
 from fastdense.kernels.pack import pack_a, pack_b, pack_b_rows
 from fastdense.kernels.update import sgd_step
@@ -159,9 +160,12 @@ def _store_tile(tile, NR, out, i0, mr, j0, nr, first, last, ep, bias, code, y, w
                 o[j] = t[j]
 
 
-# Workspace elements before the shared B block: the shared task counter ``ws[0]``, and each
-# thread's own counter ``ws[1 + t]`` when a B block is double-buffered (``_pipelined_tasks``).
+# Workspace elements before the shared B block: the shared task counter ``ws[0]``, the count
+# of workers that have started a parallel region ``ws[_ARRIVED]`` (:mod:`._placement`), and
+# each thread's own counter ``ws[2 + t]`` when a B block is double-buffered
+# (``_pipelined_tasks``).
 _CTR = 16
+_ARRIVED = 1
 
 
 @register_jitable
@@ -379,7 +383,7 @@ def _pipelined_tasks(t, nthreads, a, b, out, trans_a, trans_b, ep, bias, code, y
     k = a.shape[0] if trans_a else a.shape[1]
     blen = _b_block_len(out.shape[1], k, NR, KC, NC)
     nxt = ws[_CTR + (1 - cur) * blen:_CTR + (2 - cur) * blen]
-    own = ws[1 + t:2 + t]
+    own = ws[2 + t:3 + t]
     pairs = min(npack, ntasks)
     while True:
         task = fetch_add(ctr, 0, 1)
@@ -460,8 +464,8 @@ def _packed(a, b, out, trans_a, trans_b, ep, bias, code, y, w, lr, l1, l2,
     # With two threads, those blocks are double-buffered: while the threads multiply by one,
     # packing tasks among theirs copy the next into the second buffer, so the copy from memory
     # overlaps the other core's arithmetic instead of being a phase of its own.
-    # (Each thread also needs a counter of its own, ``ws[1 + t]``, before ``ws[_CTR]``.)
-    pipeline = (row_split and not shared_a and 1 < nthreads < _CTR
+    # (Each thread also needs a counter of its own, ``ws[2 + t]``, before ``ws[_CTR]``.)
+    pipeline = (row_split and not shared_a and 1 < nthreads < _CTR - 1
                 and double_buffers_b(m, n, k, out.itemsize, MC)
                 and ws.shape[0] >= shared + blen + 2 * per)
     nbuf = 1
@@ -514,7 +518,10 @@ def _packed(a, b, out, trans_a, trans_b, ep, bias, code, y, w, lr, l1, l2,
             # the shared packing, then the tasks.  The prange index is unsigned: as int64 it
             # matches the serial call above, so both share one compiled _phase.
             for phase in range(first_phase, 2):
+                ctr[_ARRIVED] = 0
+                caller_cpu = current_cpu()
                 for t in prange(nthreads):
+                    worker_arrives(ctr, _ARRIVED, caller_cpu)
                     if phase == 1 and npack > 0:
                         _pipelined_tasks(np.int64(t), nthreads, a, b, out, trans_a, trans_b, ep,
                                          bias, code, y, w, lr, l1, l2, dcode, z, yd, dz, colsum,
@@ -526,6 +533,7 @@ def _packed(a, b, out, trans_a, trans_b, ep, bias, code, y, w, lr, l1, l2,
                                bias, code, y, w, lr, l1, l2, dcode, z, yd, dz, colsum, db, jc,
                                nc, pc, kc, ws, alen, ctr, ntasks, ncol, shared_a, direct_a,
                                direct_b, own_b, row_split, nbuf, cur)
+                    caller_waits(ctr, _ARRIVED, nthreads)
             if pipeline:
                 cur = 1 - cur
 
@@ -683,16 +691,22 @@ def vector_matrix(a, b, out, ep, bias, code, y, w, lr, l1, l2, acc):
     nblk = (k + kb - 1) // kb
     per = m * n
     need = nblk * per
-    part = acc[:need] if acc.shape[0] >= need else np.empty(need, dtype=out.dtype)
+    # The partial sums, then one element counting the workers that started (:mod:`._placement`).
+    buf = acc[:need + 1] if acc.shape[0] > need else np.empty(need + 1, dtype=out.dtype)
+    part = buf[:need]
     deep = k * n * out.itemsize > OWN_B_BYTES
     nthreads = min(_iget_num_threads(), nblk)
     if nthreads == 1:
         # No thread launch for one thread (about 1 us, a quarter of a 256x256 product).
         _partial_products(a, b, part, kb, 0, nblk, deep)
     else:
+        buf[need] = 0
+        caller_cpu = current_cpu()
         for t in prange(nthreads):
+            worker_arrives(buf, need, caller_cpu)
             blk0, blk1 = thread_blocks(nblk, t, nthreads)
             _partial_products(a, b, part, kb, blk0, blk1, deep)
+            caller_waits(buf, need, nthreads)
     for i in range(m):
         s = part[i * n:(i + 1) * n]
         for blk in range(1, nblk):

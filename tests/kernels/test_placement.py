@@ -1,0 +1,148 @@
+"""Worker placement in parallel regions (:mod:`fastdense.kernels._placement`)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import numba
+import numpy as np
+import pytest
+from numba import njit, prange
+
+import fastdense as fd
+from fastdense.kernels._placement import (
+    MAX_YIELDS,
+    caller_waits,
+    current_cpu,
+    leave_cpu,
+    worker_arrives,
+)
+from fastdense.kernels.gemm import gemm, gemm_rows, vector_block_rows, workspace_size
+
+linux = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux system calls")
+
+
+@njit
+def _where():
+    return current_cpu()
+
+
+@njit
+def _leave(cpu):
+    return leave_cpu(cpu)
+
+
+@njit(parallel=True)
+def _region(ctr, nthreads):
+    ctr[0] = 0
+    caller = current_cpu()
+    for _ in prange(nthreads):
+        worker_arrives(ctr, 0, caller)
+        caller_waits(ctr, 0, nthreads)
+
+
+@linux
+def test_current_cpu_is_allowed():
+    assert _where() in os.sched_getaffinity(0)
+
+
+@linux
+def test_leave_cpu_moves_and_keeps_the_mask():
+    allowed = os.sched_getaffinity(0)
+    cpu = _where()
+    moved = _leave(cpu)
+    # The thread left ``cpu`` (if it had anywhere else to go) and is pinned nowhere.
+    assert moved == (1 if len(allowed) > 1 else 0)
+    assert os.sched_getaffinity(0) == allowed
+    # CPUs outside the mask or outside cpu_set_t change nothing.
+    for other in (-1, 1024, 5000, max(allowed) + 1):
+        if other not in allowed:
+            assert _leave(other) == 0
+    assert os.sched_getaffinity(0) == allowed
+
+
+def test_region_counts_its_workers():
+    n = numba.get_num_threads()
+    ctr = np.zeros(1)
+    _region(ctr, n)
+    assert ctr.view(np.int64)[0] == n - 1
+
+
+WAIT_ALONE = textwrap.dedent("""
+    import numpy as np
+    from numba import njit
+    from fastdense.kernels._placement import caller_waits
+
+    @njit
+    def wait_alone(ctr):
+        caller_waits(ctr, 0, 2)
+
+    wait_alone(np.zeros(1))
+    print("ok")
+""")
+
+
+def test_caller_wait_is_bounded():
+    """Called outside a region the caller is thread 0 and no worker will ever check in: it
+    must give up after MAX_YIELDS yields instead of hanging (in a subprocess, so that a hang
+    fails the test by its timeout)."""
+    assert MAX_YIELDS > 0
+    done = subprocess.run([sys.executable, "-c", WAIT_ALONE], capture_output=True, text=True,
+                          timeout=300, check=True)
+    assert done.stdout.split() == ["ok"]
+
+
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs two Numba threads")
+def test_products_count_their_workers():
+    """The packed product and the row product run the check-in (their counters, after the
+    call, hold the workers of the last region)."""
+    rng = np.random.default_rng(0)
+    with fd.threads(2):
+        m, k, n = 64, 300, 200
+        a, b = rng.standard_normal((m, k)), rng.standard_normal((k, n))
+        ws = np.zeros(workspace_size(m, n, k, np.float64))
+        gemm(a, b, np.empty((m, n)), False, False, ws)
+        assert ws[:2].view(np.int64)[1] == 1
+        k, n = 784, 512
+        kb = vector_block_rows(k, n, np.float64)
+        need = -(-k // kb) * n
+        a, b = rng.standard_normal((1, k)), rng.standard_normal((k, n))
+        ws = np.zeros(workspace_size(1, n, k, np.float64))
+        assert ws.shape[0] > need
+        gemm_rows(a, b, np.empty((1, n)), ws)
+        assert ws[need:need + 1].view(np.int64)[0] == 1
+
+
+ONE_CPU = textwrap.dedent("""
+    import os
+    import numpy as np
+    cpu = min(os.sched_getaffinity(0))
+    os.sched_setaffinity(0, {cpu})
+    import numba
+    import fastdense as fd
+    numba.set_num_threads(2)
+    rng = np.random.default_rng(0)
+    for m, k, n in [(64, 300, 200), (1, 784, 512), (2, 300, 300)]:
+        a = rng.standard_normal((m, k))
+        b = rng.standard_normal((k, n))
+        with fd.threads(1):
+            one = fd.matmul(a, b)
+        two = fd.matmul(a, b)
+        assert np.array_equal(one, two), (m, k, n)
+    print("ok", os.sched_getaffinity(0) == {cpu})
+""")
+
+
+@linux
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs two Numba threads")
+def test_two_threads_on_one_cpu_finish():
+    """Both threads confined to one CPU: no worker can leave it, and every region must still
+    end (the caller yields to the worker) with the bits of one thread."""
+    # Numba would size its pool to the one CPU it sees.
+    env = {**os.environ, "NUMBA_NUM_THREADS": "2"}
+    done = subprocess.run([sys.executable, "-c", ONE_CPU], capture_output=True, text=True,
+                          timeout=900, check=True, env=env)
+    assert done.stdout.split() == ["ok", "True"]
