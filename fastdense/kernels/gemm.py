@@ -19,7 +19,10 @@ rows (up to ``DIRECT_ROWS``) a task is instead a range of B panels for all rows,
 panels itself just before using them, unless B is so large that it comes from memory: then the
 shared block is packed by whole source rows, which stream faster, and for the fewest rows the
 next block is packed by tasks among those using the current one (double buffering).  Callers
-pass the packing buffers as a workspace (:func:`workspace_size`), so no call allocates.
+pass the packing buffers as a workspace (:func:`workspace_size`), so no call allocates.  Each
+parallel region starts with the workers checking in (:mod:`fastdense.kernels._placement`): after
+an idle pause, a worker woken on its caller's CPU moves off it instead of waiting for the caller
+to stop spinning.
 
 Reproducibility: every output element sums its K products in increasing ``p`` inside each KC
 block (one micro-kernel call), and the blocks in increasing order, whichever thread runs which
