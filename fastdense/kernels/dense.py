@@ -15,6 +15,7 @@ from numba.np.ufunc.parallel import _iget_num_threads
 
 from fastdense.kernels import activation as act
 from fastdense.kernels._codegen import fma, kernel, wide_vectors, zero_of
+from fastdense.kernels._placement import caller_waits, current_cpu, worker_arrives
 from fastdense.kernels._tiles import BLOCKING, _blocking
 from fastdense.kernels.gemm import (
     DIRECT_ROWS,
@@ -252,17 +253,23 @@ def _small_batch_backward(x, w, d, dx, dw, want_dx, fuse_sgd, lr, l1, l2, ws):
     kb = _vector_block_rows(n_in, units, _blocking(w)[2])
     nblk = (n_in + kb - 1) // kb
     nthreads = min(_iget_num_threads(), nblk)
-    if ws.shape[0] < units * nthreads:
-        nthreads = max(1, min(nthreads, ws.shape[0] // units))
+    # Each thread's gradient row, then the count of workers that started (``_placement``).
+    if ws.shape[0] < units * nthreads + 1:
+        nthreads = max(1, min(nthreads, (ws.shape[0] - 1) // units))
     if nthreads == 1:
         grad = ws[:units] if ws.shape[0] >= units else np.empty(units, dtype=w.dtype)
         _rows_backward(x, w, d, dx, dw, 0, n_in, want_dx, fuse_sgd, lr, l1, l2, grad)
         return
+    arrived = units * nthreads
+    ws[arrived] = 0
+    caller_cpu = current_cpu()
     # Rows are independent: any split gives the same bits.
     for t in prange(nthreads):
+        worker_arrives(ws, arrived, caller_cpu)
         blk0, blk1 = thread_blocks(nblk, t, nthreads)
         _rows_backward(x, w, d, dx, dw, min(n_in, blk0 * kb), min(n_in, blk1 * kb), want_dx,
                        fuse_sgd, lr, l1, l2, ws[t * units:(t + 1) * units])
+        caller_waits(ws, arrived, nthreads)
 
 
 @kernel

@@ -13,6 +13,8 @@ import pytest
 from numba import njit, prange
 
 import fastdense as fd
+from fastdense.kernels import activation as act
+from fastdense.kernels import dense
 from fastdense.kernels._placement import (
     MAX_YIELDS,
     caller_waits,
@@ -97,8 +99,8 @@ def test_caller_wait_is_bounded():
 
 @pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs two Numba threads")
 def test_products_count_their_workers():
-    """The packed product and the row product run the check-in (their counters, after the
-    call, hold the workers of the last region)."""
+    """The packed product, the row product and the batch-1 backward pass run the check-in
+    (their counters, after the call, hold the workers of the last region)."""
     rng = np.random.default_rng(0)
     with fd.threads(2):
         m, k, n = 64, 300, 200
@@ -114,6 +116,14 @@ def test_products_count_their_workers():
         assert ws.shape[0] > need
         gemm_rows(a, b, np.empty((1, n)), ws)
         assert ws[need:need + 1].view(np.int64)[0] == 1
+        # The batch-1 backward pass: after the two threads' gradient rows.
+        w = rng.standard_normal((k, n))
+        g = rng.standard_normal((1, n))
+        e = np.empty(0)
+        ws = np.zeros(dense.workspace_size(k, n, np.float64))
+        dense.backward_rows(a, w, e, g, g, g, act.LINEAR, np.empty_like(g), np.empty_like(w), e,
+                            np.empty_like(a), 0.1, 0.0, 0.0, 0.0, 0.0, True, ws)
+        assert ws[2 * n:2 * n + 1].view(np.int64)[0] == 1
 
 
 ONE_CPU = textwrap.dedent("""
