@@ -78,6 +78,17 @@ ROWS_MAX = 2
 # 16.0 -> 12.2 / 26.8 -> 21.5 us, 32x64x100 mixed (8.7 -> 10.4 / 14.0 -> 12.0 us); and in
 # the layer grid, 48^3 made the training step at 32 x 64->64 slower (1.28x -> 0.89x of NumPy).
 SERIAL_WORK = 64 * 64 * 64
+# From this row length (a multiple of 4 KiB) a transposed A is packed rather than read in place
+# (see ``_packed``): the weight gradient ``x.T @ dz`` of a 4096-input float64 layer.  Processes
+# of both versions alternating: float64 4096x1024x1024 96.2 -> 90.8 ms and 4096x256x1024 24.3
+# -> 22.6 ms (best of 3 runs of 3); in the bench's training step 4096->1024 at batch 1024, 270
+# to 309 -> 262 to 281 ms over five runs each (NumPy 268 to 285), at batch 256 69.8 -> 67.7 ms
+# (best of five).  At 16 KiB (float32 4096 columns, float64 2048) it was no clear gain: raw
+# products at parity, the float32 training step at batch 1024 128 -> 134 ms (best of five).
+# Packing every transposed A was slower at 1024 and 784 rows (float64 1024x1024x1024 21.6-22.2
+# -> 23.3-23.7 ms), and at 4104 float64 columns, where the in-place read is not aliased
+# (84.8-93.0 -> 90.9-97.0 ms).
+ALIASED_A_BYTES = 32 << 10
 # Up to this many output rows the packed path reads a row-major B in place (each B panel is
 # re-read by few row blocks, so packing it would cost more than it saves).
 DIRECT_ROWS = 256
@@ -437,9 +448,14 @@ def _packed(a, b, out, trans_a, trans_b, ep, bias, code, y, w, lr, l1, l2,
     ctr = ws[:_CTR]
     nib = (m + MC - 1) // MC
     # Operands read in place, unpacked: A unless the activation derivative is fused into its
-    # packing; B when it is not transposed, not summed for the bias gradient, and re-read by
-    # few row blocks (below DIRECT_ROWS rows, packing it costs more than it saves).
-    direct_a = dcode == act.LINEAR
+    # packing, or it is read transposed with rows a multiple of 4 KiB and at least
+    # ALIASED_A_BYTES long (a micro-panel then takes one line per row at that stride, all in a
+    # few L2 sets, and is evicted before the next B panel re-reads it); B when it is not
+    # transposed, not summed for the bias gradient, and re-read by few row blocks (below
+    # DIRECT_ROWS rows, packing it costs more than it saves).
+    lda = a.shape[1] * a.itemsize
+    direct_a = dcode == act.LINEAR and not (trans_a and lda >= ALIASED_A_BYTES
+                                            and lda % 4096 == 0)
     direct_b = (not trans_b and not colsum and m <= DIRECT_ROWS
                 and k * n * out.itemsize <= DIRECT_B_BYTES)
     # With a single row block (few rows, e.g. a small batch) the A block is packed once, by

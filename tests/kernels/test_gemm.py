@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from fastdense.kernels._microkernels import MR_F32, MR_F64, NR_F32, NR_F64
 from fastdense.kernels._tiles import BLOCKING, KC_F32, MC_F32, MC_F64, NC_F32
 from fastdense.kernels.gemm import (
+    ALIASED_A_BYTES,
     OWN_B_BYTES,
     PIPELINE_BLOCKS,
     _vecmat,
@@ -55,7 +56,12 @@ SHAPES = [
     # second partial, in float32 (four in float64: single-buffered row packing there).
     (37, 1024, 4096),
     (100, 1024, 4096),
+    # Rows of a transposed A (op(A) columns) of 32 KiB in float64: packed, not read in place
+    # (16 KiB in float32: in place); a partial last NR panel and two KC blocks, the second
+    # partial.
+    (4096, 33, KC + 88),
 ]
+assert 4096 * 4 < ALIASED_A_BYTES <= 4096 * 8 and ALIASED_A_BYTES % 4096 == 0
 assert 1000 * 4300 * 4 > OWN_B_BYTES
 assert 2100 * 2100 * 4 > OWN_B_BYTES and 2100 > NC_F32 and 37 <= PIPELINE_BLOCKS * MC_F64
 assert 4096 * 1024 * 4 == OWN_B_BYTES
@@ -127,6 +133,7 @@ def test_nan_and_inf_propagate(dtype):
 
 @pytest.mark.parametrize("shape", [(300, 200, 600), (16, 2000, 300), (1000, 40, 100),
                                    (70, 1030, 530), (37, 1000, 4300), (37, 2100, 2100),
+                                   (4096, 33, 600),
                                    (37, 1024, 4096), (100, 1024, 4096)])
 @pytest.mark.parametrize("trans", [(False, False), (True, True)], ids=["NN", "TT"])
 def test_bitwise_identical_for_any_thread_count(shape, trans, dtype):
