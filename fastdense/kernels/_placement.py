@@ -1,7 +1,8 @@
 """Keeping a parallel region's worker threads off the CPU of the thread that started it.
 
 Measured on a 2-vCPU KVM guest: after about 0.1 s with nothing to do, the first parallel call
-often woke its OpenMP worker on the caller's own vCPU (the guest kernel avoids a vCPU that the
+often woke its OpenMP worker on the caller's own vCPU (``sched_getcpu`` inside the slow calls
+found both threads there; probably the guest kernel avoids waking a thread onto a vCPU that the
 host has descheduled).  The caller then finished its share and spun in libgomp's end-of-region
 barrier for several ms before the worker could run, and the next call did the same: 6 to 12 ms
 in all for a call that takes 20 µs warm (``tools/idle_latency.py``).  ``OMP_PROC_BIND=true``
@@ -12,8 +13,8 @@ Instead each worker of our main parallel regions checks in at the start of its s
 that CPU out of its own affinity mask, which migrates it at once, and puts it back, so it is not
 pinned anywhere.  The caller, once done with its share, yields its CPU until every worker has
 checked in (:func:`caller_waits`), so a worker queued behind it gets to run and move.  Warm,
-this costs each thread one ``sched_getcpu`` (no system call) per region, and the workers have
-long checked in when the caller looks.
+this costs each thread one ``sched_getcpu`` per region (no system call on x86-64 glibc: vDSO
+or rseq), and the workers have usually checked in long before the caller looks.
 
 Linux only (glibc's ``sched_getcpu``, ``sched_yield``, ``sched_[gs]etaffinity``); elsewhere
 the intrinsics compile to nothing and the regions behave as before.
