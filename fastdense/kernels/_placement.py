@@ -9,10 +9,11 @@ in all for a call that takes 20 µs warm (``tools/idle_latency.py``).  ``OMP_PRO
 prevents it by pinning every thread, the caller included, which a library must not impose.
 
 Instead each worker of our main parallel regions checks in at the start of its share
-(:func:`worker_arrives`).  A worker that finds itself on the caller's CPU leaves it: it takes
-that CPU out of its own affinity mask, which migrates it at once, and puts it back, so it is not
-pinned anywhere.  The caller, once done with its share, yields its CPU until every worker has
-checked in (:func:`caller_waits`), so a worker queued behind it gets to run and move.  Warm,
+(:func:`worker_arrives`; :func:`region_opens` zeroes the count before the region).  A worker
+that finds itself on the caller's CPU leaves it: it takes that CPU out of its own affinity
+mask, which migrates it at once, and puts it back, so it is not pinned anywhere.  The
+caller, once done with its share, yields its CPU until every worker has checked in
+(:func:`caller_waits`), so a worker queued behind it gets to run and move.  Warm,
 this costs each thread one ``sched_getcpu`` per region (no system call on x86-64 glibc: vDSO
 or rseq), and the workers have usually checked in long before the caller looks.
 
@@ -114,6 +115,14 @@ def leave_cpu(typingctx, cpu):
         return builder.load(moved)
 
     return types.int64(cpu), codegen
+
+
+@kernel(nrt=False, inline="always")
+def region_opens(ctr, slot):
+    """Before a parallel region, in the caller: zero the check-in count ``ctr[slot]`` and
+    return the caller's CPU, for :func:`worker_arrives`."""
+    ctr[slot] = 0
+    return current_cpu()
 
 
 @kernel(nrt=False, inline="always")

@@ -15,7 +15,7 @@ from numba.np.ufunc.parallel import _iget_num_threads
 
 from fastdense.kernels import activation as act
 from fastdense.kernels._codegen import fma, kernel, wide_vectors, zero_of
-from fastdense.kernels._placement import caller_waits, current_cpu, worker_arrives
+from fastdense.kernels._placement import caller_waits, region_opens, worker_arrives
 from fastdense.kernels._tiles import BLOCKING, _blocking
 from fastdense.kernels.gemm import (
     DIRECT_ROWS,
@@ -261,8 +261,7 @@ def _small_batch_backward(x, w, d, dx, dw, want_dx, fuse_sgd, lr, l1, l2, ws):
         _rows_backward(x, w, d, dx, dw, 0, n_in, want_dx, fuse_sgd, lr, l1, l2, grad)
         return
     arrived = units * nthreads
-    ws[arrived] = 0
-    caller_cpu = current_cpu()
+    caller_cpu = region_opens(ws, arrived)
     # Rows are independent: any split gives the same bits.
     for t in prange(nthreads):
         worker_arrives(ws, arrived, caller_cpu)

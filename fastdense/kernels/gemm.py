@@ -47,7 +47,7 @@ from fastdense.kernels._codegen import (
     wide_vectors,
     zero_of,
 )
-from fastdense.kernels._placement import caller_waits, current_cpu, worker_arrives
+from fastdense.kernels._placement import caller_waits, region_opens, worker_arrives
 from fastdense.kernels._tiles import BLOCKING, _blocking, _strip, _strip_width, _ukernel
 from fastdense.kernels.pack import pack_a, pack_b, pack_b_rows
 from fastdense.kernels.update import sgd_step
@@ -537,8 +537,7 @@ def _packed(a, b, out, trans_a, trans_b, ep, bias, code, y, w, lr, l1, l2,
             # the shared packing, then the tasks.  The prange index is unsigned: as int64 it
             # matches the serial call above, so both share one compiled _phase.
             for phase in range(first_phase, 2):
-                ctr[_ARRIVED] = 0
-                caller_cpu = current_cpu()
+                caller_cpu = region_opens(ctr, _ARRIVED)
                 for t in prange(nthreads):
                     worker_arrives(ctr, _ARRIVED, caller_cpu)
                     if phase == 1 and npack > 0:
@@ -710,17 +709,18 @@ def vector_matrix(a, b, out, ep, bias, code, y, w, lr, l1, l2, acc):
     nblk = (k + kb - 1) // kb
     per = m * n
     need = nblk * per
-    # The partial sums, then one element counting the workers that started (:mod:`._placement`).
-    buf = acc[:need + 1] if acc.shape[0] > need else np.empty(need + 1, dtype=out.dtype)
-    part = buf[:need]
     deep = k * n * out.itemsize > OWN_B_BYTES
     nthreads = min(_iget_num_threads(), nblk)
+    # The partial sums, then with threads one element counting the workers that started
+    # (:mod:`._placement`).
+    size = need + (1 if nthreads > 1 else 0)
+    buf = acc[:size] if acc.shape[0] >= size else np.empty(size, dtype=out.dtype)
+    part = buf[:need]
     if nthreads == 1:
         # No thread launch for one thread (about 1 us, a quarter of a 256x256 product).
         _partial_products(a, b, part, kb, 0, nblk, deep)
     else:
-        buf[need] = 0
-        caller_cpu = current_cpu()
+        caller_cpu = region_opens(buf, need)
         for t in prange(nthreads):
             worker_arrives(buf, need, caller_cpu)
             blk0, blk1 = thread_blocks(nblk, t, nthreads)

@@ -20,6 +20,7 @@ from fastdense.kernels._placement import (
     caller_waits,
     current_cpu,
     leave_cpu,
+    region_opens,
     worker_arrives,
 )
 from fastdense.kernels.gemm import gemm, gemm_rows, vector_block_rows, workspace_size
@@ -39,8 +40,7 @@ def _leave(cpu):
 
 @njit(parallel=True)
 def _region(ctr, nthreads):
-    ctr[0] = 0
-    caller = current_cpu()
+    caller = region_opens(ctr, 0)
     for _ in prange(nthreads):
         worker_arrives(ctr, 0, caller)
         caller_waits(ctr, 0, nthreads)
