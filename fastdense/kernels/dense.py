@@ -24,6 +24,7 @@ from fastdense.kernels.gemm import (
     EP_STORE,
     _packed,
     _small,
+    _unaliased,
     _vector_block_rows,
     _ws_len,
     double_buffers_b,
@@ -97,7 +98,7 @@ def forward(x, w, bias, code, z, y, ws=None):
     # ``gemm.product``'s dispatch, inlined: one call level less to compile.
     if m > 0 and n > 0:
         if k == 0 or is_small(m, n, k):
-            acc = buf[:n] if buf.shape[0] >= n else np.empty(n, dtype=z.dtype)
+            acc = _unaliased(buf, n, w) if buf.shape[0] >= n else np.empty(n, dtype=z.dtype)
             _small(x, w, z, False, False, EP_BIAS_ACT, bias, code, y, z, 0.0, 0.0, 0.0, acc)
         else:
             _packed(x, w, z, False, False, EP_BIAS_ACT, bias, code, y, z, 0.0, 0.0, 0.0,

@@ -13,7 +13,9 @@ from fastdense.kernels._tiles import BLOCKING, KC_F32, MC_F32, MC_F64, NC_F32
 from fastdense.kernels.gemm import (
     ALIASED_A_BYTES,
     OWN_B_BYTES,
+    PAGE_BYTES,
     PIPELINE_BLOCKS,
+    _unaliased,
     _vecmat,
     _ws_len,
     double_buffers_b,
@@ -258,3 +260,42 @@ def test_vecmat_eight_rows_per_pass_gives_the_bits_of_four(k, dtype):
         cols = b[:, j0:j1]
         exact = a.astype(np.float64) @ cols.astype(np.float64)
         assert np.all(np.abs(four[j0:j1] - exact) <= product_tolerance(a[None], cols, dtype)[0])
+
+
+# Rows of 4 KiB multiples (float32 1024 and 2048 columns, float64 512), of 2 and 1 KiB, of an
+# odd number of bytes' worth of elements; the sums half a 4 KiB residue period away.
+@pytest.mark.parametrize("cols, period", [(1024, 4096), (2048, 4096), (512, 2048), (256, 1024),
+                                          (100, 16), (784, 64)])
+def test_unaliased_puts_the_sums_half_a_period_from_the_rows(cols, period):
+    b = np.empty((4, cols), np.float32)
+    pad = PAGE_BYTES // 4
+    for shift in range(0, pad, 37):
+        buf = np.empty(shift + 300 + pad, np.float32)[shift:]
+        win = _unaliased(buf, 300, b)
+        assert win.shape == (300,)
+        start = (win.ctypes.data - buf.ctypes.data) // 4
+        assert 0 <= start <= pad
+        assert (b.ctypes.data - win.ctypes.data) % PAGE_BYTES == period // 2
+    short = np.empty(300 + pad - 1, np.float32)
+    assert _unaliased(short, 300, b).ctypes.data == short.ctypes.data
+
+
+@pytest.mark.parametrize("shape", [(1, 1024, 1024), (2, 300, 512), (1, 40, 1024)],
+                         ids=lambda s: "x".join(map(str, s)))
+def test_gemm_rows_same_bits_wherever_the_workspace_lies(shape, dtype):
+    """Where the row products keep their sums (``_unaliased``) changes nothing but timing."""
+    m, k, n = shape
+    rng = np.random.default_rng(k)
+    a = rng.standard_normal((m, k)).astype(dtype)
+    b = rng.standard_normal((k, n)).astype(dtype)
+    size = workspace_size(m, n, k, dtype)
+    outs = []
+    for shift in (0, 8, 200, 1000):
+        ws = np.full(size + shift, np.nan, dtype)[shift:]
+        out = np.full((m, n), np.nan, dtype)
+        gemm_rows(a, b, out, ws)
+        outs.append(out)
+    for out in outs[1:]:
+        np.testing.assert_array_equal(out.view(np.uint8), outs[0].view(np.uint8))
+    exact = a.astype(np.float64) @ b.astype(np.float64)
+    assert np.all(np.abs(outs[0] - exact) <= product_tolerance(a, b, dtype))
