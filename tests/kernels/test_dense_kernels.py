@@ -310,3 +310,62 @@ def test_fused_sgd_gives_the_bits_of_gradient_then_update(name, batch, dtype):
     kd.backward(x, w, b, z, y, g, code, dz, dw, db, dx, lr, 0.0, 0.0, 0.0, 0.0, True)
     assert np.array_equal(w, w_ref)
     assert np.array_equal(b, b_ref)
+
+
+@pytest.mark.parametrize("n", [1, 15, 16, 17, 40, 255, 1024])
+def test_dots_4_gives_the_bits_of_dot16(n, dtype):
+    """Four rows' dot products at a time keep each row's order: ``_dot16``'s bits, for any
+    remainder of its 16 lanes."""
+    from fastdense.kernels._microkernels import dots_4
+
+    rng = np.random.default_rng(n)
+    u = rng.standard_normal(n).astype(dtype)
+    w = rng.standard_normal((6, n)).astype(dtype)
+    out = np.full(6, np.nan, dtype)
+    dots_4(u, w, 1, out, np.empty(kd._LANES, dtype))
+    assert np.isnan(out[0]) and np.isnan(out[5])
+    one = np.array([kd._dot16(u, w[p]) for p in range(1, 5)], dtype)
+    np.testing.assert_array_equal(out[1:5].view(np.uint8), one.view(np.uint8))
+    exact = w[1:5].astype(np.float64) @ u.astype(np.float64)
+    assert np.all(np.abs(out[1:5] - exact) <= product_tolerance(w[1:5], u[:, None], dtype)[:, 0])
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+@pytest.mark.parametrize("fuse_sgd, l2", [(True, 0.0), (True, 0.01), (False, 0.0)])
+@pytest.mark.parametrize("rows", [(0, 11), (3, 20), (8, 9)], ids=["0-11", "3-20", "8-9"])
+def test_rows_backward_four_rows_or_one_give_the_same_bits(batch, fuse_sgd, l2, rows, dtype):
+    """The batch-1 backward pass over rows ``p0:p1``, four rows' input gradients at a time or
+    one: the same ``dx``, the same updated weights (or ``dw``), and nothing outside the rows."""
+    p0, p1 = rows
+    n_in, units = 20, 37
+    rng = np.random.default_rng(p1)
+    x = rng.standard_normal((batch, n_in)).astype(dtype)
+    w0 = rng.standard_normal((n_in, units)).astype(dtype)
+    d = rng.standard_normal((batch, units)).astype(dtype)
+    outs = []
+    for four in (False, True):
+        w = w0.copy()
+        dx = np.full((batch, n_in), np.nan, dtype)
+        dw = np.full((n_in, units), np.nan, dtype)
+        kd._rows_backward(x, w, d, dx, dw, p0, p1, True, fuse_sgd, 0.1, 0.0, l2, four,
+                          np.empty(kd._LANES, dtype))
+        outs.append((w, dx, dw))
+    for a, b in zip(outs[0], outs[1], strict=True):
+        np.testing.assert_array_equal(a.view(np.uint8), b.view(np.uint8))
+    w, dx, dw = outs[1]
+    exact = d.astype(np.float64) @ w0[p0:p1].astype(np.float64).T
+    assert np.all(np.abs(dx[:, p0:p1] - exact)
+                  <= product_tolerance(d, w0[p0:p1].T, dtype))
+    assert np.isnan(dx[:, :p0]).all() and np.isnan(dx[:, p1:]).all()
+    xs = x[:, p0:p1].T
+    grad = xs.astype(np.float64) @ d.astype(np.float64)
+    grad_tol = product_tolerance(xs, d, dtype)
+    if fuse_sgd:
+        assert np.array_equal(w[:p0], w0[:p0]) and np.array_equal(w[p1:], w0[p1:])
+        ref = w0[p0:p1] - 0.1 * (grad + 2 * l2 * w0[p0:p1])
+        tol = 0.1 * grad_tol + 4 * np.finfo(dtype).eps * np.abs(ref)
+        assert np.all(np.abs(w[p0:p1] - ref) <= tol)
+    else:
+        assert np.array_equal(w, w0)
+        assert np.all(np.abs(dw[p0:p1] - grad) <= grad_tol)
+        assert np.isnan(dw[:p0]).all() and np.isnan(dw[p1:]).all()

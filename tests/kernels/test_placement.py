@@ -124,14 +124,15 @@ def test_products_count_their_workers():
         # The partial sums and the counter lie where ``_unaliased`` puts them.
         window = _unaliased(ws, need + 1, b)
         assert window[need:need + 1].view(np.int64)[0] == 1
-        # The batch-1 backward pass: after the two threads' gradient rows.
+        # The batch-1 backward pass: after the two threads' lanes for the input gradient.
         w = rng.standard_normal((k, n))
         g = rng.standard_normal((1, n))
         e = np.empty(0)
         ws = np.zeros(dense.workspace_size(k, n, np.float64))
         dense.backward_rows(a, w, e, g, g, g, act.LINEAR, np.empty_like(g), np.empty_like(w), e,
                             np.empty_like(a), 0.1, 0.0, 0.0, 0.0, 0.0, True, ws)
-        assert ws[2 * n:2 * n + 1].view(np.int64)[0] == 1
+        lanes = 2 * dense._LANES
+        assert ws[lanes:lanes + 1].view(np.int64)[0] == 1
 
 
 ONE_CPU = textwrap.dedent("""
