@@ -96,6 +96,17 @@ DIRECT_ROWS = 256
 # larger B read in place is a strided walk through memory that packing would make contiguous
 # (measured 1.3x slower at 4096x1024).
 DIRECT_B_BYTES = 2 << 20
+# Up to DIRECT_SKINNY_ROWS rows (a batch of 32), a B of up to DIRECT_SKINNY_B_BYTES is read in
+# place too: its panels are re-read by at most four row panels, and packing the whole of B
+# took a fifth of such a product's time (one thread, float64 32x1024x1024: 332 of 1532 us).
+# Bench forward pass, processes alternating, best of each run (2 threads unless said):
+# float32 24 x 1024->1024 312-364 -> 266-295 us, 32 x 1024->1024 403-439 -> 358-414 us (one
+# thread 775-824 -> 667-701 us); float64 32 x 784->512 329-349 -> 262-328 us (one thread
+# 583-602 -> 500-529 us), 16 x 784->512 205-213 -> 134-182 us.  Not larger B: at 8 MiB,
+# float32 32 x 2048->1024 went from 1.88-2.27 to 2.54-3.58 ms on one thread and 64 x
+# 2048->1024 from 1.48-1.62 to 2.09-2.20 ms on two; float64 32 x 1024->1024 was mixed.
+DIRECT_SKINNY_ROWS = 32
+DIRECT_SKINNY_B_BYTES = 4 << 20
 # Above this size (half the L3 on the target) a B for few rows comes from memory on every call:
 # it is packed whole-row-wise instead of by column chunks (see ``_packed``), and a product of
 # one or two rows streams eight of its rows at a time (see ``_vecmat``).
@@ -452,12 +463,15 @@ def _packed(a, b, out, trans_a, trans_b, ep, bias, code, y, w, lr, l1, l2,
     # ALIASED_A_BYTES long (a micro-panel then takes one line per row at that stride, all in a
     # few L2 sets, and is evicted before the next B panel re-reads it); B when it is not
     # transposed, not summed for the bias gradient, and re-read by few row blocks (below
-    # DIRECT_ROWS rows, packing it costs more than it saves).
+    # DIRECT_ROWS rows, packing it costs more than it saves) while it is small enough
+    # (DIRECT_B_BYTES, or DIRECT_SKINNY_B_BYTES for up to DIRECT_SKINNY_ROWS rows).
     lda = a.shape[1] * a.itemsize
     direct_a = dcode == act.LINEAR and not (trans_a and lda >= ALIASED_A_BYTES
                                             and lda % 4096 == 0)
+    b_bytes = k * n * out.itemsize
     direct_b = (not trans_b and not colsum and m <= DIRECT_ROWS
-                and k * n * out.itemsize <= DIRECT_B_BYTES)
+                and (b_bytes <= DIRECT_B_BYTES
+                     or (b_bytes <= DIRECT_SKINNY_B_BYTES and m <= DIRECT_SKINNY_ROWS)))
     # With a single row block (few rows, e.g. a small batch) the A block is packed once, by
     # all threads, rather than by each column chunk's task.
     shared_a = nib == 1 and not direct_a

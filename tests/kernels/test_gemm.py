@@ -12,6 +12,9 @@ from fastdense.kernels._microkernels import MR_F32, MR_F64, NR_F32, NR_F64
 from fastdense.kernels._tiles import BLOCKING, KC_F32, MC_F32, MC_F64, NC_F32
 from fastdense.kernels.gemm import (
     ALIASED_A_BYTES,
+    DIRECT_B_BYTES,
+    DIRECT_SKINNY_B_BYTES,
+    DIRECT_SKINNY_ROWS,
     OWN_B_BYTES,
     PAGE_BYTES,
     PIPELINE_BLOCKS,
@@ -44,6 +47,11 @@ SHAPES = [
     (37, 5, 1),  # direct path
     (2, 300, 300),  # direct path (m <= 2)
     (200, 3, 2),
+    # A row-major B between DIRECT_B_BYTES and DIRECT_SKINNY_B_BYTES, read in place for up to
+    # DIRECT_SKINNY_ROWS rows: float32 (2.4 MB; float64 packed) and float64 (2.9 MB), partial
+    # last panels, row tiles and KC blocks.
+    (20, 601, 1000),
+    (31, 600, 601),
     # A row-major B over DIRECT_B_BYTES with few rows: each task packs its own B panels
     # (``own_b``); two row blocks, edge panels, two KC blocks, and two NC blocks in float64.
     (70, 1030, 530),
@@ -64,6 +72,8 @@ SHAPES = [
     (4096, 33, KC + 88),
 ]
 assert 4096 * 4 < ALIASED_A_BYTES <= 4096 * 8 and ALIASED_A_BYTES % 4096 == 0
+assert DIRECT_B_BYTES < 601 * 1000 * 4 <= DIRECT_SKINNY_B_BYTES < 601 * 1000 * 8
+assert DIRECT_B_BYTES < 601 * 600 * 8 <= DIRECT_SKINNY_B_BYTES and 31 <= DIRECT_SKINNY_ROWS
 assert 1000 * 4300 * 4 > OWN_B_BYTES
 assert 2100 * 2100 * 4 > OWN_B_BYTES and 2100 > NC_F32 and 37 <= PIPELINE_BLOCKS * MC_F64
 assert 4096 * 1024 * 4 == OWN_B_BYTES
