@@ -173,7 +173,7 @@ def _row_kernel(name: str, nv: int, dtype: str) -> str:
 
 
 def _lane_tree(q: str) -> str:
-    """The fixed pairwise sum of 16 lanes ``q[0]`` ... ``q[15]`` (``dense._dot16``'s order)."""
+    """The fixed pairwise sum of 16 lanes ``q[0]`` ... ``q[15]``."""
     def lane(i: int) -> str:
         return f"{q}[{i}]"
     return (f"(((({lane(0)} + {lane(8)}) + ({lane(4)} + {lane(12)})) + (({lane(2)} + {lane(10)})"
@@ -182,24 +182,35 @@ def _lane_tree(q: str) -> str:
             f" + {lane(11)}) + ({lane(7)} + {lane(15)}))))")
 
 
-def _dots_kernel() -> str:
-    """``out[p + r] = u . w[p + r]`` for ``DOT_ROWS`` rows, ``dense._dot16``'s order in each."""
+def _dots_kernel(rows: int) -> str:
+    """``out[p + r] = u . w[p + r]`` for ``rows`` rows, each in the same order."""
     ind = "    "
     body = ind * 2
-    rows, lanes = DOT_ROWS, DOT_LANES
+    lanes = DOT_LANES
+    if rows == 1:
+        how = [
+            f"{ind}Storing the lanes before the tree made this 1.1-1.9x faster than the same",
+            f"{ind}chains summed straight from registers, which compiled to 2-element vectors",
+            f"{ind}(``inspect_asm``); reading weights from memory it beats :func:`dots_{DOT_ROWS}`",
+            f"{ind}(``dense.ROW_DOTS_MAX_BYTES``).",
+        ]
+    else:
+        how = [
+            f"{ind}With the lanes of {rows} rows stored to ``lanes`` before the trees, each row's",
+            f"{ind}chains are one zmm register (two in float64), and each load of ``u`` serves",
+            f"{ind}{rows} rows.",
+        ]
     lines = [
         "",
         "@kernel(nrt=False)",
         f"def dots_{rows}(u, w, p, out, lanes):",
-        f'{ind}"""``out[p + r] = u @ w[p + r]`` for ``r < {rows}``, each in the order of',
-        f"{ind}``dense._dot16``: {lanes} interleaved FMA chains (lane ``j % {lanes}``), a fixed",
-        f"{ind}pairwise tree, then the columns past the last multiple of {lanes}; so the bits",
-        f"{ind}depend on the length only.",
+        f'{ind}"""``out[p + r] = u @ w[p + r]`` for ``r < {rows}``: {lanes} interleaved FMA',
+        f"{ind}chains (lane ``j % {lanes}``, increasing ``j``), a fixed pairwise tree, then the",
+        f"{ind}columns past the last multiple of {lanes}, so the bits depend on the length only",
+        f"{ind}(the same for any number of rows at a time).  ``lanes``: a scratch of",
+        f"{ind}{rows * lanes} elements.",
         "",
-        f"{ind}One row at a time (``_dot16``) the chains compile to 2-element vectors",
-        f"{ind}(``inspect_asm``); here, with the lanes stored to ``lanes``",
-        f"{ind}({rows * lanes} elements) before the trees, each row's chains are one zmm",
-        f"{ind}register (two in float64), and each load of ``u`` serves {rows} rows.",
+        *how,
         f'{ind}"""',
         f"{ind}wide_vectors()",
         f"{ind}n = u.shape[0]",
@@ -235,7 +246,8 @@ def render() -> str:
     for name, nv, dtype in ROW_KERNELS:
         parts.append("\n" + _row_kernel(name, nv, dtype))
     parts.append(f"\nDOT_ROWS, DOT_LANES = {DOT_ROWS}, {DOT_LANES}\n")
-    parts.append("\n" + _dots_kernel())
+    for rows in (1, DOT_ROWS):
+        parts.append("\n" + _dots_kernel(rows))
     return "".join(parts)
 
 

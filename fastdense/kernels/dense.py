@@ -14,8 +14,8 @@ from numba import prange
 from numba.np.ufunc.parallel import _iget_num_threads
 
 from fastdense.kernels import activation as act
-from fastdense.kernels._codegen import fma, kernel, wide_vectors, zero_of
-from fastdense.kernels._microkernels import DOT_LANES, DOT_ROWS, dots_4
+from fastdense.kernels._codegen import fma, kernel, wide_vectors
+from fastdense.kernels._microkernels import DOT_LANES, DOT_ROWS, dots_1, dots_4
 from fastdense.kernels._placement import caller_waits, region_opens, worker_arrives
 from fastdense.kernels._tiles import BLOCKING, _blocking
 from fastdense.kernels.gemm import (
@@ -181,53 +181,14 @@ def _column_sums_serial(a, out):
             out[j] += ai[j]
 
 
-@kernel(nrt=False)
-def _dot16(u, v):
-    """``sum_j u[j] * v[j]`` in a fixed order: 16 interleaved FMA chains (lane ``j % 16``, in
-    increasing ``j``), then a fixed pairwise tree; the order depends on the length only.
-
-    The lanes let the chains vectorize without reassociation flags, but alone LLVM packs them
-    into 2-element vectors (``inspect_asm``): ``_microkernels.dots_4`` gives the same bits
-    four rows at a time in zmm registers, 1.3-2.7x faster from the caches.  Reading weights
-    from memory, one row at a time was faster (see ``ROW_DOTS_MAX_BYTES``)."""
-    wide_vectors()
-    n = u.shape[0]
-    z = zero_of(u)
-    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = z
-    s8 = s9 = s10 = s11 = s12 = s13 = s14 = s15 = z
-    n16 = (n // 16) * 16
-    for j in range(0, n16, 16):
-        uj = u[j:j + 16]
-        vj = v[j:j + 16]
-        s0 = fma(uj[0], vj[0], s0)
-        s1 = fma(uj[1], vj[1], s1)
-        s2 = fma(uj[2], vj[2], s2)
-        s3 = fma(uj[3], vj[3], s3)
-        s4 = fma(uj[4], vj[4], s4)
-        s5 = fma(uj[5], vj[5], s5)
-        s6 = fma(uj[6], vj[6], s6)
-        s7 = fma(uj[7], vj[7], s7)
-        s8 = fma(uj[8], vj[8], s8)
-        s9 = fma(uj[9], vj[9], s9)
-        s10 = fma(uj[10], vj[10], s10)
-        s11 = fma(uj[11], vj[11], s11)
-        s12 = fma(uj[12], vj[12], s12)
-        s13 = fma(uj[13], vj[13], s13)
-        s14 = fma(uj[14], vj[14], s14)
-        s15 = fma(uj[15], vj[15], s15)
-    t = z
-    for j in range(n16, n):
-        t = fma(u[j], v[j], t)
-    return ((((s0 + s8) + (s4 + s12)) + ((s2 + s10) + (s6 + s14)))
-            + (((s1 + s9) + (s5 + s13)) + ((s3 + s11) + (s7 + s15)))) + t
-
-
 #: Up to this many bytes touched by a batch-1 backward pass (the weights, and ``dw`` when it is
 #: written rather than applied), the input gradient is taken four rows of weights at a time
-#: (``_microkernels.dots_4``); above it, one row at a time (:func:`_dot16`).  Same bits either
-#: way.  Four rows were 1.3-2.7x faster on dot products from the caches, but slower from
-#: memory: reading float64 4096x1024 weights took 1.70 ms against 1.15 ms one row at a time.
-#: Whole backward passes on one thread, best of 9 (row at a time / four rows): float32
+#: (``_microkernels.dots_4``); above it, one row at a time (``dots_1``).  Same bits either
+#: way.  Four rows are faster on dot products from the caches, one row from memory (one
+#: thread, best of 10, ``dots_1`` / ``dots_4``: float32 1024x1024 72 / 58 us, 2048x1024 158 /
+#: 118 us, 4096x1024 336 / 365 us; float64 1024x1024 142 / 127 us, 2048x1024 314 / 337 us,
+#: 4096x1024 1009 / 1443 us).  Whole backward passes on one thread, best of 9, measured with
+#: an earlier one-row kernel (1.1-1.9x slower than ``dots_1``; row at a time / four rows): float32
 #: 1024x1024 with SGD applied 395 / 296 us, with ``dw`` written 218 / 122 us; float32
 #: 2048x1024 with SGD 796 / 615 us, ``dw`` 468 / 453 us, 4096x1024 1619 / 1633 us and
 #: 930 / 1802 us; float64 1024x1024 264 / 215 us and 306 / 330 us, 2048x1024 633 / 743 us
@@ -274,8 +235,8 @@ def _row_step(x, d, wp, dwp, p, fuse_sgd, lr, l1, l2):
 def _rows_backward(x, w, d, dx, dw, p0, p1, want_dx, fuse_sgd, lr, l1, l2, four, lanes):
     """Rows ``p0:p1`` of the weights for a batch of one or two: ``dx[r, p] = d[r] . w[p]``
     (the weights before the update), then row ``p`` of ``dw`` written or applied by SGD
-    (:func:`_row_step`).  With ``four``, four rows' dot products at a time (``lanes``: a
-    scratch of ``_LANES`` elements), then their steps, while the four rows are in L1."""
+    (:func:`_row_step`).  With ``four``, four rows' dot products at a time, then their steps,
+    while the four rows are in L1.  ``lanes`` is a scratch of ``_LANES`` elements."""
     batch = d.shape[0]
     p = p0
     if want_dx and four:
@@ -286,11 +247,10 @@ def _rows_backward(x, w, d, dx, dw, p0, p1, want_dx, fuse_sgd, lr, l1, l2, four,
                 _row_step(x, d, w[q], dw[q], q, fuse_sgd, lr, l1, l2)
             p += DOT_ROWS
     for q in range(p, p1):
-        wq = w[q]
         if want_dx:
             for r in range(batch):
-                dx[r, q] = _dot16(d[r], wq)
-        _row_step(x, d, wq, dw[q], q, fuse_sgd, lr, l1, l2)
+                dots_1(d[r], w, q, dx[r], lanes)
+        _row_step(x, d, w[q], dw[q], q, fuse_sgd, lr, l1, l2)
 
 
 @kernel(parallel=True)
