@@ -99,8 +99,8 @@ def forward(x, w, bias, code, z, y, ws=None):
     # ``gemm.product``'s dispatch, inlined: one call level less to compile.
     if m > 0 and n > 0:
         if k == 0 or is_small(m, n, k):
-            acc = _unaliased(buf, n, w) if buf.shape[0] >= n else np.empty(n, dtype=z.dtype)
-            _small(x, w, z, False, False, EP_BIAS_ACT, bias, code, y, z, 0.0, 0.0, 0.0, acc)
+            _small(x, w, z, False, False, EP_BIAS_ACT, bias, code, y, z, 0.0, 0.0, 0.0,
+                   _unaliased(buf, n, w))
         else:
             _packed(x, w, z, False, False, EP_BIAS_ACT, bias, code, y, z, 0.0, 0.0, 0.0,
                     act.LINEAR, z[:0], z[:0], z[:0], False, bias[:0], buf)
@@ -122,9 +122,7 @@ def forward_rows(x, w, bias, code, z, y, ws):
     """:func:`forward` for a batch of one or two rows and ``in > 0``, same arguments: the same
     bits, unless the weights are large enough to be summed in row blocks split over the
     threads (``gemm.vector_block_rows``; see ``gemm.vector_matrix``)."""
-    n = z.shape[1]
-    acc = ws if ws.shape[0] >= n else np.empty(n, dtype=z.dtype)
-    vector_matrix(x, w, z, EP_BIAS_ACT, bias, code, y, z, 0.0, 0.0, 0.0, acc)
+    vector_matrix(x, w, z, EP_BIAS_ACT, bias, code, y, z, 0.0, 0.0, 0.0, ws)
     if code == act.SOFTMAX:
         _softmax_rows_serial(z, y)
 

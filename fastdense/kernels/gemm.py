@@ -654,12 +654,15 @@ def _unaliased(buf, size, b):
     sums, one thread took 158 us at float64 1024x1024 (124-131 us elsewhere) and 71 us in
     float32 (56-60 us); two threads 80 us (64-67 us) and float32 4096x1024 155 us (126-135 us).
     Placed here, 124-125 us and 57 us at every step.  ``buf`` needs ``PAGE_BYTES`` more bytes
-    than ``size``; a shorter one gives its first ``size`` elements.  Only where the sums are
-    kept moves, so the bits are the same.
+    than ``size``; a shorter one gives its first ``size`` elements, and one shorter than
+    ``size`` is replaced by a new array with that room.  Only where the sums are kept moves,
+    so the bits are the same.
     """
     isz = buf.itemsize
     pad = PAGE_BYTES // isz
-    if buf.shape[0] < size + pad:
+    if buf.shape[0] < size:
+        buf = np.empty(size + pad, dtype=buf.dtype)
+    elif buf.shape[0] < size + pad:
         return buf[:size]
     row = b.strides[0]
     sums = b.shape[1] * isz
@@ -751,8 +754,8 @@ def vector_matrix(a, b, out, ep, bias, code, y, w, lr, l1, l2, acc):
     elements each element is the sum of partial sums over row blocks of ``b``
     (:func:`_vector_block_rows`), added in block order.  Threads take contiguous runs of
     blocks, each streamed row by row (eight rows at a time for a ``b`` read from memory), and
-    the bits do not depend on the thread count.  ``acc`` is a scratch of at least ``n``
-    elements; the whole workspace spares the partial sums an allocation.
+    the bits do not depend on the thread count.  ``acc`` is a scratch (the whole workspace
+    spares the partial sums an allocation; a short one is replaced, see :func:`_unaliased`).
     """
     m, n = out.shape
     k = b.shape[0]
@@ -768,8 +771,6 @@ def vector_matrix(a, b, out, ep, bias, code, y, w, lr, l1, l2, acc):
     # The partial sums, then with threads one element counting the workers that started
     # (:mod:`._placement`).
     size = need + (1 if nthreads > 1 else 0)
-    if acc.shape[0] < size:
-        acc = np.empty(size + PAGE_BYTES // out.itemsize, dtype=out.dtype)
     buf = _unaliased(acc, size, b)
     part = buf[:need]
     if nthreads == 1:
@@ -852,7 +853,7 @@ def product(a, b, out, trans_a, trans_b, ep, bias, code, y, w, lr, l1, l2, ws):
     if m == 0 or n == 0:
         return
     if k == 0 or is_small(m, n, k):
-        acc = _unaliased(ws, n, b) if ws.shape[0] >= n else np.empty(n, dtype=out.dtype)
+        acc = _unaliased(ws, n, b)
         _small(a, b, out, trans_a, trans_b, ep, bias, code, y, w, lr, l1, l2, acc)
         return
     e2 = out[:0]
@@ -895,10 +896,7 @@ def gemm_rows(a, b, out, ws):
     """:func:`gemm` (not transposed) for one or two rows and ``K > 0``: a separate entry point,
     compiled only when used, that streams ``b`` once (in row blocks split over the threads
     when large: :func:`vector_matrix`)."""
-    n = out.shape[1]
-    acc = ws if ws.shape[0] >= n else np.empty(n, dtype=out.dtype)
-    e1 = acc[:0]
-    vector_matrix(a, b, out, EP_STORE, e1, act.LINEAR, out, out, 0.0, 0.0, 0.0, acc)
+    vector_matrix(a, b, out, EP_STORE, ws[:0], act.LINEAR, out, out, 0.0, 0.0, 0.0, ws)
 
 
 def uses_rows(m, n, k):

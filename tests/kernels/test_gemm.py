@@ -288,6 +288,10 @@ def test_unaliased_puts_the_sums_half_a_period_from_the_rows(cols, period):
         assert (b.ctypes.data - win.ctypes.data) % PAGE_BYTES == period // 2
     short = np.empty(300 + pad - 1, np.float32)
     assert _unaliased(short, 300, b).ctypes.data == short.ctypes.data
+    # Shorter than asked: a new array, placed likewise.
+    new = _unaliased(np.empty(299, np.float32), 300, b)
+    assert new.shape == (300,)
+    assert (b.ctypes.data - new.ctypes.data) % PAGE_BYTES == period // 2
 
 
 @pytest.mark.parametrize("shape", [(1, 1024, 1024), (2, 300, 512), (1, 40, 1024)],
