@@ -34,7 +34,7 @@ from fastdense.kernels.gemm import (
     vector_matrix,
 )
 from fastdense.kernels.pack import dz_rows
-from fastdense.kernels.update import penalty_grad, sgd_step
+from fastdense.kernels.update import sgd_step, sgd_value
 
 
 @kernel(parallel=True)
@@ -200,7 +200,7 @@ _LANES = DOT_ROWS * DOT_LANES
 def _row_step(x, d, wp, dwp, p, fuse_sgd, lr, l1, l2):
     """Row ``p`` of the weight gradient for a batch of one or two, ``sum_r x[r, p] * d[r]``
     (increasing ``r``), written to ``dwp`` or applied to the weights' row ``wp`` by SGD as it
-    is computed (the bits of ``update.sgd_step`` on the written row)."""
+    is computed (``update.sgd_value``: the bits of ``sgd_step`` on the written row)."""
     wide_vectors()
     units = d.shape[1]
     x0 = x[0, p]
@@ -211,10 +211,10 @@ def _row_step(x, d, wp, dwp, p, fuse_sgd, lr, l1, l2):
                 dwp[j] = x0 * d0[j]
         elif l1 == 0.0 and l2 == 0.0:
             for j in range(units):
-                wp[j] -= lr * (x0 * d0[j])
+                wp[j] = sgd_value(wp[j], x0 * d0[j], lr, 0.0, 0.0)
         else:
             for j in range(units):
-                wp[j] -= lr * (x0 * d0[j] + penalty_grad(wp[j], l1, l2))
+                wp[j] = sgd_value(wp[j], x0 * d0[j], lr, l1, l2)
     else:
         x1 = x[1, p]
         d1 = d[1]
@@ -223,10 +223,10 @@ def _row_step(x, d, wp, dwp, p, fuse_sgd, lr, l1, l2):
                 dwp[j] = fma(x1, d1[j], x0 * d0[j])
         elif l1 == 0.0 and l2 == 0.0:
             for j in range(units):
-                wp[j] -= lr * fma(x1, d1[j], x0 * d0[j])
+                wp[j] = sgd_value(wp[j], fma(x1, d1[j], x0 * d0[j]), lr, 0.0, 0.0)
         else:
             for j in range(units):
-                wp[j] -= lr * (fma(x1, d1[j], x0 * d0[j]) + penalty_grad(wp[j], l1, l2))
+                wp[j] = sgd_value(wp[j], fma(x1, d1[j], x0 * d0[j]), lr, l1, l2)
 
 
 @kernel(nrt=False)

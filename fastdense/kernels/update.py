@@ -55,18 +55,31 @@ def _clipped(w, g, l1, l2, scale, clipvalue):
 
 
 @dated_njit(inline="always", error_model="numpy")
-def sgd_step(param, grad, lr, l1, l2):
-    """``param -= lr * (grad + l1 * sign(param) + 2 * l2 * param)`` on 1-D slices, serially.
+def sgd_value(w, g, lr, l1, l2):
+    """One weight after plain SGD, ``w - lr * (g + l1 * sign(w) + 2 * l2 * w)`` in float64,
+    without the penalty term when ``l1 = l2 = 0`` (so that an infinite weight stays so).
 
-    The one place the SGD formula lives: :func:`sgd` runs it over chunks in parallel, and the
-    GEMM epilogue and the fused backward pass call it on tile rows and on the bias.
+    The one place the SGD formula lives: :func:`sgd_step` and the batch-1 backward pass
+    (``dense._row_step``) apply it element by element; the micro-kernels' ``sgd_n`` repeats its
+    arithmetic in vector IR.  Callers split their loops on ``l1 == 0.0 and l2 == 0.0`` and pass
+    literal zeros in the plain loop, where the test then folds away.
     """
     if l1 == 0.0 and l2 == 0.0:
+        return w - lr * g
+    return w - lr * (g + penalty_grad(w, l1, l2))
+
+
+@dated_njit(inline="always", error_model="numpy")
+def sgd_step(param, grad, lr, l1, l2):
+    """``param -= lr * (grad + l1 * sign(param) + 2 * l2 * param)`` on 1-D slices, serially
+    (:func:`sgd_value`): :func:`sgd` runs it over chunks in parallel, and the GEMM epilogue
+    calls it on tile rows and the layers on the bias."""
+    if l1 == 0.0 and l2 == 0.0:
         for i in range(param.shape[0]):
-            param[i] -= lr * grad[i]
+            param[i] = sgd_value(param[i], grad[i], lr, 0.0, 0.0)
     else:
         for i in range(param.shape[0]):
-            param[i] -= lr * (grad[i] + penalty_grad(param[i], l1, l2))
+            param[i] = sgd_value(param[i], grad[i], lr, l1, l2)
 
 
 @dated_njit(parallel=True, error_model="numpy")
