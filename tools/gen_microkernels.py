@@ -17,9 +17,18 @@ from __future__ import annotations
 
 import pathlib
 
-# (name, MR, NR, dtype comment): float32 fills 16 zmm accumulators with an 8 x 32 tile
-# (2 vectors of 16 per row), float64 the same 16 zmm with 8 x 16 (2 vectors of 8 per row).
-KERNELS = (("ukernel_8x32", 8, 32, "float32"), ("ukernel_8x16", 8, 16, "float64"))
+# (name, MR, NR, dtype, tile set).  With AVX-512 (32 zmm registers), float32 fills 16 zmm
+# accumulators with an 8 x 32 tile (2 vectors of 16 per row), float64 the same 16 zmm with
+# 8 x 16.  With AVX2 only (16 ymm registers) those tiles spill: measured on a Zen 3 core, one
+# thread, kc = 256 from L1, 8 x 32 ran at 33 GFLOP/s and 8 x 16 at 16.5, against 102 and 50.5
+# for 6 x 16 and 6 x 8, whose 12 ymm accumulators leave room for two rows of B and the
+# broadcast of A (the shapes BLIS uses on Haswell and Zen).
+KERNELS = (
+    ("ukernel_8x32", 8, 32, "float32", "avx512"),
+    ("ukernel_8x16", 8, 16, "float64", "avx512"),
+    ("ukernel_6x16", 6, 16, "float32", "avx2"),
+    ("ukernel_6x8", 6, 8, "float64", "avx2"),
+)
 # (name, strip width, dtype): vector-matrix strips of 8 zmm accumulators.
 ROW_KERNELS = (("strip_128", 128, "float32"), ("strip_64", 64, "float64"))
 # Dot products of one vector with DOT_ROWS rows at once, each in DOT_LANES interleaved chains.
@@ -38,6 +47,7 @@ from fastdense.kernels._codegen import (
     copy_n,
     fma,
     kernel,
+    no_inline,
     prefetch,
     relu_n,
     sgd_n,
@@ -47,7 +57,14 @@ from fastdense.kernels._codegen import (
 '''
 
 
-def _kernel(name: str, mr: int, nr: int, dtype: str) -> str:
+def _vector_hint(tiles: str) -> str:
+    """The first statement of a kernel for ``tiles``: 512-bit vectors where the registers are
+    that wide (which also keeps it from being inlined), otherwise only no inlining (a 512-bit
+    preference on an AVX2 CPU makes LLVM split every operation in two)."""
+    return "wide_vectors()" if tiles == "avx512" else "no_inline()"
+
+
+def _kernel(name: str, mr: int, nr: int, dtype: str, tiles: str) -> str:
     ind = "    "
     lines = [
         "",
@@ -71,7 +88,7 @@ def _kernel(name: str, mr: int, nr: int, dtype: str) -> str:
         f"{ind}6 ``o -= lr * (tile + y)`` (SGD after the last KC block, ``y`` holding the",
         f"{ind}running sum of the earlier ones).",
         f'{ind}"""',
-        f"{ind}wide_vectors()",
+        f"{ind}{_vector_hint(tiles)}",
     ]
     body = ind * 2
     # The output tile is read or written after the loop: fetch its lines now, while the FMAs
@@ -239,9 +256,14 @@ def _dots_kernel(rows: int) -> str:
 def render() -> str:
     """Return the source of the generated module."""
     parts = [HEADER]
-    parts.append("\nMR_F32, NR_F32 = 8, 32\nMR_F64, NR_F64 = 8, 16\n")
-    for name, mr, nr, dtype in KERNELS:
-        parts.append("\n" + _kernel(name, mr, nr, dtype))
+    for tiles, suffix in (("avx512", ""), ("avx2", "_AVX2")):
+        shapes = {dtype: (mr, nr) for _, mr, nr, dtype, t in KERNELS if t == tiles}
+        parts.append(f"\nMR_F32{suffix}, NR_F32{suffix} = {shapes['float32'][0]}, "
+                     f"{shapes['float32'][1]}\n")
+        parts.append(f"MR_F64{suffix}, NR_F64{suffix} = {shapes['float64'][0]}, "
+                     f"{shapes['float64'][1]}\n")
+    for name, mr, nr, dtype, tiles in KERNELS:
+        parts.append("\n" + _kernel(name, mr, nr, dtype, tiles))
     parts.append("\nSTRIP_F32, STRIP_F64 = 128, 64\n")
     for name, nv, dtype in ROW_KERNELS:
         parts.append("\n" + _row_kernel(name, nv, dtype))

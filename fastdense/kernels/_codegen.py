@@ -57,6 +57,8 @@ from numba.core import caching, cgutils, imputils, itanium_mangler, sigutils
 from numba.core.compiler_lock import global_compiler_lock
 from numba.extending import intrinsic, overload
 
+from fastdense.kernels._isa import TILES
+
 FASTMATH: frozenset[str] = frozenset()
 
 
@@ -212,8 +214,9 @@ def _package_digest(directory: pathlib.Path) -> str:
 
 
 class _PackageStamp:
-    """A Numba cache locator whose source stamp is its package's digest (everything else is
-    the wrapped locator's: where the cache lives, whether it is writable)."""
+    """A Numba cache locator whose source stamp is its package's digest and the tile set
+    (everything else is the wrapped locator's: where the cache lives, whether it is
+    writable)."""
 
     def __init__(self, locator, directory: pathlib.Path):
         self._locator = locator
@@ -223,7 +226,9 @@ class _PackageStamp:
         return getattr(self._locator, name)
 
     def get_source_stamp(self) -> str:
-        return _package_digest(self._directory)
+        # The tile set too: the same source compiles to different tiles on another CPU (which
+        # Numba's key tells apart) or under FASTDENSE_TILES (which it would not).
+        return f"{_package_digest(self._directory)}:{TILES}"
 
 
 class _PackageCacheImpl(caching.CompileResultCacheImpl):

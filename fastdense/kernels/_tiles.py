@@ -1,31 +1,73 @@
-"""Compile-time tile constants and micro-kernel selection per dtype."""
+"""Compile-time tile constants and micro-kernel selection per dtype and vector instruction set.
 
-from numba import types
+The register tiles are sized for the vector registers of the CPU the kernels are compiled for
+(what Numba targets: the host, or ``NUMBA_CPU_FEATURES``): with AVX-512 (32 registers of 512
+bits) the 8 x 32 float32 and 8 x 16 float64 tiles; with AVX2 only (16 registers of 256 bits)
+6 x 16 and 6 x 8, since the AVX-512 tiles would need every register for their accumulators
+and spill (on a Zen 3 core, one thread: 33 against 102 GFLOP/s in float32, 16.5 against 50.5
+in float64).  The tile shape does not change any result: each output element is summed over
+the reduction in the same order whatever the tile (only ``KC``, the same for both sets, would).
+
+``FASTDENSE_TILES=avx512`` or ``avx2`` overrides the choice (for tests and diagnostics: an
+AVX-512 tile runs on an AVX2 CPU, only slowly, and an AVX2 tile on an AVX-512 CPU).  The chosen
+set is part of every kernel's cache stamp (:mod:`fastdense.kernels._codegen`), so kernels
+compiled for one set are never loaded for the other.
+"""
+
 from numba.extending import overload
 
+from fastdense.kernels._isa import TILES
 from fastdense.kernels._microkernels import (
     MR_F32,
+    MR_F32_AVX2,
     MR_F64,
+    MR_F64_AVX2,
     NR_F32,
+    NR_F32_AVX2,
     NR_F64,
+    NR_F64_AVX2,
     STRIP_F32,
     STRIP_F64,
     strip_64,
     strip_128,
+    ukernel_6x8,
+    ukernel_6x16,
     ukernel_8x16,
     ukernel_8x32,
 )
 
-# Cache blocking.  KC * NR (B micro-panel) stays in L1 next to the A stream, MC * KC (A block) in
-# L2 (1-2 MiB on the targets), NC * KC (B block) in L3.
-KC_F32, MC_F32, NC_F32 = 512, 64, 2048
-KC_F64, MC_F64, NC_F64 = 512, 32, 1024
-
-# ``(MR, NR, KC, MC, NC)`` by dtype name, for Python callers sizing workspaces.
-BLOCKING = {
-    "float32": (MR_F32, NR_F32, KC_F32, MC_F32, NC_F32),
-    "float64": (MR_F64, NR_F64, KC_F64, MC_F64, NC_F64),
+# Cache blocking, ``(MR, NR, KC, MC, NC)`` by dtype and tile set.  KC * NR (B micro-panel) stays
+# in L1 next to the A stream, MC * KC (A block) in L2 (0.5-2 MiB on the targets), NC * KC (B
+# block) in L3.  KC is the same for both tile sets, so both give the same bits; MC is a whole
+# number of MR-row panels.  On the AVX2 machine (Zen 3, 32 KiB L1, 512 KiB L2), one thread,
+# Dense forward: KC = 256 was 0-35% slower than 512 on six shapes from 32 x 784->512 to
+# 1024 x 1024->1024 in both dtypes, and MC doubled (144 and 72) within the noise.
+_BLOCKINGS = {
+    ("float32", "avx512"): (MR_F32, NR_F32, 512, 64, 2048),
+    ("float64", "avx512"): (MR_F64, NR_F64, 512, 32, 1024),
+    ("float32", "avx2"): (MR_F32_AVX2, NR_F32_AVX2, 512, 72, 2048),
+    ("float64", "avx2"): (MR_F64_AVX2, NR_F64_AVX2, 512, 36, 1024),
 }
+_UKERNELS = {
+    ("float32", "avx512"): ukernel_8x32,
+    ("float64", "avx512"): ukernel_8x16,
+    ("float32", "avx2"): ukernel_6x16,
+    ("float64", "avx2"): ukernel_6x8,
+}
+
+#: ``(MR, NR, KC, MC, NC)`` by dtype name, for Python callers sizing workspaces.
+BLOCKING = {dt: _BLOCKINGS[dt, TILES] for dt in ("float32", "float64")}
+KC_F32, MC_F32, NC_F32 = BLOCKING["float32"][2:]
+KC_F64, MC_F64, NC_F64 = BLOCKING["float64"][2:]
+
+
+def _dtype_name(a) -> str:
+    return "float32" if a.dtype.bitwidth == 32 else "float64"
+
+
+# The overloads below hand Numba closures over the chosen kernel or constants, never globals:
+# Numba keys a cached overload by its code and the contents of its closure, so what was
+# compiled for one tile set is never loaded for the other.
 
 
 def _ukernel(kc, a2, bp, bo, bps, tile, out, i0, j0, mode, lr, bias, y, relu):
@@ -34,7 +76,7 @@ def _ukernel(kc, a2, bp, bo, bps, tile, out, i0, j0, mode, lr, bias, y, relu):
 
 @overload(_ukernel, jit_options={"cache": True})
 def _ukernel_ol(kc, a2, bp, bo, bps, tile, out, i0, j0, mode, lr, bias, y, relu):
-    fn = ukernel_8x32 if a2.dtype == types.float32 else ukernel_8x16
+    fn = _UKERNELS[_dtype_name(a2), TILES]
 
     def impl(kc, a2, bp, bo, bps, tile, out, i0, j0, mode, lr, bias, y, relu):
         return fn(kc, a2, bp, bo, bps, tile, out, i0, j0, mode, lr, bias, y, relu)
@@ -48,12 +90,8 @@ def _blocking(a):
 
 @overload(_blocking, jit_options={"cache": True})
 def _blocking_ol(a):
-    if a.dtype == types.float32:
-        return lambda a: (MR_F32, NR_F32, KC_F32, MC_F32, NC_F32)
-    return lambda a: (MR_F64, NR_F64, KC_F64, MC_F64, NC_F64)
-
-
-
+    blocking = BLOCKING[_dtype_name(a)]
+    return lambda a: blocking
 
 
 def _strip(x, b, j0, out):
@@ -62,7 +100,7 @@ def _strip(x, b, j0, out):
 
 @overload(_strip, jit_options={"cache": True})
 def _strip_ol(x, b, j0, out):
-    fn = strip_128 if out.dtype == types.float32 else strip_64
+    fn = strip_128 if _dtype_name(out) == "float32" else strip_64
 
     def impl(x, b, j0, out):
         return fn(x, b, j0, out)
@@ -76,5 +114,5 @@ def _strip_width(a):
 
 @overload(_strip_width, jit_options={"cache": True})
 def _strip_width_ol(a):
-    width = STRIP_F32 if a.dtype == types.float32 else STRIP_F64
+    width = STRIP_F32 if _dtype_name(a) == "float32" else STRIP_F64
     return lambda a: width

@@ -47,6 +47,7 @@ from fastdense.kernels._codegen import (
     wide_vectors,
     zero_of,
 )
+from fastdense.kernels._isa import TILES
 from fastdense.kernels._placement import caller_waits, region_opens, worker_arrives
 from fastdense.kernels._tiles import BLOCKING, _blocking, _strip, _strip_width, _ukernel
 from fastdense.kernels.pack import pack_a, pack_b, pack_b_rows
@@ -107,6 +108,13 @@ DIRECT_B_BYTES = 2 << 20
 # 2048->1024 from 1.48-1.62 to 2.09-2.20 ms on two; float64 32 x 1024->1024 was mixed.
 DIRECT_SKINNY_ROWS = 32
 DIRECT_SKINNY_B_BYTES = 4 << 20
+# Those were measured with the AVX-512 tiles.  With the AVX2 tiles (a B panel of 16 float32 or 8
+# float64 columns: one cache line a step, at the row stride), reading B in place was slower, so
+# B is always packed there.  Zen 3, Dense forward float32, in place / packed: one thread 256 x
+# 784->512 3.23 / 2.40 ms, 32 x 1024->1024 1.50 / 1.17 ms, 128 x 784->128 378 / 338 us; two
+# threads 1.63 / 1.34 ms, 769 / 593 us, 204 / 187 us; float64 at parity but for 128 x 784->128
+# (one thread 870 / 681 us).
+READS_B_IN_PLACE = TILES == "avx512"
 # Above this size (half the L3 on the target) a B for few rows comes from memory on every call:
 # it is packed whole-row-wise instead of by column chunks (see ``_packed``), and a product of
 # one or two rows streams eight of its rows at a time (see ``_vecmat``).
@@ -469,7 +477,7 @@ def _packed(a, b, out, trans_a, trans_b, ep, bias, code, y, w, lr, l1, l2,
     direct_a = dcode == act.LINEAR and not (trans_a and lda >= ALIASED_A_BYTES
                                             and lda % 4096 == 0)
     b_bytes = k * n * out.itemsize
-    direct_b = (not trans_b and not colsum and m <= DIRECT_ROWS
+    direct_b = (READS_B_IN_PLACE and not trans_b and not colsum and m <= DIRECT_ROWS
                 and (b_bytes <= DIRECT_B_BYTES
                      or (b_bytes <= DIRECT_SKINNY_B_BYTES and m <= DIRECT_SKINNY_ROWS)))
     # With a single row block (few rows, e.g. a small batch) the A block is packed once, by

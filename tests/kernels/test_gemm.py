@@ -8,7 +8,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fastdense.kernels._microkernels import MR_F32, MR_F64, NR_F32, NR_F64
 from fastdense.kernels._tiles import BLOCKING, KC_F32, MC_F32, MC_F64, NC_F32
 from fastdense.kernels.gemm import (
     ALIASED_A_BYTES,
@@ -30,6 +29,8 @@ from fastdense.kernels.gemm import (
 )
 from tests.kernels.conftest import product_tolerance
 
+# The tiles of this machine's tile set (``_tiles``); test_tiles.py runs the other set.
+(MR_F32, NR_F32), (MR_F64, NR_F64) = BLOCKING["float32"][:2], BLOCKING["float64"][:2]
 MR = MR_F32
 assert MR == MR_F64
 KC = KC_F32

@@ -1,0 +1,190 @@
+"""The register tiles per vector instruction set: which set is chosen, every generated
+micro-kernel against a float64 reference, and the same bits from both sets."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from fastdense.kernels import _microkernels as mk
+from fastdense.kernels._isa import TILE_SETS, TILES, target_tile_set
+from fastdense.kernels._tiles import BLOCKING
+from fastdense.kernels.dense import forward
+from fastdense.kernels.gemm import gemm
+from tests.kernels.conftest import product_tolerance
+
+# (kernel, MR, NR, dtype) of both tile sets: each set's kernels run on any x86-64 CPU (the
+# other set's only slowly), so all four are checked on every machine.
+KERNELS = [
+    (mk.ukernel_8x32, mk.MR_F32, mk.NR_F32, np.float32),
+    (mk.ukernel_8x16, mk.MR_F64, mk.NR_F64, np.float64),
+    (mk.ukernel_6x16, mk.MR_F32_AVX2, mk.NR_F32_AVX2, np.float32),
+    (mk.ukernel_6x8, mk.MR_F64_AVX2, mk.NR_F64_AVX2, np.float64),
+]
+KERNEL_IDS = ["8x32", "8x16", "6x16", "6x8"]
+
+
+@pytest.mark.parametrize(("features", "expected"), [
+    ("+sse4.2,+avx,+avx2,+fma,+avx512f,+avx512bw,+avx512vl", "avx512"),
+    ("+sse4.2,+avx,+avx2,+fma,-avx512f,-avx512bw", "avx2"),
+    ("+avx2,+avx512vl", "avx2"),  # AVX-512F itself is what the tiles need
+    ("", "avx2"),
+])
+def test_tile_set_follows_the_target_features(features, expected):
+    assert target_tile_set({}, features) == expected
+
+
+def test_tile_set_override():
+    avx512 = "+avx2,+avx512f"
+    assert target_tile_set({"FASTDENSE_TILES": "avx2"}, avx512) == "avx2"
+    assert target_tile_set({"FASTDENSE_TILES": " AVX512 "}, "+avx2") == "avx512"
+    assert target_tile_set({"FASTDENSE_TILES": ""}, avx512) == "avx512"
+    with pytest.raises(ValueError, match=r"FASTDENSE_TILES must be one of avx512, avx2, got 'sse'"):
+        target_tile_set({"FASTDENSE_TILES": "sse"}, avx512)
+
+
+def test_blocking_of_the_active_set():
+    assert TILES in TILE_SETS
+    shapes = {"avx512": {"float32": (8, 32), "float64": (8, 16)},
+              "avx2": {"float32": (6, 16), "float64": (6, 8)}}[TILES]
+    for dtype, (mr, nr, kc, mc, nc) in BLOCKING.items():
+        assert (mr, nr) == shapes[dtype]
+        assert kc == 512  # the same in both sets: the same bits
+        assert mc % mr == 0 and nc % nr == 0
+
+
+def _panels(rng, kc, mr, nr, bps, dtype):
+    """An A panel as a strided (kc, mr) view and a B panel of row stride ``bps``."""
+    a_full = rng.standard_normal((mr + 3, kc + 2)).astype(dtype)
+    a2 = a_full[1:mr + 1, 2:kc + 2].T  # (kc, mr), column-major-like strides
+    bp = rng.standard_normal(5 + max(kc, 1) * bps).astype(dtype)
+    return a2, bp, 5
+
+
+@pytest.mark.parametrize("kc", [0, 1, 7, 64])
+@pytest.mark.parametrize("in_place", [False, True], ids=["packed", "in_place"])
+@pytest.mark.parametrize(("kern", "mr", "nr", "dtype"), KERNELS, ids=KERNEL_IDS)
+def test_microkernel_modes_match_reference(kern, mr, nr, dtype, kc, in_place):
+    rng = np.random.default_rng(kc * 31 + nr)
+    bps = nr + 11 if in_place else nr
+    a2, bp, bo = _panels(rng, kc, mr, nr, bps, dtype)
+    b = np.stack([bp[bo + p * bps:bo + p * bps + nr] for p in range(kc)]) if kc else \
+        np.zeros((0, nr), dtype)
+    ref = a2.T.astype(np.float64) @ b.astype(np.float64)  # tile[i, j] = sum_p a2[p, i] b[p, j]
+    tol = product_tolerance(a2.T, b, dtype)
+    bias = rng.standard_normal(nr + 4).astype(dtype)
+    lr = 0.25
+    i0, j0 = 2, 3
+    base = rng.standard_normal((mr + 4, nr + 6)).astype(dtype)
+    win = (slice(i0, i0 + mr), slice(j0, j0 + nr))
+    for mode in range(7):
+        tile = np.full(mr * nr, np.nan, dtype)
+        out = base.copy()
+        y = base.copy() + 1 if mode in (4, 5, 6) else out
+        y0 = y.copy()
+        kern(kc, a2, bp, bo, bps, tile, out, i0, j0, mode, lr, bias[:nr + j0], y, mode != 6)
+        t = tile.reshape(mr, nr)
+        if mode <= 3:  # the epilogues of modes 4 to 6 work on the tile in place
+            assert np.all(np.abs(t - ref) <= tol), mode
+        o64 = base[win].astype(np.float64)
+        if mode == 0:
+            expect_out = o64
+        elif mode == 1:
+            expect_out = t
+        elif mode == 2:
+            expect_out = o64 + t
+        elif mode == 3:
+            expect_out = o64 - lr * t
+        elif mode == 4:
+            expect_out = ref + bias[j0:j0 + nr]
+        elif mode == 5:
+            expect_out = o64 + ref + bias[j0:j0 + nr]
+        else:
+            expect_out = o64 - lr * (ref + y0[win])
+        slack = 4 * np.finfo(dtype).eps * (np.abs(expect_out) + 1)
+        assert np.all(np.abs(out[win] - expect_out) <= tol + slack), mode
+        if mode in (4, 5):
+            assert np.array_equal(y[win], np.maximum(out[win], 0)), mode
+        # Nothing outside the tile's window changes.
+        outside = np.ones(out.shape, bool)
+        outside[win] = False
+        assert np.array_equal(out[outside], base[outside]), mode
+
+
+@pytest.mark.parametrize("kc", [1, 37, 512])
+def test_tile_shapes_give_the_same_bits(kc):
+    """Each element is one FMA chain in increasing step order whatever the tile: an 8 x 32
+    float32 block computed by the AVX-512 kernel or by the AVX2 one in 6 x 16 pieces (and
+    likewise 8 x 16 in 6 x 8 pieces in float64) is bitwise the same."""
+    rng = np.random.default_rng(kc)
+    for big, small, dtype in ((0, 2, np.float32), (1, 3, np.float64)):
+        kbig, mrb, nrb, _ = KERNELS[big]
+        ksmall, mrs, nrs, _ = KERNELS[small]
+        rows = 2 * mrs  # covers the big tile's rows: 12 >= 8
+        a = rng.standard_normal((rows, kc)).astype(dtype)
+        b = rng.standard_normal((kc, nrb)).astype(dtype)
+        empty = np.zeros(0, dtype)
+        whole = np.empty(mrb * nrb, dtype)
+        kbig(kc, a[:mrb].T, b.ravel(), 0, nrb, whole, b, 0, 0, 0, 0.0, empty, b, False)
+        pieces = np.empty((rows, nrb), dtype)
+        tile = np.empty(mrs * nrs, dtype)
+        for i in range(0, rows, mrs):
+            for j in range(0, nrb, nrs):
+                ksmall(kc, a[i:i + mrs].T, b.ravel(), j, nrb, tile, b, 0, 0, 0, 0.0, empty, b,
+                       False)
+                pieces[i:i + mrs, j:j + nrs] = tile.reshape(mrs, nrs)
+        assert np.array_equal(whole.reshape(mrb, nrb), pieces[:mrb])
+
+
+# Shapes around both sets' MR, NR and KC, read in place and packed, one and several KC and
+# row blocks; (m, k, n).
+_CROSS_SHAPES = [(7, 511, 33), (13, 1030, 17), (50, 300, 129), (33, 1024, 1024), (100, 600, 70)]
+_CROSS_SCRIPT = textwrap.dedent("""
+    import sys
+    import numpy as np
+    from fastdense.kernels._isa import TILES
+    from tests.kernels.test_tiles import _CROSS_SHAPES, _products
+    assert TILES == sys.argv[2], TILES
+    np.savez(sys.argv[1], **_products(_CROSS_SHAPES))
+""")
+_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _products(shapes):
+    out = {}
+    for dtype in (np.float32, np.float64):
+        for i, (m, k, n) in enumerate(shapes):
+            rng = np.random.default_rng(i)
+            a = rng.standard_normal((m, k)).astype(dtype)
+            b = rng.standard_normal((k, n)).astype(dtype)
+            bias = rng.standard_normal(n).astype(dtype)
+            c = np.empty((m, n), dtype)
+            gemm(a, b, c, False, False)
+            ct = np.empty((k, n), dtype)
+            gemm(a, c, ct, True, False)
+            y = np.empty((m, n), dtype)
+            forward(a, b, bias, 1, y, y)
+            key = f"{np.dtype(dtype).name}_{i}"
+            out["nn_" + key], out["tn_" + key], out["fwd_" + key] = c, ct, y
+    return out
+
+
+def test_other_tile_set_gives_the_same_bits(tmp_path):
+    """The whole product (packing, edge tiles, KC blocks, the fused bias and ReLU) with the
+    other tile set, compiled in a subprocess into its own cache, matches this process bit for
+    bit."""
+    other = next(t for t in TILE_SETS if t != TILES)
+    path = tmp_path / "other.npz"
+    env = dict(os.environ, FASTDENSE_TILES=other, NUMBA_CACHE_DIR=str(tmp_path / "cache"))
+    subprocess.run([sys.executable, "-c", _CROSS_SCRIPT, str(path), other], env=env, cwd=_ROOT,
+                   check=True, timeout=600)
+    theirs = np.load(path)
+    ours = _products(_CROSS_SHAPES)
+    assert sorted(theirs.files) == sorted(ours)
+    for key, value in ours.items():
+        assert np.array_equal(theirs[key], value), key
