@@ -18,6 +18,7 @@ import numpy as np
 
 import fastdense
 from fastdense.bench.pinning import available_cores, pinned_threads
+from fastdense.kernels._isa import TILES
 
 ENV_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS",
             "MKL_NUM_THREADS", "NUMBA_NUM_THREADS", "NUMBA_THREADING_LAYER", "NUMBA_DISABLE_JIT")
@@ -92,6 +93,8 @@ def describe(threads: int) -> dict[str, Any]:
         "numba": numba.__version__,
         "numba_threading_layer": layer,
         "fastdense": fastdense.__version__,
+        # Which register tiles the kernels were compiled with (the CPU's vector instruction set).
+        "fastdense_tiles": TILES,
         "torch": _torch_version(),
         "blas": blas_info(),
         "load_average_1min": load_average(),

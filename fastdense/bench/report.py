@@ -118,6 +118,8 @@ def header(machine: dict[str, Any], peaks: dict[str, float], compile_s: dict[str
                      for b in machine["blas"]) or "none found"
     versions = (f"numpy {machine['numpy']}, numba {machine['numba']} "
                 f"({machine['numba_threading_layer']}), fastdense {machine['fastdense']}")
+    if machine.get("fastdense_tiles"):
+        versions += f" ({machine['fastdense_tiles']} tiles)"
     if machine.get("torch"):
         versions += f", torch {machine['torch']}"
     lines = [

@@ -1,7 +1,8 @@
 """Compile settings for fastdense's kernels, applied to our functions only.
 
 The register-tile micro-kernels (:mod:`fastdense.kernels._microkernels`) reach ~96% of peak only
-when (1) LLVM's SLP vectorizer runs and (2) the vectorizer may use 512-bit vectors.  Numba turns
+when (1) LLVM's SLP vectorizer runs and (2) on AVX-512 CPUs, the vectorizer may use 512-bit
+vectors (the AVX2 tiles, :mod:`fastdense.kernels._tiles`, need only the first).  Numba turns
 SLP off by default (``numba.config.SLP_VECTORIZE``) and LLVM's cost model for several AVX-512
 CPUs prefers 256-bit vectors.  Both are process-wide knobs in Numba, and flipping them globally
 (``NUMBA_SLP_VECTORIZE=1`` / ``NUMBA_CPU_FEATURES=...,-prefer-256-bit``) would change how the

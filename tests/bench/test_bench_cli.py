@@ -55,6 +55,7 @@ def test_exit_code_and_table(full_run: dict) -> None:
     assert all(re.fullmatch(r"\d+\.\d\dx!?", row[-1]) for row in rows)
     assert "geometric mean" in out
     assert "JIT compile" in out and "machine:" in out
+    assert re.search(r"fastdense \S+ \((avx512|avx2) tiles\)", out)
 
 
 def test_json_schema(full_run: dict) -> None:
@@ -65,6 +66,7 @@ def test_json_schema(full_run: dict) -> None:
     for key in ("cpu", "available_cores", "threads", "numpy", "numba", "blas", "env"):
         assert key in machine
     assert isinstance(machine["threads"], int) and isinstance(machine["blas"], list)
+    assert machine["fastdense_tiles"] in ("avx512", "avx2")
     assert set(doc["peak_gflops"]) == {"float32"}
     assert all(v > 0 for v in doc["peak_gflops"].values())
     assert isinstance(doc["compile"]["total_s"], float)
