@@ -89,7 +89,14 @@ SERIAL_WORK = 64 * 64 * 64
 # Packing every transposed A was slower at 1024 and 784 rows (float64 1024x1024x1024 21.6-22.2
 # -> 23.3-23.7 ms), and at 4104 float64 columns, where the in-place read is not aliased
 # (84.8-93.0 -> 90.9-97.0 ms).
-ALIASED_A_BYTES = 32 << 10
+# With the AVX2 tiles (Zen 3) the threshold is 4 KiB: a micro-panel of 6 rows of the transposed
+# A takes a line from each row of ``a``, and with rows of any multiple of 4 KiB those lines all
+# fall in one L1 set.  ``x.T @ dz``, two threads, 32 KiB / 4 KiB: float32 1024x4096->1024
+# 86.8 / 49.8 ms (NumPy 46.0), 1024x1024->1024 20.0 / 13.0 ms (NumPy 13.6), 256x4096->1024
+# 19.9 / 13.0-17.2 ms; float64 1024x1024->1024 37.4 / 26.0-28.3 ms (NumPy 24.9-30.4); the
+# others at parity.  Packing every transposed A was slower there too (float32 1024x784->512
+# 6.0 -> 8.0 ms, 1024x256->256 1.0 -> 1.8 ms).
+ALIASED_A_BYTES = (32 << 10) if TILES == "avx512" else (4 << 10)
 # Up to this many output rows the packed path reads a row-major B in place (each B panel is
 # re-read by few row blocks, so packing it would cost more than it saves).
 DIRECT_ROWS = 256

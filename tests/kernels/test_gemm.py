@@ -68,11 +68,14 @@ SHAPES = [
     (37, 1024, 4096),
     (100, 1024, 4096),
     # Rows of a transposed A (op(A) columns) of 32 KiB in float64: packed, not read in place
-    # (16 KiB in float32: in place); a partial last NR panel and two KC blocks, the second
-    # partial.
+    # (16 KiB in float32: in place with the AVX-512 tiles, packed with the AVX2 ones); a
+    # partial last NR panel and two KC blocks, the second partial.
     (4096, 33, KC + 88),
+    # Rows of 4 KiB in float32 (packed with the AVX2 tiles, in place with the AVX-512 ones) and
+    # 8 KiB in float64.
+    (1024, 45, 70),
 ]
-assert 4096 * 4 < ALIASED_A_BYTES <= 4096 * 8 and ALIASED_A_BYTES % 4096 == 0
+assert ALIASED_A_BYTES in (4096, 32 << 10)
 assert DIRECT_B_BYTES < 601 * 1000 * 4 <= DIRECT_SKINNY_B_BYTES < 601 * 1000 * 8
 assert DIRECT_B_BYTES < 601 * 600 * 8 <= DIRECT_SKINNY_B_BYTES and 31 <= DIRECT_SKINNY_ROWS
 assert 1000 * 4300 * 4 > OWN_B_BYTES
