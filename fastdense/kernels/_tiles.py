@@ -39,8 +39,8 @@ from fastdense.kernels._microkernels import (
 # Cache blocking, ``(MR, NR, KC, MC, NC)`` by dtype and tile set.  KC * NR (B micro-panel) stays
 # in L1 next to the A stream, MC * KC (A block) in L2 (0.5-2 MiB on the targets), NC * KC (B
 # block) in L3.  KC is the same for both tile sets, so both give the same bits; MC is a whole
-# number of MR-row panels.  On the AVX2 machine (Zen 3, 32 KiB L1, 512 KiB L2), one thread,
-# Dense forward: KC = 256 was no faster than 512 (one thread, six shapes from 32 x 784->512 to
+# number of MR-row panels.  On the AVX2 machine (Zen 3, 32 KiB L1, 512 KiB L2), Dense forward:
+# KC = 256 was no faster than 512 (one thread, six shapes from 32 x 784->512 to
 # 1024 x 1024->1024 in both dtypes: 0-35% slower; two threads, four shapes, two alternations:
 # within the noise or slower), and MC doubled (144 and 72) within the noise.
 _BLOCKINGS = {
