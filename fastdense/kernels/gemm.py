@@ -60,6 +60,9 @@ from fastdense.kernels.update import sgd_step
 # layer and registers that symbol, so start it here (as any prange kernel's first call would).
 _launch_threads()
 
+# Whether the AVX-512 tiles are compiled (else the AVX2 ones): some thresholds below differ.
+WIDE_TILES = TILES == "avx512"
+
 # Epilogues applied when a tile is stored after its last KC block.
 EP_STORE = 0
 EP_BIAS_ACT = 1
@@ -96,7 +99,7 @@ SERIAL_WORK = 64 * 64 * 64
 # 19.9 / 13.0-17.2 ms; float64 1024x1024->1024 37.4 / 26.0-28.3 ms (NumPy 24.9-30.4); the
 # others at parity.  Packing every transposed A was slower there too (float32 1024x784->512
 # 6.0 -> 8.0 ms, 1024x256->256 1.0 -> 1.8 ms).
-ALIASED_A_BYTES = (32 << 10) if TILES == "avx512" else (4 << 10)
+ALIASED_A_BYTES = (32 << 10) if WIDE_TILES else (4 << 10)
 # Up to this many output rows the packed path reads a row-major B in place (each B panel is
 # re-read by few row blocks, so packing it would cost more than it saves).
 DIRECT_ROWS = 256
@@ -116,12 +119,13 @@ DIRECT_B_BYTES = 2 << 20
 DIRECT_SKINNY_ROWS = 32
 DIRECT_SKINNY_B_BYTES = 4 << 20
 # Those were measured with the AVX-512 tiles.  With the AVX2 tiles (a B panel of 16 float32 or 8
-# float64 columns: one cache line a step, at the row stride), reading B in place was slower, so
-# B is always packed there.  Zen 3, Dense forward float32, in place / packed: one thread 256 x
-# 784->512 3.23 / 2.40 ms, 32 x 1024->1024 1.50 / 1.17 ms, 128 x 784->128 378 / 338 us; two
-# threads 1.63 / 1.34 ms, 769 / 593 us, 204 / 187 us; float64 at parity but for 128 x 784->128
-# (one thread 870 / 681 us).
-READS_B_IN_PLACE = TILES == "avx512"
+# float64 columns: one cache line a step, at the row stride), reading B in place was mostly
+# slower, so there B is read in place only in float32, for up to DIRECT_SKINNY_ROWS rows and up
+# to DIRECT_B_BYTES.  Zen 3, Dense forward float32, in place / packed: one thread 256 x 784->512
+# 3.23 / 2.40 ms, 32 x 1024->1024 1.50 / 1.17 ms, 128 x 784->128 378 / 338 us; two threads
+# 1.63 / 1.34 ms, 769 / 593 us, 204 / 187-288 us, 256 x 784->128 389-477 / 345-358 us; but
+# 32 x 784->128 61-65 / 77-78 us and 32 x 784->512 224-253 / 232-296 us.  Float64 packed:
+# two threads 128 x 784->128 513-524 / 348-361 us, 32 x 784->512 579-607 / 465-467 us.
 # Above this size (half the L3 on the target) a B for few rows comes from memory on every call:
 # it is packed whole-row-wise instead of by column chunks (see ``_packed``), and a product of
 # one or two rows streams eight of its rows at a time (see ``_vecmat``).
@@ -484,9 +488,13 @@ def _packed(a, b, out, trans_a, trans_b, ep, bias, code, y, w, lr, l1, l2,
     direct_a = dcode == act.LINEAR and not (trans_a and lda >= ALIASED_A_BYTES
                                             and lda % 4096 == 0)
     b_bytes = k * n * out.itemsize
-    direct_b = (READS_B_IN_PLACE and not trans_b and not colsum and m <= DIRECT_ROWS
-                and (b_bytes <= DIRECT_B_BYTES
-                     or (b_bytes <= DIRECT_SKINNY_B_BYTES and m <= DIRECT_SKINNY_ROWS)))
+    if WIDE_TILES:
+        direct_b = (not trans_b and not colsum and m <= DIRECT_ROWS
+                    and (b_bytes <= DIRECT_B_BYTES
+                         or (b_bytes <= DIRECT_SKINNY_B_BYTES and m <= DIRECT_SKINNY_ROWS)))
+    else:
+        direct_b = (not trans_b and not colsum and out.itemsize == 4 and m <= DIRECT_SKINNY_ROWS
+                    and b_bytes <= DIRECT_B_BYTES)
     # With a single row block (few rows, e.g. a small batch) the A block is packed once, by
     # all threads, rather than by each column chunk's task.
     shared_a = nib == 1 and not direct_a

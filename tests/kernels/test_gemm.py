@@ -49,7 +49,9 @@ SHAPES = [
     (2, 300, 300),  # direct path (m <= 2)
     (200, 3, 2),
     # A row-major B between DIRECT_B_BYTES and DIRECT_SKINNY_B_BYTES, read in place for up to
-    # DIRECT_SKINNY_ROWS rows: float32 (2.4 MB; float64 packed) and float64 (2.9 MB), partial
+    # DIRECT_SKINNY_ROWS rows with the AVX-512 tiles (packed with the AVX2 ones, which read in
+    # place only float32 B of up to DIRECT_B_BYTES, as in the shapes above): float32 (2.4 MB;
+    # float64 packed) and float64 (2.9 MB), partial
     # last panels, row tiles and KC blocks.
     (20, 601, 1000),
     (31, 600, 601),
