@@ -17,6 +17,7 @@ from fastdense.kernels.gemm import (
     OWN_B_BYTES,
     PAGE_BYTES,
     PIPELINE_BLOCKS,
+    _row_blocks,
     _unaliased,
     _vecmat,
     _ws_len,
@@ -92,6 +93,26 @@ def test_double_buffering_starts_at_own_b_bytes_and_stops_after_two_row_blocks()
         assert double_buffers_b(rows, 1024, 4096, 4, mc)
         assert not double_buffers_b(rows, 1024, 4095, 4, mc)
         assert not double_buffers_b(rows + 1, 1024, 4096, 4, mc)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_row_blocks_are_whole_panels_and_shared_evenly(dtype):
+    MR, _, _, MC, _ = BLOCKING[dtype]
+    for m in (1, MR - 1, MC, MC + 1, 2 * MC + 1, 256, 1000, 1024, 2048, 4099):
+        pm = -(-m // MR)
+        for nthreads in (1, 2, 3, 4):
+            for own_b in (False, True):
+                nib = _row_blocks(m, MR, MC, nthreads, own_b)
+                edges = [MR * ((pm * ib) // nib) for ib in range(nib)] + [m]
+                sizes = np.diff(edges)
+                assert edges[0] == 0 and (sizes > 0).all() and (sizes <= MC).all()
+                assert all(e % MR == 0 for e in edges[:-1])
+                # Blocks differ by at most a panel, and the last by its partial panel too.
+                assert sizes.max() - sizes.min() < 2 * MR
+                if nthreads > 1 and not own_b and nib > 1:
+                    assert nib % nthreads == 0 or nib == pm
+                if nthreads == 1 or own_b:
+                    assert nib == -(-m // MC)
 
 
 def _operands(rng, m, n, k, ta, tb, dtype):
