@@ -98,7 +98,16 @@ SERIAL_WORK = 64 * 64 * 64
 # 86.8 / 49.8 ms (NumPy 46.0), 1024x1024->1024 20.0 / 13.0 ms (NumPy 13.6), 256x4096->1024
 # 19.9 / 13.0-17.2 ms; float64 1024x1024->1024 37.4 / 26.0-28.3 ms (NumPy 24.9-30.4); the
 # others at parity.  Packing every transposed A was slower there too (float32 1024x784->512
-# 6.0 -> 8.0 ms, 1024x256->256 1.0 -> 1.8 ms).
+# 6.0 -> 8.0 ms, 1024x256->256 1.0 -> 1.8 ms), but that was the A of few output rows, which
+# ``own_b`` tasks pack once per column chunk, and a slower ``pack_a``.  With a transposed A of
+# more than DIRECT_ROWS output rows (packed once per row block) and ``pack_a`` reading 2-D
+# views, the AVX2 tiles pack every such A: a micro-panel read in place takes a line from each
+# of its kc rows for 6 elements, 32 KiB of lines per call beside the 32 KiB B micro-panel.
+# ``x.T @ dz`` as out (M x N) over K, both versions in one process alternating, best of 5:
+# one thread, float32 784x512 over 1024 11.3 -> 9.6 ms (NumPy 9.0), 784x128 over 1024
+# 2.88 -> 2.64 ms, 784x512 over 256 2.70 -> 2.53 ms, float64 22.7 -> 19.2, 6.09 -> 5.15,
+# 5.65 -> 4.96 ms; two threads float32 5.34 -> 4.93 ms, float64 15.1 -> 13.4 ms, 1024^3 (already
+# packed, the faster ``pack_a`` only) float32 16.5 -> 14.6 ms; 4096x1024 over 128 at parity.
 ALIASED_A_BYTES = (32 << 10) if WIDE_TILES else (4 << 10)
 # Up to this many output rows the packed path reads a row-major B in place (each B panel is
 # re-read by few row blocks, so packing it would cost more than it saves).
@@ -496,13 +505,14 @@ def _packed(a, b, out, trans_a, trans_b, ep, bias, code, y, w, lr, l1, l2,
     # Operands read in place, unpacked: A unless the activation derivative is fused into its
     # packing, or it is read transposed with rows a multiple of 4 KiB and at least
     # ALIASED_A_BYTES long (a micro-panel then takes one line per row at that stride, all in a
-    # few L2 sets, and is evicted before the next B panel re-reads it); B when it is not
+    # few L2 sets, and is evicted before the next B panel re-reads it) or, with the AVX2
+    # tiles, for more than DIRECT_ROWS output rows (see ALIASED_A_BYTES); B when it is not
     # transposed, not summed for the bias gradient, and re-read by few row blocks (below
     # DIRECT_ROWS rows, packing it costs more than it saves) while it is small enough
     # (DIRECT_B_BYTES, or DIRECT_SKINNY_B_BYTES for up to DIRECT_SKINNY_ROWS rows).
     lda = a.shape[1] * a.itemsize
-    direct_a = dcode == act.LINEAR and not (trans_a and lda >= ALIASED_A_BYTES
-                                            and lda % 4096 == 0)
+    direct_a = dcode == act.LINEAR and not (trans_a and (
+        (lda >= ALIASED_A_BYTES and lda % 4096 == 0) or (not WIDE_TILES and m > DIRECT_ROWS)))
     b_bytes = k * n * out.itemsize
     if WIDE_TILES:
         direct_b = (not trans_b and not colsum and m <= DIRECT_ROWS
