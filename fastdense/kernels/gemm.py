@@ -109,6 +109,11 @@ SERIAL_WORK = 64 * 64 * 64
 # 5.65 -> 4.96 ms; two threads float32 5.34 -> 4.93 ms, float64 15.1 -> 13.4 ms, 1024^3 (already
 # packed, the faster ``pack_a`` only) float32 16.5 -> 14.6 ms; 4096x1024 over 128 at parity.
 ALIASED_A_BYTES = (32 << 10) if WIDE_TILES else (4 << 10)
+# ... but not for a reduction of this many steps or fewer: a micro-panel read in place then
+# takes at most 8 KiB of lines (one per step), which stay in L1 beside the B micro-panel, and
+# the packing is a larger share of a short product (training step, batch 128, 784->128: 0.97x
+# of reading in place).
+PACKED_A_STEPS = 128
 # Up to this many output rows the packed path reads a row-major B in place (each B panel is
 # re-read by few row blocks, so packing it would cost more than it saves).
 DIRECT_ROWS = 256
@@ -512,7 +517,8 @@ def _packed(a, b, out, trans_a, trans_b, ep, bias, code, y, w, lr, l1, l2,
     # (DIRECT_B_BYTES, or DIRECT_SKINNY_B_BYTES for up to DIRECT_SKINNY_ROWS rows).
     lda = a.shape[1] * a.itemsize
     direct_a = dcode == act.LINEAR and not (trans_a and (
-        (lda >= ALIASED_A_BYTES and lda % 4096 == 0) or (not WIDE_TILES and m > DIRECT_ROWS)))
+        (lda >= ALIASED_A_BYTES and lda % 4096 == 0)
+        or (not WIDE_TILES and m > DIRECT_ROWS and k > PACKED_A_STEPS)))
     b_bytes = k * n * out.itemsize
     if WIDE_TILES:
         direct_b = (not trans_b and not colsum and m <= DIRECT_ROWS
