@@ -29,6 +29,14 @@ KERNELS = (
     ("ukernel_6x16", 6, 16, "float32", "avx2"),
     ("ukernel_6x8", 6, 8, "float64", "avx2"),
 )
+# (name, MR, NR, dtype): the AVX2 sets' 4-row tiles, for the last rows of a block of 6a + 4 or
+# 6a + 2 rows read in place (a batch of 32 is 4 x 6 + 2 x 4 rows, not 6 x 6 with 4 rows
+# wasted).  Alone they are slower (8 accumulators, one thread from L1: 80 against 94 GFLOP/s
+# for 6 x 16), so they only replace zero-padded rows.
+HALF_KERNELS = (
+    ("ukernel_4x16", 4, 16, "float32"),
+    ("ukernel_4x8", 4, 8, "float64"),
+)
 # (name, strip width, dtype): vector-matrix strips of 8 zmm accumulators.
 ROW_KERNELS = (("strip_128", 128, "float32"), ("strip_64", 64, "float64"))
 # Dot products of one vector with DOT_ROWS rows at once, each in DOT_LANES interleaved chains.
@@ -266,6 +274,9 @@ def render() -> str:
                      f"{shapes['float64'][1]}\n")
     for name, mr, nr, dtype, tiles in KERNELS:
         parts.append("\n" + _kernel(name, mr, nr, dtype, tiles))
+    parts.append(f"\nHALF_MR_AVX2 = {HALF_KERNELS[0][1]}\n")
+    for name, mr, nr, dtype in HALF_KERNELS:
+        parts.append("\n" + _kernel(name, mr, nr, dtype, "avx2"))
     parts.append("\nSTRIP_F32, STRIP_F64 = 128, 64\n")
     for name, nv, dtype in ROW_KERNELS:
         parts.append("\n" + _row_kernel(name, nv, dtype))

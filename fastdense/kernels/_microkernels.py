@@ -2057,6 +2057,478 @@ def ukernel_6x8(kc, a2, bp, bo, bps, tile, out, i0, j0, mode, lr, bias, y, relu)
                 else:
                     copy_n(yr, 0, t, 0, 8)
 
+HALF_MR_AVX2 = 4
+
+
+@kernel(nrt=False)
+def ukernel_4x16(kc, a2, bp, bo, bps, tile, out, i0, j0, mode, lr, bias, y, relu):
+    """4 x 16 tile ``A_panel @ B_panel`` (float32) over ``kc`` >= 0 steps.
+
+    The A panel is ``a2[p, i]``, a ``(kc, 4)`` view of any strides: a packed panel
+    or the operand in place (a row-major ``A``'s rows transposed, or a transposed
+    ``A``'s columns).  Element ``(p, j)`` of the B panel is
+    ``bp[bo + p * bps + j]``: a packed panel (``bps = 16``) or a row-major ``B`` in
+    place (``bps = ldb``).  Reading in place spares the packing when the operands
+    stay in cache anyway.
+
+    ``tile[i * 16 + j]`` holds it (row-major); with ``o`` the tile's place in
+    ``out[i0:i0 + 4, j0:j0 + 16]``, ``mode`` then says what becomes of it:
+    0 nothing (the caller's epilogue); 1 ``o = tile``; 2 ``o += tile`` (the next KC
+    block of a running sum); 3 ``o -= lr * tile`` (plain SGD, ``out`` being the
+    weights); 4 ``o = tile + bias`` and ``y = relu(o)`` (or ``y = o`` without
+    ``relu``; an empty ``bias`` is none); 5 the same after ``tile += o``;
+    6 ``o -= lr * (tile + y)`` (SGD after the last KC block, ``y`` holding the
+    running sum of the earlier ones).
+    """
+    no_inline()
+    if mode != 0:
+        o = out[i0 + 0, j0:j0 + 16]
+        prefetch(o, 0)
+        prefetch(o, 8)
+        prefetch(o, 15)
+        o = out[i0 + 1, j0:j0 + 16]
+        prefetch(o, 0)
+        prefetch(o, 8)
+        prefetch(o, 15)
+        o = out[i0 + 2, j0:j0 + 16]
+        prefetch(o, 0)
+        prefetch(o, 8)
+        prefetch(o, 15)
+        o = out[i0 + 3, j0:j0 + 16]
+        prefetch(o, 0)
+        prefetch(o, 8)
+        prefetch(o, 15)
+    zero = zero_of(tile)
+    c0_0 = zero
+    c0_1 = zero
+    c0_2 = zero
+    c0_3 = zero
+    c0_4 = zero
+    c0_5 = zero
+    c0_6 = zero
+    c0_7 = zero
+    c0_8 = zero
+    c0_9 = zero
+    c0_10 = zero
+    c0_11 = zero
+    c0_12 = zero
+    c0_13 = zero
+    c0_14 = zero
+    c0_15 = zero
+    c1_0 = zero
+    c1_1 = zero
+    c1_2 = zero
+    c1_3 = zero
+    c1_4 = zero
+    c1_5 = zero
+    c1_6 = zero
+    c1_7 = zero
+    c1_8 = zero
+    c1_9 = zero
+    c1_10 = zero
+    c1_11 = zero
+    c1_12 = zero
+    c1_13 = zero
+    c1_14 = zero
+    c1_15 = zero
+    c2_0 = zero
+    c2_1 = zero
+    c2_2 = zero
+    c2_3 = zero
+    c2_4 = zero
+    c2_5 = zero
+    c2_6 = zero
+    c2_7 = zero
+    c2_8 = zero
+    c2_9 = zero
+    c2_10 = zero
+    c2_11 = zero
+    c2_12 = zero
+    c2_13 = zero
+    c2_14 = zero
+    c2_15 = zero
+    c3_0 = zero
+    c3_1 = zero
+    c3_2 = zero
+    c3_3 = zero
+    c3_4 = zero
+    c3_5 = zero
+    c3_6 = zero
+    c3_7 = zero
+    c3_8 = zero
+    c3_9 = zero
+    c3_10 = zero
+    c3_11 = zero
+    c3_12 = zero
+    c3_13 = zero
+    c3_14 = zero
+    c3_15 = zero
+    for p in range(kc):
+        qb = bo + p * bps
+        pb = bp[qb:qb + 16]
+        b0 = pb[0]
+        b1 = pb[1]
+        b2 = pb[2]
+        b3 = pb[3]
+        b4 = pb[4]
+        b5 = pb[5]
+        b6 = pb[6]
+        b7 = pb[7]
+        b8 = pb[8]
+        b9 = pb[9]
+        b10 = pb[10]
+        b11 = pb[11]
+        b12 = pb[12]
+        b13 = pb[13]
+        b14 = pb[14]
+        b15 = pb[15]
+        a = a2[p, 0]
+        c0_0 = fma(a, b0, c0_0)
+        c0_1 = fma(a, b1, c0_1)
+        c0_2 = fma(a, b2, c0_2)
+        c0_3 = fma(a, b3, c0_3)
+        c0_4 = fma(a, b4, c0_4)
+        c0_5 = fma(a, b5, c0_5)
+        c0_6 = fma(a, b6, c0_6)
+        c0_7 = fma(a, b7, c0_7)
+        c0_8 = fma(a, b8, c0_8)
+        c0_9 = fma(a, b9, c0_9)
+        c0_10 = fma(a, b10, c0_10)
+        c0_11 = fma(a, b11, c0_11)
+        c0_12 = fma(a, b12, c0_12)
+        c0_13 = fma(a, b13, c0_13)
+        c0_14 = fma(a, b14, c0_14)
+        c0_15 = fma(a, b15, c0_15)
+        a = a2[p, 1]
+        c1_0 = fma(a, b0, c1_0)
+        c1_1 = fma(a, b1, c1_1)
+        c1_2 = fma(a, b2, c1_2)
+        c1_3 = fma(a, b3, c1_3)
+        c1_4 = fma(a, b4, c1_4)
+        c1_5 = fma(a, b5, c1_5)
+        c1_6 = fma(a, b6, c1_6)
+        c1_7 = fma(a, b7, c1_7)
+        c1_8 = fma(a, b8, c1_8)
+        c1_9 = fma(a, b9, c1_9)
+        c1_10 = fma(a, b10, c1_10)
+        c1_11 = fma(a, b11, c1_11)
+        c1_12 = fma(a, b12, c1_12)
+        c1_13 = fma(a, b13, c1_13)
+        c1_14 = fma(a, b14, c1_14)
+        c1_15 = fma(a, b15, c1_15)
+        a = a2[p, 2]
+        c2_0 = fma(a, b0, c2_0)
+        c2_1 = fma(a, b1, c2_1)
+        c2_2 = fma(a, b2, c2_2)
+        c2_3 = fma(a, b3, c2_3)
+        c2_4 = fma(a, b4, c2_4)
+        c2_5 = fma(a, b5, c2_5)
+        c2_6 = fma(a, b6, c2_6)
+        c2_7 = fma(a, b7, c2_7)
+        c2_8 = fma(a, b8, c2_8)
+        c2_9 = fma(a, b9, c2_9)
+        c2_10 = fma(a, b10, c2_10)
+        c2_11 = fma(a, b11, c2_11)
+        c2_12 = fma(a, b12, c2_12)
+        c2_13 = fma(a, b13, c2_13)
+        c2_14 = fma(a, b14, c2_14)
+        c2_15 = fma(a, b15, c2_15)
+        a = a2[p, 3]
+        c3_0 = fma(a, b0, c3_0)
+        c3_1 = fma(a, b1, c3_1)
+        c3_2 = fma(a, b2, c3_2)
+        c3_3 = fma(a, b3, c3_3)
+        c3_4 = fma(a, b4, c3_4)
+        c3_5 = fma(a, b5, c3_5)
+        c3_6 = fma(a, b6, c3_6)
+        c3_7 = fma(a, b7, c3_7)
+        c3_8 = fma(a, b8, c3_8)
+        c3_9 = fma(a, b9, c3_9)
+        c3_10 = fma(a, b10, c3_10)
+        c3_11 = fma(a, b11, c3_11)
+        c3_12 = fma(a, b12, c3_12)
+        c3_13 = fma(a, b13, c3_13)
+        c3_14 = fma(a, b14, c3_14)
+        c3_15 = fma(a, b15, c3_15)
+    tile[0] = c0_0
+    tile[1] = c0_1
+    tile[2] = c0_2
+    tile[3] = c0_3
+    tile[4] = c0_4
+    tile[5] = c0_5
+    tile[6] = c0_6
+    tile[7] = c0_7
+    tile[8] = c0_8
+    tile[9] = c0_9
+    tile[10] = c0_10
+    tile[11] = c0_11
+    tile[12] = c0_12
+    tile[13] = c0_13
+    tile[14] = c0_14
+    tile[15] = c0_15
+    tile[16] = c1_0
+    tile[17] = c1_1
+    tile[18] = c1_2
+    tile[19] = c1_3
+    tile[20] = c1_4
+    tile[21] = c1_5
+    tile[22] = c1_6
+    tile[23] = c1_7
+    tile[24] = c1_8
+    tile[25] = c1_9
+    tile[26] = c1_10
+    tile[27] = c1_11
+    tile[28] = c1_12
+    tile[29] = c1_13
+    tile[30] = c1_14
+    tile[31] = c1_15
+    tile[32] = c2_0
+    tile[33] = c2_1
+    tile[34] = c2_2
+    tile[35] = c2_3
+    tile[36] = c2_4
+    tile[37] = c2_5
+    tile[38] = c2_6
+    tile[39] = c2_7
+    tile[40] = c2_8
+    tile[41] = c2_9
+    tile[42] = c2_10
+    tile[43] = c2_11
+    tile[44] = c2_12
+    tile[45] = c2_13
+    tile[46] = c2_14
+    tile[47] = c2_15
+    tile[48] = c3_0
+    tile[49] = c3_1
+    tile[50] = c3_2
+    tile[51] = c3_3
+    tile[52] = c3_4
+    tile[53] = c3_5
+    tile[54] = c3_6
+    tile[55] = c3_7
+    tile[56] = c3_8
+    tile[57] = c3_9
+    tile[58] = c3_10
+    tile[59] = c3_11
+    tile[60] = c3_12
+    tile[61] = c3_13
+    tile[62] = c3_14
+    tile[63] = c3_15
+    if mode != 0:
+        has_bias = bias.shape[0] > 0
+        keep_z = y.ctypes.data != out.ctypes.data
+        for i in range(4):
+            o = out[i0 + i, j0:j0 + 16]
+            t = tile[i * 16:i * 16 + 16]
+            if mode == 1:
+                copy_n(o, 0, t, 0, 16)
+            elif mode == 2:
+                add_n(o, 0, t, 0, 16)
+            elif mode == 3:
+                sgd_n(o, 0, t, 0, lr, 16)
+            elif mode == 6:
+                add_n(t, 0, y[i0 + i, j0:j0 + 16], 0, 16)
+                sgd_n(o, 0, t, 0, lr, 16)
+            else:
+                if mode == 5:
+                    add_n(t, 0, o, 0, 16)
+                if has_bias and not keep_z:
+                    yr = y[i0 + i, j0:j0 + 16]
+                    bias_act_n(yr, 0, t, 0, bias, j0, relu, 16)
+                    continue
+                if has_bias:
+                    add_n(t, 0, bias, j0, 16)
+                if keep_z:
+                    copy_n(o, 0, t, 0, 16)
+                yr = y[i0 + i, j0:j0 + 16]
+                if relu:
+                    relu_n(yr, 0, t, 0, 16)
+                else:
+                    copy_n(yr, 0, t, 0, 16)
+
+
+@kernel(nrt=False)
+def ukernel_4x8(kc, a2, bp, bo, bps, tile, out, i0, j0, mode, lr, bias, y, relu):
+    """4 x 8 tile ``A_panel @ B_panel`` (float64) over ``kc`` >= 0 steps.
+
+    The A panel is ``a2[p, i]``, a ``(kc, 4)`` view of any strides: a packed panel
+    or the operand in place (a row-major ``A``'s rows transposed, or a transposed
+    ``A``'s columns).  Element ``(p, j)`` of the B panel is
+    ``bp[bo + p * bps + j]``: a packed panel (``bps = 8``) or a row-major ``B`` in
+    place (``bps = ldb``).  Reading in place spares the packing when the operands
+    stay in cache anyway.
+
+    ``tile[i * 8 + j]`` holds it (row-major); with ``o`` the tile's place in
+    ``out[i0:i0 + 4, j0:j0 + 8]``, ``mode`` then says what becomes of it:
+    0 nothing (the caller's epilogue); 1 ``o = tile``; 2 ``o += tile`` (the next KC
+    block of a running sum); 3 ``o -= lr * tile`` (plain SGD, ``out`` being the
+    weights); 4 ``o = tile + bias`` and ``y = relu(o)`` (or ``y = o`` without
+    ``relu``; an empty ``bias`` is none); 5 the same after ``tile += o``;
+    6 ``o -= lr * (tile + y)`` (SGD after the last KC block, ``y`` holding the
+    running sum of the earlier ones).
+    """
+    no_inline()
+    if mode != 0:
+        o = out[i0 + 0, j0:j0 + 8]
+        prefetch(o, 0)
+        prefetch(o, 4)
+        prefetch(o, 7)
+        o = out[i0 + 1, j0:j0 + 8]
+        prefetch(o, 0)
+        prefetch(o, 4)
+        prefetch(o, 7)
+        o = out[i0 + 2, j0:j0 + 8]
+        prefetch(o, 0)
+        prefetch(o, 4)
+        prefetch(o, 7)
+        o = out[i0 + 3, j0:j0 + 8]
+        prefetch(o, 0)
+        prefetch(o, 4)
+        prefetch(o, 7)
+    zero = zero_of(tile)
+    c0_0 = zero
+    c0_1 = zero
+    c0_2 = zero
+    c0_3 = zero
+    c0_4 = zero
+    c0_5 = zero
+    c0_6 = zero
+    c0_7 = zero
+    c1_0 = zero
+    c1_1 = zero
+    c1_2 = zero
+    c1_3 = zero
+    c1_4 = zero
+    c1_5 = zero
+    c1_6 = zero
+    c1_7 = zero
+    c2_0 = zero
+    c2_1 = zero
+    c2_2 = zero
+    c2_3 = zero
+    c2_4 = zero
+    c2_5 = zero
+    c2_6 = zero
+    c2_7 = zero
+    c3_0 = zero
+    c3_1 = zero
+    c3_2 = zero
+    c3_3 = zero
+    c3_4 = zero
+    c3_5 = zero
+    c3_6 = zero
+    c3_7 = zero
+    for p in range(kc):
+        qb = bo + p * bps
+        pb = bp[qb:qb + 8]
+        b0 = pb[0]
+        b1 = pb[1]
+        b2 = pb[2]
+        b3 = pb[3]
+        b4 = pb[4]
+        b5 = pb[5]
+        b6 = pb[6]
+        b7 = pb[7]
+        a = a2[p, 0]
+        c0_0 = fma(a, b0, c0_0)
+        c0_1 = fma(a, b1, c0_1)
+        c0_2 = fma(a, b2, c0_2)
+        c0_3 = fma(a, b3, c0_3)
+        c0_4 = fma(a, b4, c0_4)
+        c0_5 = fma(a, b5, c0_5)
+        c0_6 = fma(a, b6, c0_6)
+        c0_7 = fma(a, b7, c0_7)
+        a = a2[p, 1]
+        c1_0 = fma(a, b0, c1_0)
+        c1_1 = fma(a, b1, c1_1)
+        c1_2 = fma(a, b2, c1_2)
+        c1_3 = fma(a, b3, c1_3)
+        c1_4 = fma(a, b4, c1_4)
+        c1_5 = fma(a, b5, c1_5)
+        c1_6 = fma(a, b6, c1_6)
+        c1_7 = fma(a, b7, c1_7)
+        a = a2[p, 2]
+        c2_0 = fma(a, b0, c2_0)
+        c2_1 = fma(a, b1, c2_1)
+        c2_2 = fma(a, b2, c2_2)
+        c2_3 = fma(a, b3, c2_3)
+        c2_4 = fma(a, b4, c2_4)
+        c2_5 = fma(a, b5, c2_5)
+        c2_6 = fma(a, b6, c2_6)
+        c2_7 = fma(a, b7, c2_7)
+        a = a2[p, 3]
+        c3_0 = fma(a, b0, c3_0)
+        c3_1 = fma(a, b1, c3_1)
+        c3_2 = fma(a, b2, c3_2)
+        c3_3 = fma(a, b3, c3_3)
+        c3_4 = fma(a, b4, c3_4)
+        c3_5 = fma(a, b5, c3_5)
+        c3_6 = fma(a, b6, c3_6)
+        c3_7 = fma(a, b7, c3_7)
+    tile[0] = c0_0
+    tile[1] = c0_1
+    tile[2] = c0_2
+    tile[3] = c0_3
+    tile[4] = c0_4
+    tile[5] = c0_5
+    tile[6] = c0_6
+    tile[7] = c0_7
+    tile[8] = c1_0
+    tile[9] = c1_1
+    tile[10] = c1_2
+    tile[11] = c1_3
+    tile[12] = c1_4
+    tile[13] = c1_5
+    tile[14] = c1_6
+    tile[15] = c1_7
+    tile[16] = c2_0
+    tile[17] = c2_1
+    tile[18] = c2_2
+    tile[19] = c2_3
+    tile[20] = c2_4
+    tile[21] = c2_5
+    tile[22] = c2_6
+    tile[23] = c2_7
+    tile[24] = c3_0
+    tile[25] = c3_1
+    tile[26] = c3_2
+    tile[27] = c3_3
+    tile[28] = c3_4
+    tile[29] = c3_5
+    tile[30] = c3_6
+    tile[31] = c3_7
+    if mode != 0:
+        has_bias = bias.shape[0] > 0
+        keep_z = y.ctypes.data != out.ctypes.data
+        for i in range(4):
+            o = out[i0 + i, j0:j0 + 8]
+            t = tile[i * 8:i * 8 + 8]
+            if mode == 1:
+                copy_n(o, 0, t, 0, 8)
+            elif mode == 2:
+                add_n(o, 0, t, 0, 8)
+            elif mode == 3:
+                sgd_n(o, 0, t, 0, lr, 8)
+            elif mode == 6:
+                add_n(t, 0, y[i0 + i, j0:j0 + 8], 0, 8)
+                sgd_n(o, 0, t, 0, lr, 8)
+            else:
+                if mode == 5:
+                    add_n(t, 0, o, 0, 8)
+                if has_bias and not keep_z:
+                    yr = y[i0 + i, j0:j0 + 8]
+                    bias_act_n(yr, 0, t, 0, bias, j0, relu, 8)
+                    continue
+                if has_bias:
+                    add_n(t, 0, bias, j0, 8)
+                if keep_z:
+                    copy_n(o, 0, t, 0, 8)
+                yr = y[i0 + i, j0:j0 + 8]
+                if relu:
+                    relu_n(yr, 0, t, 0, 8)
+                else:
+                    copy_n(yr, 0, t, 0, 8)
+
 STRIP_F32, STRIP_F64 = 128, 64
 
 

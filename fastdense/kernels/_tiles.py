@@ -18,6 +18,7 @@ from numba.extending import overload
 
 from fastdense.kernels._isa import TILES
 from fastdense.kernels._microkernels import (
+    HALF_MR_AVX2,
     MR_F32,
     MR_F32_AVX2,
     MR_F64,
@@ -30,6 +31,8 @@ from fastdense.kernels._microkernels import (
     STRIP_F64,
     strip_64,
     strip_128,
+    ukernel_4x8,
+    ukernel_4x16,
     ukernel_6x8,
     ukernel_6x16,
     ukernel_8x16,
@@ -56,6 +59,16 @@ _UKERNELS = {
     ("float64", "avx2"): ukernel_6x8,
 }
 
+# Tiles of fewer rows for the end of a row block (see ``_phase`` in gemm.py): the AVX2 set's MR
+# of 6 leaves 2 or 4 rows of the common batch sizes, the AVX-512 set's 8 divides them, so it has
+# none (its own kernel stands in for the call that is compiled but never taken).
+_HALF_UKERNELS = {
+    ("float32", "avx2"): ukernel_4x16,
+    ("float64", "avx2"): ukernel_4x8,
+}
+#: Rows of the tile set's short tiles (0: none).
+HALF_MR = HALF_MR_AVX2 if TILES == "avx2" else 0
+
 #: ``(MR, NR, KC, MC, NC)`` by dtype name, for Python callers sizing workspaces.
 BLOCKING = {dt: _BLOCKINGS[dt, TILES] for dt in ("float32", "float64")}
 KC_F32, MC_F32, NC_F32 = BLOCKING["float32"][2:]
@@ -78,6 +91,21 @@ def _ukernel(kc, a2, bp, bo, bps, tile, out, i0, j0, mode, lr, bias, y, relu):
 @overload(_ukernel, jit_options={"cache": True})
 def _ukernel_ol(kc, a2, bp, bo, bps, tile, out, i0, j0, mode, lr, bias, y, relu):
     fn = _UKERNELS[_dtype_name(a2), TILES]
+
+    def impl(kc, a2, bp, bo, bps, tile, out, i0, j0, mode, lr, bias, y, relu):
+        return fn(kc, a2, bp, bo, bps, tile, out, i0, j0, mode, lr, bias, y, relu)
+
+    return impl
+
+
+def _half_ukernel(kc, a2, bp, bo, bps, tile, out, i0, j0, mode, lr, bias, y, relu):
+    """Dispatch to the dtype's HALF_MR-row micro-kernel (the full one where there is none)."""
+
+
+@overload(_half_ukernel, jit_options={"cache": True})
+def _half_ukernel_ol(kc, a2, bp, bo, bps, tile, out, i0, j0, mode, lr, bias, y, relu):
+    key = (_dtype_name(a2), TILES)
+    fn = _HALF_UKERNELS.get(key, _UKERNELS[key])
 
     def impl(kc, a2, bp, bo, bps, tile, out, i0, j0, mode, lr, bias, y, relu):
         return fn(kc, a2, bp, bo, bps, tile, out, i0, j0, mode, lr, bias, y, relu)

@@ -49,7 +49,15 @@ from fastdense.kernels._codegen import (
 )
 from fastdense.kernels._isa import TILES
 from fastdense.kernels._placement import caller_waits, region_opens, worker_arrives
-from fastdense.kernels._tiles import BLOCKING, _blocking, _strip, _strip_width, _ukernel
+from fastdense.kernels._tiles import (
+    BLOCKING,
+    HALF_MR,
+    _blocking,
+    _half_ukernel,
+    _strip,
+    _strip_width,
+    _ukernel,
+)
 from fastdense.kernels.pack import pack_a, pack_b, pack_b_rows
 from fastdense.kernels.update import sgd_step
 
@@ -379,8 +387,17 @@ def _phase(phase, t, nthreads, a, b, out, trans_a, trans_b, ep, bias, code, y, w
             ic = MR * ((pm * ib) // nib)
             mc = min(m, MR * ((pm * (ib + 1)) // nib)) - ic
             full = (mc // MR) * MR
+            # Rows at the end of the block done by HALF_MR-row tiles, read in place (with the
+            # AVX2 tiles, 6a + 4 rows: the last 4; 6a + 2: the last 8), so that no tile computes
+            # zero rows: a batch of 32 is 4 x 6 + 2 x 4 rows rather than 6 x 6.
+            tail = 0
+            if HALF_MR > 0 and direct_a and full < mc:
+                if (mc - full) % HALF_MR == 0:
+                    tail = mc - full
+                elif full > 0 and (mc - full + MR) % HALF_MR == 0:
+                    tail = mc - full + MR
             if direct_a:
-                if full < mc:
+                if full < mc and tail == 0:
                     # The partial last row panel, zero-padded, at its place in ``abuf``.
                     pack_a(a, trans_a, ic + full, mc - full, pc, kc, abuf[full * kc:], dcode, z,
                            yd, dz, False)
@@ -399,15 +416,17 @@ def _phase(phase, t, nthreads, a, b, out, trans_a, trans_b, ep, bias, code, y, w
                     bsrc = bbuf
                     bo = jr * kc
                     bps = NR
-                for ir in range(0, mc, MR):
-                    mr = min(MR, mc - ir)
-                    # The A panel as a (kc, MR) view, packed or in place (never 'C' typed, so
+                ir = 0
+                while ir < mc:
+                    h = MR if ir < mc - tail else HALF_MR
+                    mr = min(h, mc - ir)
+                    # The A panel as a (kc, h) view, packed or in place (never 'C' typed, so
                     # that one micro-kernel serves all three).
-                    if direct_a and ir < full:
+                    if direct_a and (ir < full or h != MR):
                         if trans_a:
-                            a2 = a[pc:pc + kc, ic + ir:ic + ir + MR]
+                            a2 = a[pc:pc + kc, ic + ir:ic + ir + h]
                         else:
-                            a2 = a[ic + ir:ic + ir + MR, pc:pc + kc].T
+                            a2 = a[ic + ir:ic + ir + h, pc:pc + kc].T
                     else:
                         a2 = abuf[ir * kc:(ir + MR) * kc].reshape(kc, MR)[:, 0:MR]
                     # Full tiles are stored by the micro-kernel itself, with the common epilogues
@@ -418,7 +437,7 @@ def _phase(phase, t, nthreads, a, b, out, trans_a, trans_b, ep, bias, code, y, w
                     mode = 0
                     target = out
                     other = y
-                    if mr == MR and nr == NR:
+                    if mr == h and nr == NR:
                         if ep == EP_STORE or not last:
                             mode = 1 if first else 2
                         elif ep == EP_SGD:
@@ -430,11 +449,16 @@ def _phase(phase, t, nthreads, a, b, out, trans_a, trans_b, ep, bias, code, y, w
                                     other = out
                         elif code == act.LINEAR or code == act.RELU or code == act.SOFTMAX:
                             mode = 4 if first else 5
-                    _ukernel(kc, a2, bsrc, bo, bps, tile, target, ic + ir, jc + jr, mode, lr, bias,
-                             other, code == act.RELU)
+                    if h == MR:
+                        _ukernel(kc, a2, bsrc, bo, bps, tile, target, ic + ir, jc + jr, mode, lr,
+                                 bias, other, code == act.RELU)
+                    else:
+                        _half_ukernel(kc, a2, bsrc, bo, bps, tile, target, ic + ir, jc + jr, mode,
+                                      lr, bias, other, code == act.RELU)
                     if mode == 0:
                         _store_tile(tile, NR, out, ic + ir, mr, jc + jr, nr, first, last, ep,
                                     bias, code, y, w, lr, l1, l2)
+                    ir += h
 
 
 @kernel(nrt=False)

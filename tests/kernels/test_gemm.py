@@ -77,6 +77,12 @@ SHAPES = [
     # Rows of 4 KiB in float32 (packed with the AVX2 tiles, in place with the AVX-512 ones) and
     # 8 KiB in float64.
     (1024, 45, 70),
+    # Rows 6a + 2 and 6a + 4, whose last 8 or 4 rows the AVX2 tiles compute in 4-row tiles when
+    # A is read in place (NN), and with a partial last panel and KC block; and 2 and 4 rows
+    # alone (one 4-row tile, zero-padded for 2).
+    (32, NR_F32 + 3, KC + 5),
+    (28, 2 * NR_F64 + 1, 300),
+    (4, 40, 200),
 ]
 assert ALIASED_A_BYTES in (4096, 32 << 10)
 assert DIRECT_B_BYTES < 601 * 1000 * 4 <= DIRECT_SKINNY_B_BYTES < 601 * 1000 * 8
@@ -172,6 +178,7 @@ def test_nan_and_inf_propagate(dtype):
 
 @pytest.mark.parametrize("shape", [(300, 200, 600), (16, 2000, 300), (1000, 40, 100),
                                    (70, 1030, 530), (37, 1000, 4300), (37, 2100, 2100),
+                                   (32, 1024, 1024), (130, 300, 200),
                                    (4096, 33, 600),
                                    (37, 1024, 4096), (100, 1024, 4096)])
 @pytest.mark.parametrize("trans", [(False, False), (True, True)], ids=["NN", "TT"])

@@ -13,7 +13,7 @@ import pytest
 
 from fastdense.kernels import _microkernels as mk
 from fastdense.kernels._isa import TILE_SETS, TILES, target_tile_set
-from fastdense.kernels._tiles import BLOCKING
+from fastdense.kernels._tiles import BLOCKING, HALF_MR
 from fastdense.kernels.dense import forward
 from fastdense.kernels.gemm import gemm
 from tests.kernels.conftest import product_tolerance
@@ -25,8 +25,10 @@ KERNELS = [
     (mk.ukernel_8x16, mk.MR_F64, mk.NR_F64, np.float64),
     (mk.ukernel_6x16, mk.MR_F32_AVX2, mk.NR_F32_AVX2, np.float32),
     (mk.ukernel_6x8, mk.MR_F64_AVX2, mk.NR_F64_AVX2, np.float64),
+    (mk.ukernel_4x16, mk.HALF_MR_AVX2, mk.NR_F32_AVX2, np.float32),
+    (mk.ukernel_4x8, mk.HALF_MR_AVX2, mk.NR_F64_AVX2, np.float64),
 ]
-KERNEL_IDS = ["8x32", "8x16", "6x16", "6x8"]
+KERNEL_IDS = ["8x32", "8x16", "6x16", "6x8", "4x16", "4x8"]
 
 
 @pytest.mark.parametrize(("features", "expected"), [
@@ -54,6 +56,7 @@ def test_blocking_of_the_active_set():
               "avx2": {"float32": (6, 16), "float64": (6, 8)}}[TILES]
     for dtype, (mr, nr, kc, mc, nc) in BLOCKING.items():
         assert (mr, nr) == shapes[dtype]
+        assert HALF_MR == (4 if TILES == "avx2" else 0)
         assert kc == 512  # the same in both sets: the same bits
         assert mc % mr == 0 and nc % nr == 0
 
@@ -119,13 +122,14 @@ def test_microkernel_modes_match_reference(kern, mr, nr, dtype, kc, in_place):
 @pytest.mark.parametrize("kc", [1, 37, 512])
 def test_tile_shapes_give_the_same_bits(kc):
     """Each element is one FMA chain in increasing step order whatever the tile: an 8 x 32
-    float32 block computed by the AVX-512 kernel or by the AVX2 one in 6 x 16 pieces (and
-    likewise 8 x 16 in 6 x 8 pieces in float64) is bitwise the same."""
+    float32 block computed by the AVX-512 kernel or by the AVX2 ones in 6 x 16 or 4 x 16 pieces
+    (and likewise 8 x 16 in 6 x 8 or 4 x 8 pieces in float64) is bitwise the same."""
     rng = np.random.default_rng(kc)
-    for big, small, dtype in ((0, 2, np.float32), (1, 3, np.float64)):
+    for big, small, dtype in ((0, 2, np.float32), (1, 3, np.float64), (0, 4, np.float32),
+                              (1, 5, np.float64)):
         kbig, mrb, nrb, _ = KERNELS[big]
         ksmall, mrs, nrs, _ = KERNELS[small]
-        rows = 2 * mrs  # covers the big tile's rows: 12 >= 8
+        rows = 2 * mrs  # covers the big tile's rows: 12 or 8 >= 8
         a = rng.standard_normal((rows, kc)).astype(dtype)
         b = rng.standard_normal((kc, nrb)).astype(dtype)
         empty = np.zeros(0, dtype)
@@ -143,7 +147,8 @@ def test_tile_shapes_give_the_same_bits(kc):
 
 # Shapes around both sets' MR, NR and KC, read in place and packed, one and several KC and
 # row blocks; (m, k, n).
-_CROSS_SHAPES = [(7, 511, 33), (13, 1030, 17), (50, 300, 129), (33, 1024, 1024), (100, 600, 70)]
+_CROSS_SHAPES = [(7, 511, 33), (13, 1030, 17), (50, 300, 129), (33, 1024, 1024), (100, 600, 70),
+                 (32, 784, 128), (28, 520, 40), (4, 300, 50)]
 _CROSS_SCRIPT = textwrap.dedent("""
     import sys
     import numpy as np
