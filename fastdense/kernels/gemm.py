@@ -111,11 +111,12 @@ SERIAL_WORK = 64 * 64 * 64
 # more than DIRECT_ROWS output rows (packed once per row block) and ``pack_a`` reading 2-D
 # views, the AVX2 tiles pack every such A: a micro-panel read in place takes a line from each
 # of its kc rows for 6 elements, 32 KiB of lines per call beside the 32 KiB B micro-panel.
-# ``x.T @ dz`` as out (M x N) over K, both versions in one process alternating, best of 5:
-# one thread, float32 784x512 over 1024 11.3 -> 9.6 ms (NumPy 9.0), 784x128 over 1024
-# 2.88 -> 2.64 ms, 784x512 over 256 2.70 -> 2.53 ms, float64 22.7 -> 19.2, 6.09 -> 5.15,
-# 5.65 -> 4.96 ms; two threads float32 5.34 -> 4.93 ms, float64 15.1 -> 13.4 ms, 1024^3 (already
-# packed, the faster ``pack_a`` only) float32 16.5 -> 14.6 ms; 4096x1024 over 128 at parity.
+# ``x.T @ dz`` as out (M x N) over K, both versions in one process alternating on shared
+# operands, best of 5: one thread, float32 784x512 over 1024 11.07 -> 9.60 ms (NumPy 8.81),
+# 784x128 over 1024 2.75 -> 2.58 ms, 784x512 over 256 2.63 -> 2.50 ms, float64 22.8 -> 19.2,
+# 6.10 -> 5.34, 5.59 -> 5.07 ms; two threads, 784x512 over 1024 5.42 -> 4.92 ms (float32) and
+# 11.9 -> 9.9 ms (float64), 1024^3 (already packed: the faster ``pack_a`` only) 14.6 -> 14.1 and
+# 28.8 -> 27.6 ms; 4096x1024 over 128 at parity.
 ALIASED_A_BYTES = (32 << 10) if WIDE_TILES else (4 << 10)
 # ... but not for a reduction of this many steps or fewer: a micro-panel read in place then
 # takes at most 8 KiB of lines (one per step), which stay in L1 beside the B micro-panel, and
@@ -289,9 +290,11 @@ def _row_blocks(m, MR, MC, nthreads, own_b):
     """Row blocks of an ``m``-row product: at most ``MC`` rows each, equal in whole MR-row
     panels (block ``ib`` is panels ``pm * ib // nib`` to ``pm * (ib + 1) // nib``, ``pm`` the
     panels of ``m``), and on several threads (unless each task spans all row blocks, ``own_b``)
-    a multiple of their number, so that the threads get equal work.  Float32 1024^3 on two
-    threads had 15 blocks of 72 rows, one thread doing 8 of them (576 rows of 1024).  The
-    blocks do not change any sum's order: results are the same for any ``nthreads``.
+    a multiple of their number, so that the threads get equal work (256 float32 rows were
+    blocks of 72, 72, 72 and 40 rows, now 60, 66, 66 and 64).  Measured against MC-row blocks,
+    both in one process alternating on shared operands, two threads: matmul 1024^3, 2048^3,
+    256x784x512 and 100x1024x1024 in both dtypes within 2% (one float64 2048^3 3-10% faster).
+    The blocks do not change any sum's order: results are the same for any ``nthreads``.
     """
     nib = (m + MC - 1) // MC
     if nib > 1 and nthreads > 1 and not own_b:
