@@ -29,7 +29,7 @@ KERNELS = (
     ("ukernel_6x16", 6, 16, "float32", "avx2"),
     ("ukernel_6x8", 6, 8, "float64", "avx2"),
 )
-# (name, MR, NR, dtype): the AVX2 sets' 4-row tiles, for the last rows of a block of 6a + 4 or
+# (name, MR, NR, dtype): the AVX2 set's 4-row tiles, for the last rows of a block of 6a + 4 or
 # 6a + 2 rows read in place (a batch of 32 is 4 x 6 + 2 x 4 rows, not 6 x 6 with 4 rows
 # wasted).  Alone they are slower (8 accumulators, one thread from L1: 80 against 94 GFLOP/s
 # for 6 x 16), so they only replace zero-padded rows.

@@ -538,7 +538,8 @@ def _packed(a, b, out, trans_a, trans_b, ep, bias, code, y, w, lr, l1, l2,
     # packing, or it is read transposed with rows a multiple of 4 KiB and at least
     # ALIASED_A_BYTES long (a micro-panel then takes one line per row at that stride, all in a
     # few L2 sets, and is evicted before the next B panel re-reads it) or, with the AVX2
-    # tiles, for more than DIRECT_ROWS output rows (see ALIASED_A_BYTES); B when it is not
+    # tiles, for more than DIRECT_ROWS output rows over more than PACKED_A_STEPS steps (see
+    # ALIASED_A_BYTES); B when it is not
     # transposed, not summed for the bias gradient, and re-read by few row blocks (below
     # DIRECT_ROWS rows, packing it costs more than it saves) while it is small enough
     # (DIRECT_B_BYTES, or DIRECT_SKINNY_B_BYTES for up to DIRECT_SKINNY_ROWS rows).
