@@ -57,6 +57,7 @@ from numba import njit, types
 from numba.core import caching, cgutils, imputils, itanium_mangler, sigutils
 from numba.core.compiler_lock import global_compiler_lock
 from numba.extending import intrinsic, overload
+from numba.np.arrayobj import populate_array
 
 from fastdense.kernels._isa import TILES
 
@@ -399,6 +400,37 @@ def no_inline(typingctx):
     def codegen(context, builder, signature, args):
         builder.function.attributes.add("noinline")
         return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def strided_view(typingctx, a, shape, strides):
+    """A view of ``a``'s data from its first element with the given ``shape`` and byte
+    ``strides`` (tuples of one length), like ``np.lib.stride_tricks.as_strided``: no checks.
+
+    Usable without reference counting (``kernel(nrt=False)``), where Numba's ``as_strided``
+    is not: that is a function returning a new array.
+    """
+    if (not isinstance(a, types.Array) or not isinstance(shape, types.UniTuple)
+            or not isinstance(strides, types.UniTuple) or shape.count != strides.count
+            or not isinstance(shape.dtype, types.Integer)
+            or not isinstance(strides.dtype, types.Integer)):
+        return None
+    retty = a.copy(ndim=shape.count, layout="A")
+    sig = retty(a, shape, strides)
+
+    def codegen(context, builder, signature, args):
+        src = context.make_array(signature.args[0])(context, builder, args[0])
+        out = context.make_array(signature.return_type)(context, builder)
+        dims = [context.cast(builder, v, signature.args[1].dtype, types.intp)
+                for v in cgutils.unpack_tuple(builder, args[1])]
+        steps = [context.cast(builder, v, signature.args[2].dtype, types.intp)
+                 for v in cgutils.unpack_tuple(builder, args[2])]
+        populate_array(out, data=src.data, shape=dims, strides=steps, itemsize=src.itemsize,
+                       meminfo=src.meminfo)
+        return imputils.impl_ret_borrowed(context, builder, signature.return_type,
+                                          out._getvalue())
 
     return sig, codegen
 

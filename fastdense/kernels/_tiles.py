@@ -84,31 +84,32 @@ def _dtype_name(a) -> str:
 # compiled for one tile set is never loaded for the other.
 
 
-def _ukernel(kc, a2, bp, bo, bps, tile, out, i0, j0, mode, lr, bias, y, relu):
-    """Dispatch to the dtype's micro-kernel (resolved at compile time)."""
+def _ukernel(kc, a3, bp, bo, bps, tile, out, i0, j0, mode, lr, bias, y, relu):
+    """Dispatch to the dtype's micro-kernel for a column of tiles (resolved at compile time)."""
 
 
 @overload(_ukernel, jit_options={"cache": True})
-def _ukernel_ol(kc, a2, bp, bo, bps, tile, out, i0, j0, mode, lr, bias, y, relu):
-    fn = _UKERNELS[_dtype_name(a2), TILES]
+def _ukernel_ol(kc, a3, bp, bo, bps, tile, out, i0, j0, mode, lr, bias, y, relu):
+    fn = _UKERNELS[_dtype_name(a3), TILES]
 
-    def impl(kc, a2, bp, bo, bps, tile, out, i0, j0, mode, lr, bias, y, relu):
-        return fn(kc, a2, bp, bo, bps, tile, out, i0, j0, mode, lr, bias, y, relu)
+    def impl(kc, a3, bp, bo, bps, tile, out, i0, j0, mode, lr, bias, y, relu):
+        return fn(kc, a3, bp, bo, bps, tile, out, i0, j0, mode, lr, bias, y, relu)
 
     return impl
 
 
-def _half_ukernel(kc, a2, bp, bo, bps, tile, out, i0, j0, mode, lr, bias, y, relu):
-    """Dispatch to the dtype's HALF_MR-row micro-kernel (the full one where there is none)."""
+def _half_ukernel(kc, a3, bp, bo, bps, tile, out, i0, j0, mode, lr, bias, y, relu):
+    """Dispatch to the dtype's HALF_MR-row micro-kernel, one tile a call (the full one where
+    there is none)."""
 
 
 @overload(_half_ukernel, jit_options={"cache": True})
-def _half_ukernel_ol(kc, a2, bp, bo, bps, tile, out, i0, j0, mode, lr, bias, y, relu):
-    key = (_dtype_name(a2), TILES)
+def _half_ukernel_ol(kc, a3, bp, bo, bps, tile, out, i0, j0, mode, lr, bias, y, relu):
+    key = (_dtype_name(a3), TILES)
     fn = _HALF_UKERNELS.get(key, _UKERNELS[key])
 
-    def impl(kc, a2, bp, bo, bps, tile, out, i0, j0, mode, lr, bias, y, relu):
-        return fn(kc, a2, bp, bo, bps, tile, out, i0, j0, mode, lr, bias, y, relu)
+    def impl(kc, a3, bp, bo, bps, tile, out, i0, j0, mode, lr, bias, y, relu):
+        return fn(kc, a3, bp, bo, bps, tile, out, i0, j0, mode, lr, bias, y, relu)
 
     return impl
 

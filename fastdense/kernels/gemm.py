@@ -44,6 +44,7 @@ from fastdense.kernels._codegen import (
     fma,
     kernel,
     no_inline,
+    strided_view,
     wide_vectors,
     zero_of,
 )
@@ -369,6 +370,10 @@ def _phase(phase, t, nthreads, a, b, out, trans_a, trans_b, ep, bias, code, y, w
     bf = b.reshape(b.shape[0] * ldb)
     nib = _row_blocks(m, MR, MC, nthreads, own_b)
     pm = (m + MR - 1) // MR
+    s0, s1 = a.strides
+    size = abuf.itemsize
+    # Byte strides of a packed A block, ``(panel, step, row)``.
+    packed = (MR * kc * size, MR * size, size)
     while True:
         task = fetch_add(ctr, 0, 1)
         if task >= ntasks:
@@ -408,6 +413,23 @@ def _phase(phase, t, nthreads, a, b, out, trans_a, trans_b, ep, bias, code, y, w
                 # dz (fused activation derivative) is written by the task packing these rows first.
                 pack_a(a, trans_a, ic, mc, pc, kc, abuf, dcode, z, yd, dz,
                        jc == 0 and cb == 0)
+            # The block's A panels as (panels, kc, rows) views, made once for all its B panels
+            # (never 'C' typed, so that one micro-kernel serves all of them): ``nmain`` whole
+            # MR-row panels, in place or packed; a zero-padded partial one, packed; the
+            # HALF_MR-row panels of the tail, in place.
+            nmain = (mc - tail) // MR
+            npart = 1 if nmain * MR < mc - tail else 0
+            hr = max(HALF_MR, 1)
+            r1 = ic + mc - tail
+            if trans_a:
+                amain = strided_view(a[pc:, ic:], (nmain, kc, MR), (MR * s1, s0, s1))
+                ahalf = strided_view(a[pc:, r1:], (tail // hr, kc, hr), (hr * s1, s0, s1))
+            else:
+                amain = strided_view(a[ic:, pc:], (nmain, kc, MR), (MR * s0, s1, s0))
+                ahalf = strided_view(a[r1:, pc:], (tail // hr, kc, hr), (hr * s0, s1, s0))
+            if not direct_a:
+                amain = strided_view(abuf, (nmain, kc, MR), packed)
+            apart = strided_view(abuf[nmain * MR * kc:], (npart, kc, MR), packed)
             for q in range(q0, q1):
                 jr = q * NR
                 nr = min(NR, nc - jr)
@@ -419,49 +441,58 @@ def _phase(phase, t, nthreads, a, b, out, trans_a, trans_b, ep, bias, code, y, w
                     bsrc = bbuf
                     bo = jr * kc
                     bps = NR
-                ir = 0
-                while ir < mc:
-                    h = MR if ir < mc - tail else HALF_MR
-                    mr = min(h, mc - ir)
-                    # The A panel as a (kc, h) view, packed or in place (never 'C' typed, so
-                    # that one micro-kernel serves all three).
-                    if direct_a and (ir < full or h != MR):
-                        if trans_a:
-                            a2 = a[pc:pc + kc, ic + ir:ic + ir + h]
+                # Whole tiles are stored by the micro-kernel itself, with the common epilogues
+                # (plain SGD, after one KC block or several; bias with ReLU or none), a whole
+                # column of them per call; the rest (a partial row or column panel, the other
+                # epilogues) stays in ``tile`` for _store_tile, one tile per call.  Measured
+                # single-threaded, 1024 x 256->256 float64: SGD over two KC blocks by
+                # _store_tile cost 0.54 ms of 3.80 ms.
+                mode = 0
+                target = out
+                other = y
+                if nr == NR:
+                    if ep == EP_STORE or not last:
+                        mode = 1 if first else 2
+                    elif ep == EP_SGD:
+                        if l1 == 0.0 and l2 == 0.0:
+                            target = w
+                            mode = 3
+                            if not first:
+                                mode = 6
+                                other = out
+                    elif code == act.LINEAR or code == act.RELU or code == act.SOFTMAX:
+                        mode = 4 if first else 5
+                for seg in range(3):
+                    if seg == 0:
+                        panels = amain
+                        r0 = 0
+                        h = MR
+                        smode = mode
+                    elif seg == 1:
+                        panels = apart
+                        r0 = nmain * MR
+                        h = MR
+                        smode = 0
+                    else:
+                        panels = ahalf
+                        r0 = mc - tail
+                        h = hr
+                        smode = mode
+                    cnt = panels.shape[0]
+                    # (The HALF_MR-row kernels take one panel a call.)
+                    step = cnt if smode != 0 and seg < 2 else 1
+                    for t0 in range(0, cnt, max(step, 1)):
+                        i0 = ic + r0 + t0 * h
+                        # (One call site per kernel: each would be compiled and optimized again.)
+                        if seg < 2:
+                            _ukernel(kc, panels[t0:t0 + step], bsrc, bo, bps, tile, target, i0,
+                                     jc + jr, smode, lr, bias, other, code == act.RELU)
                         else:
-                            a2 = a[ic + ir:ic + ir + h, pc:pc + kc].T
-                    else:
-                        a2 = abuf[ir * kc:(ir + MR) * kc].reshape(kc, MR)[:, 0:MR]
-                    # Full tiles are stored by the micro-kernel itself, with the common epilogues
-                    # (plain SGD, after one KC block or several; bias with ReLU or none); the
-                    # rest stays in ``tile`` for _store_tile.  (One call site: each would be
-                    # compiled and optimized again.)  Measured single-threaded, 1024 x 256->256
-                    # float64: SGD over two KC blocks by _store_tile cost 0.54 ms of 3.80 ms.
-                    mode = 0
-                    target = out
-                    other = y
-                    if mr == h and nr == NR:
-                        if ep == EP_STORE or not last:
-                            mode = 1 if first else 2
-                        elif ep == EP_SGD:
-                            if l1 == 0.0 and l2 == 0.0:
-                                target = w
-                                mode = 3
-                                if not first:
-                                    mode = 6
-                                    other = out
-                        elif code == act.LINEAR or code == act.RELU or code == act.SOFTMAX:
-                            mode = 4 if first else 5
-                    if h == MR:
-                        _ukernel(kc, a2, bsrc, bo, bps, tile, target, ic + ir, jc + jr, mode, lr,
-                                 bias, other, code == act.RELU)
-                    else:
-                        _half_ukernel(kc, a2, bsrc, bo, bps, tile, target, ic + ir, jc + jr, mode,
-                                      lr, bias, other, code == act.RELU)
-                    if mode == 0:
-                        _store_tile(tile, NR, out, ic + ir, mr, jc + jr, nr, first, last, ep,
-                                    bias, code, y, w, lr, l1, l2)
-                    ir += h
+                            _half_ukernel(kc, panels[t0:t0 + step], bsrc, bo, bps, tile, target,
+                                          i0, jc + jr, smode, lr, bias, other, code == act.RELU)
+                        if smode == 0:
+                            _store_tile(tile, NR, out, i0, min(h, ic + mc - i0), jc + jr, nr,
+                                        first, last, ep, bias, code, y, w, lr, l1, l2)
 
 
 @kernel(nrt=False)

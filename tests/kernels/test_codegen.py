@@ -15,7 +15,14 @@ import numpy as np
 import pytest
 from numba import njit
 
-from fastdense.kernels._codegen import add_n, bias_act_n, relu_n, sgd_n, transpose8
+from fastdense.kernels._codegen import (
+    add_n,
+    bias_act_n,
+    relu_n,
+    sgd_n,
+    strided_view,
+    transpose8,
+)
 
 SPECIAL = [0.0, -0.0, np.nan, np.inf, -np.inf, -1.5, 2.25, 1e-40, -1e-40]
 
@@ -108,6 +115,31 @@ def test_sgd_n_rounds_like_the_scalar_loop(dtype, lr):
 def test_typing_rejects_mixed_dtypes():
     with pytest.raises(Exception, match="add_n"):
         _add16(np.zeros(16, np.float32), 0, np.zeros(16, np.float64), 0)
+
+
+@njit(cache=True, _nrt=False)
+def _panel_sum(a, r0, c0, count, steps, rows):
+    """Sum of ``v[t, p, i] * (1 + t + 10 p + 100 i)`` over the (count, steps, rows) panels of
+    ``a``'s rows from ``(r0, c0)`` transposed, made without reference counting (as in gemm)."""
+    s0, s1 = a.strides
+    v = strided_view(a[r0:, c0:], (count, steps, rows), (rows * s0, s1, s0))
+    total = 0.0
+    for t in range(v.shape[0]):
+        for p in range(v.shape[1]):
+            for i in range(v.shape[2]):
+                total += v[t, p, i] * (1 + t + 10 * p + 100 * i)
+    return total
+
+
+@pytest.mark.parametrize(("r0", "c0", "count", "steps", "rows"), [(0, 0, 3, 5, 6), (2, 3, 2, 4, 4),
+                                                                  (7, 1, 0, 5, 6)])
+def test_strided_view_is_as_strided(dtype, r0, c0, count, steps, rows):
+    a = np.random.default_rng(7).standard_normal((20, 11)).astype(dtype)[:, 1:]
+    s0, s1 = a.strides
+    v = np.lib.stride_tricks.as_strided(a[r0:, c0:], (count, steps, rows), (rows * s0, s1, s0))
+    t, p, i = np.meshgrid(np.arange(count), np.arange(steps), np.arange(rows), indexing="ij")
+    want = float(np.sum(v.astype(np.float64) * (1 + t + 10 * p + 100 * i)))
+    assert _panel_sum(a, r0, c0, count, steps, rows) == pytest.approx(want, rel=1e-12)
 
 
 @njit(cache=True)

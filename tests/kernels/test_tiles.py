@@ -61,48 +61,60 @@ def test_blocking_of_the_active_set():
         assert mc % mr == 0 and nc % nr == 0
 
 
-def _panels(rng, kc, mr, nr, bps, dtype):
-    """An A panel as a strided (kc, mr) view and a B panel of row stride ``bps``."""
-    a_full = rng.standard_normal((mr + 3, kc + 2)).astype(dtype)
-    a2 = a_full[1:mr + 1, 2:kc + 2].T  # (kc, mr), column-major-like strides
+def _panels(rng, kc, mr, nr, bps, dtype, nt):
+    """``nt`` A panels as a strided (nt, kc, mr) view of the rows of ``a`` (nt * mr, kc), and a
+    B panel of row stride ``bps``."""
+    a_full = rng.standard_normal((nt * mr + 3, kc + 2)).astype(dtype)
+    a = a_full[1:nt * mr + 1, 2:kc + 2]
+    s0, s1 = a.strides
+    a3 = np.lib.stride_tricks.as_strided(a, (nt, kc, mr), (mr * s0, s1, s0))
     bp = rng.standard_normal(5 + max(kc, 1) * bps).astype(dtype)
-    return a2, bp, 5
+    return a, a3, bp, 5
 
 
 @pytest.mark.parametrize("kc", [0, 1, 7, 64])
 @pytest.mark.parametrize("in_place", [False, True], ids=["packed", "in_place"])
 @pytest.mark.parametrize(("kern", "mr", "nr", "dtype"), KERNELS, ids=KERNEL_IDS)
 def test_microkernel_modes_match_reference(kern, mr, nr, dtype, kc, in_place):
-    rng = np.random.default_rng(kc * 31 + nr)
+    """Every store mode, for one tile and for a column of three (the HALF_MR-row kernels take
+    one panel a call; mode 0, which leaves the tile to the caller, one tile only)."""
+    for nt in (1,) if kern in (mk.ukernel_4x16, mk.ukernel_4x8) else (1, 3):
+        _check_modes(kern, mr, nr, dtype, kc, in_place, nt)
+
+
+def _check_modes(kern, mr, nr, dtype, kc, in_place, nt):
+    rng = np.random.default_rng(kc * 31 + nr + nt)
     bps = nr + 11 if in_place else nr
-    a2, bp, bo = _panels(rng, kc, mr, nr, bps, dtype)
+    a, a3, bp, bo = _panels(rng, kc, mr, nr, bps, dtype, nt)
     b = np.stack([bp[bo + p * bps:bo + p * bps + nr] for p in range(kc)]) if kc else \
         np.zeros((0, nr), dtype)
-    ref = a2.T.astype(np.float64) @ b.astype(np.float64)  # tile[i, j] = sum_p a2[p, i] b[p, j]
-    tol = product_tolerance(a2.T, b, dtype)
+    ref = a.astype(np.float64) @ b.astype(np.float64)  # row t * mr + i: tile t's row i
+    tol = product_tolerance(a, b, dtype)
     bias = rng.standard_normal(nr + 4).astype(dtype)
     lr = 0.25
     i0, j0 = 2, 3
-    base = rng.standard_normal((mr + 4, nr + 6)).astype(dtype)
-    win = (slice(i0, i0 + mr), slice(j0, j0 + nr))
-    for mode in range(7):
+    rows = nt * mr
+    base = rng.standard_normal((rows + 4, nr + 6)).astype(dtype)
+    win = (slice(i0, i0 + rows), slice(j0, j0 + nr))
+    for mode in range(7) if nt == 1 else range(1, 7):
         tile = np.full(mr * nr, np.nan, dtype)
         out = base.copy()
         y = base.copy() + 1 if mode in (4, 5, 6) else out
         y0 = y.copy()
-        kern(kc, a2, bp, bo, bps, tile, out, i0, j0, mode, lr, bias[:nr + j0], y, mode != 6)
+        kern(kc, a3, bp, bo, bps, tile, out, i0, j0, mode, lr, bias[:nr + j0], y, mode != 6)
         t = tile.reshape(mr, nr)
         if mode <= 3:  # the epilogues of modes 4 to 6 work on the tile in place
-            assert np.all(np.abs(t - ref) <= tol), mode
+            # The tile holds the last panel's product.
+            assert np.all(np.abs(t - ref[-mr:]) <= tol[-mr:]), mode
         o64 = base[win].astype(np.float64)
         if mode == 0:
             expect_out = o64
         elif mode == 1:
-            expect_out = t
+            expect_out = ref
         elif mode == 2:
-            expect_out = o64 + t
+            expect_out = o64 + ref
         elif mode == 3:
-            expect_out = o64 - lr * t
+            expect_out = o64 - lr * ref
         elif mode == 4:
             expect_out = ref + bias[j0:j0 + nr]
         elif mode == 5:
@@ -113,7 +125,7 @@ def test_microkernel_modes_match_reference(kern, mr, nr, dtype, kc, in_place):
         assert np.all(np.abs(out[win] - expect_out) <= tol + slack), mode
         if mode in (4, 5):
             assert np.array_equal(y[win], np.maximum(out[win], 0)), mode
-        # Nothing outside the tile's window changes.
+        # Nothing outside the tiles' window changes.
         outside = np.ones(out.shape, bool)
         outside[win] = False
         assert np.array_equal(out[outside], base[outside]), mode
@@ -134,12 +146,12 @@ def test_tile_shapes_give_the_same_bits(kc):
         b = rng.standard_normal((kc, nrb)).astype(dtype)
         empty = np.zeros(0, dtype)
         whole = np.empty(mrb * nrb, dtype)
-        kbig(kc, a[:mrb].T, b.ravel(), 0, nrb, whole, b, 0, 0, 0, 0.0, empty, b, False)
+        kbig(kc, a[:mrb].T[None], b.ravel(), 0, nrb, whole, b, 0, 0, 0, 0.0, empty, b, False)
         pieces = np.empty((rows, nrb), dtype)
         tile = np.empty(mrs * nrs, dtype)
         for i in range(0, rows, mrs):
             for j in range(0, nrb, nrs):
-                ksmall(kc, a[i:i + mrs].T, b.ravel(), j, nrb, tile, b, 0, 0, 0, 0.0, empty, b,
+                ksmall(kc, a[i:i + mrs].T[None], b.ravel(), j, nrb, tile, b, 0, 0, 0, 0.0, empty, b,
                        False)
                 pieces[i:i + mrs, j:j + nrs] = tile.reshape(mrs, nrs)
         assert np.array_equal(whole.reshape(mrb, nrb), pieces[:mrb])
