@@ -49,6 +49,8 @@ vector-matrix strips, accumulated in scalar locals that LLVM's SLP vectorizer ma
 registers (see :mod:`fastdense.kernels._codegen` for the compile settings this needs).
 """
 
+from numpy import uint64
+
 from fastdense.kernels._codegen import (
     add_n,
     bias_act_n,
@@ -62,7 +64,6 @@ from fastdense.kernels._codegen import (
     wide_vectors,
     zero_of,
 )
-from numpy import uint64
 '''
 
 

@@ -5,6 +5,8 @@ vector-matrix strips, accumulated in scalar locals that LLVM's SLP vectorizer ma
 registers (see :mod:`fastdense.kernels._codegen` for the compile settings this needs).
 """
 
+from numpy import uint64
+
 from fastdense.kernels._codegen import (
     add_n,
     bias_act_n,
@@ -18,7 +20,6 @@ from fastdense.kernels._codegen import (
     wide_vectors,
     zero_of,
 )
-from numpy import uint64
 
 MR_F32, NR_F32 = 8, 32
 MR_F64, NR_F64 = 8, 16
