@@ -16,7 +16,8 @@ Threads: per KC x NC block, the B block is packed once into a shared buffer (eac
 of its panels), then the threads take *tasks* (an MC-row block times a range of B panels) from an
 atomic counter, so a core slowed down by another process simply does fewer of them.  With few
 rows (up to ``DIRECT_ROWS``) a task is instead a range of B panels for all rows, and packs those
-panels itself just before using them, unless B is so large that it comes from memory: then the
+panels itself just before using them, for every KC block in turn (one parallel region for the
+whole product, :func:`_spanning_tasks`), unless B is so large that it comes from memory: then the
 shared block is packed by whole source rows, which stream faster, and for the fewest rows the
 next block is packed by tasks among those using the current one (double buffering).  Callers
 pass the packing buffers as a workspace (:func:`workspace_size`), so no call allocates.  Each
@@ -230,9 +231,13 @@ def _store_tile(tile, NR, out, i0, mr, j0, nr, first, last, ep, bias, code, y, w
 
 # Workspace elements before the shared B block: the shared task counter ``ws[0]``, the count
 # of workers that have started a parallel region ``ws[_ARRIVED]`` (:mod:`._placement`), and
-# each thread's own counter ``ws[2 + t]`` when a B block is double-buffered
-# (``_pipelined_tasks``).
-_CTR = 16
+# each thread's own counter ``ws[_OWN * (t + 1)]`` for ``_pipelined_tasks`` and
+# ``_spanning_tasks``, each on a cache line of its own, so that a thread's updates of its
+# counter (three atomics per task and KC block) never take the shared counter's line from the
+# other core.
+_OWN = 16
+_OWN_THREADS = 15
+_CTR = _OWN * (_OWN_THREADS + 1)
 _ARRIVED = 1
 
 
@@ -388,9 +393,13 @@ def _phase(phase, t, nthreads, a, b, out, trans_a, trans_b, ep, bias, code, y, w
             ib1 = ib0 + 1
         q0 = (npan * cb) // ncol
         q1 = (npan * (cb + 1)) // ncol
+        # Where this task's B panels are: a chunk packed by the task itself starts where it
+        # would with the longest KC block, so that tasks at different KC blocks at once
+        # (``_spanning_tasks``) never share any of it.
+        b0 = q0 * NR * min(KC, k) if own_b else q0 * NR * kc
         if own_b and q1 > q0:
             pack_b(b, trans_b, pc, kc, jc + q0 * NR, min(nc, q1 * NR) - q0 * NR,
-                   bbuf[q0 * NR * kc:], colsum, db)
+                   bbuf[b0:], colsum, db)
         for ib in range(ib0, ib1):
             ic = MR * ((pm * ib) // nib)
             mc = min(m, MR * ((pm * (ib + 1)) // nib)) - ic
@@ -439,7 +448,7 @@ def _phase(phase, t, nthreads, a, b, out, trans_a, trans_b, ep, bias, code, y, w
                     bps = ldb
                 else:
                     bsrc = bbuf
-                    bo = jr * kc
+                    bo = b0 + (q - q0) * NR * kc
                     bps = NR
                 # Whole tiles are stored by the micro-kernel itself, with the common epilogues
                 # (plain SGD, after one KC block or several; bias with ReLU or none), a whole
@@ -515,7 +524,7 @@ def _pipelined_tasks(t, nthreads, a, b, out, trans_a, trans_b, ep, bias, code, y
     k = a.shape[0] if trans_a else a.shape[1]
     blen = _b_block_len(out.shape[1], k, NR, KC, NC)
     nxt = ws[_CTR + (1 - cur) * blen:_CTR + (2 - cur) * blen]
-    own = ws[2 + t:3 + t]
+    own = ws[_OWN * (t + 1):_OWN * (t + 1) + 1]
     pairs = min(npack, ntasks)
     while True:
         task = fetch_add(ctr, 0, 1)
@@ -539,6 +548,34 @@ def _pipelined_tasks(t, nthreads, a, b, out, trans_a, trans_b, ep, bias, code, y
         _phase(1, t, nthreads, a, b, out, trans_a, trans_b, ep, bias, code, y, w, lr, l1, l2,
                dcode, z, yd, dz, colsum, db, jc, nc, pc, kc, ws, alen, own, task + 1, ncol,
                shared_a, direct_a, direct_b, own_b, row_split, 2, cur)
+
+
+@kernel(nrt=False)
+def _spanning_tasks(t, nthreads, a, b, out, trans_a, trans_b, ep, bias, code, y, w, lr, l1, l2,
+                    dcode, z, yd, dz, colsum, db, jc, nc, ws, alen, ctr, ntasks, ncol, shared_a,
+                    direct_a, direct_b, own_b, row_split):
+    """Phase 1 of :func:`_phase` for every KC block of a task in turn: the tasks of products
+    whose tasks need nothing shared (``own_b``, or ``direct_b`` with whole panels) span the
+    whole reduction, so that one parallel region serves all KC blocks instead of one each.
+
+    Task ``i`` runs as :func:`_phase` on a counter of this thread's own that yields ``i``
+    alone, once per KC block in increasing order: each output element sums its blocks in the
+    same order as with a region per block.
+    """
+    no_inline()
+    KC = _blocking(out)[2]
+    k = a.shape[0] if trans_a else a.shape[1]
+    own = ws[_OWN * (t + 1):_OWN * (t + 1) + 1]
+    while True:
+        task = fetch_add(ctr, 0, 1)
+        if task >= ntasks:
+            break
+        for pc in range(0, k, KC):
+            own[0] = 0
+            fetch_add(own, 0, task)
+            _phase(1, t, nthreads, a, b, out, trans_a, trans_b, ep, bias, code, y, w, lr, l1, l2,
+                   dcode, z, yd, dz, colsum, db, jc, nc, pc, min(KC, k - pc), ws, alen, own,
+                   task + 1, ncol, shared_a, direct_a, direct_b, own_b, row_split, 1, 0)
 
 
 # Called by every entry point: not linked into each of them (see ``kernel(link=False)``).
@@ -611,8 +648,8 @@ def _packed(a, b, out, trans_a, trans_b, ep, bias, code, y, w, lr, l1, l2,
     # With two threads, those blocks are double-buffered: while the threads multiply by one,
     # packing tasks among theirs copy the next into the second buffer, so the copy from memory
     # overlaps the other core's arithmetic instead of being a phase of its own.
-    # (Each thread also needs a counter of its own, ``ws[2 + t]``, before ``ws[_CTR]``.)
-    pipeline = (row_split and not shared_a and 1 < nthreads < _CTR - 1
+    # (Each thread also needs a counter of its own, before ``ws[_CTR]``.)
+    pipeline = (row_split and not shared_a and 1 < nthreads <= _OWN_THREADS
                 and double_buffers_b(m, n, k, out.itemsize, MC)
                 and ws.shape[0] >= shared + blen + 2 * per)
     nbuf = 1
@@ -637,6 +674,9 @@ def _packed(a, b, out, trans_a, trans_b, ep, bias, code, y, w, lr, l1, l2,
                 ncol = min(npan, max(1, (4 * nthreads + nib - 1) // nib))
             ntasks = nib * ncol
         packs = shared_a if own_b else not direct_b or nc % NR != 0 or shared_a
+        # Tasks that share nothing packed span every KC block (``_spanning_tasks``): one
+        # parallel region for the whole reduction, not a region (and a barrier) per block.
+        span = 1 < nthreads <= _OWN_THREADS and k > KC and not packs and not pipeline
         for pc in range(0, k, KC):
             kc = min(KC, k - pc)
             ctr[0] = 0
@@ -646,6 +686,8 @@ def _packed(a, b, out, trans_a, trans_b, ep, bias, code, y, w, lr, l1, l2,
                            l1, l2, dcode, z, yd, dz, colsum, db, jc, nc, pc, kc, ws, alen, ctr,
                            ntasks, ncol, False, direct_a, direct_b, own_b, row_split, 1, 0)
                 continue
+            if span and pc > 0:
+                break
             # The block after this one, packed during this one's tasks when pipelined.
             npack = 0
             jc2 = jc
@@ -676,6 +718,11 @@ def _packed(a, b, out, trans_a, trans_b, ep, bias, code, y, w, lr, l1, l2,
                                          db, jc, nc, pc, kc, ws, alen, ctr, ntasks, ncol,
                                          shared_a, direct_a, direct_b, own_b, row_split, cur,
                                          npack, jc2, nc2, pc2, kc2)
+                    elif span:
+                        _spanning_tasks(np.int64(t), nthreads, a, b, out, trans_a, trans_b, ep,
+                                        bias, code, y, w, lr, l1, l2, dcode, z, yd, dz, colsum,
+                                        db, jc, nc, ws, alen, ctr, ntasks, ncol, shared_a,
+                                        direct_a, direct_b, own_b, row_split)
                     else:
                         _phase(phase, np.int64(t), nthreads, a, b, out, trans_a, trans_b, ep,
                                bias, code, y, w, lr, l1, l2, dcode, z, yd, dz, colsum, db, jc,

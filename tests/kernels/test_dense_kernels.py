@@ -15,8 +15,9 @@ from tests.kernels.conftest import product_tolerance
 NAMES = ["linear", "relu", "sigmoid", "tanh", "softmax", "gelu", "leaky_relu", "elu", "selu",
          "swish", "softplus"]
 # (batch, in, units): the direct path, the packed path with edge tiles, a skinny training shape,
-# and a batch above gemm.DIRECT_ROWS (the backward pass fuses dz into the packing of dx's A).
-SHAPES = [(1, 9, 5), (37, 70, 45), (130, 300, 70), (300, 37, 45)]
+# a batch above gemm.DIRECT_ROWS (the backward pass fuses dz into the packing of dx's A), and
+# a batch of two KC blocks (``x.T @ dz`` sums the bias gradient in tasks that span them).
+SHAPES = [(1, 9, 5), (37, 70, 45), (130, 300, 70), (300, 37, 45), (600, 40, 45)]
 # Largest |act'| over the reals (bounds how a tolerance on z carries to y).
 LIPSCHITZ = 2.0
 
@@ -163,11 +164,12 @@ def test_forward_empty_batch(dtype):
     assert y.shape == (0, 3)
 
 
+@pytest.mark.parametrize("shape", [(96, 600, 300), (600, 40, 45)], ids=["96x600x300", "600x40x45"])
 @pytest.mark.parametrize("name", ["relu", "softmax", "tanh"])
-def test_bitwise_identical_for_any_thread_count(name, dtype):
+def test_bitwise_identical_for_any_thread_count(name, shape, dtype):
     rng = np.random.default_rng(6)
     code = activations.get(name).code
-    batch, n_in, units = 96, 600, 300
+    batch, n_in, units = shape
     x0, w0, b0 = _layer(rng, batch, n_in, units, dtype)
     g = rng.standard_normal((batch, units)).astype(dtype)
     runs = []
