@@ -40,8 +40,8 @@ def ukernel_8x32(kc, a3, bp, bo, bps, tile, out, i00, j0, mode, lr, bias, y, rel
     place (``bps = ldb``).  Reading in place spares the packing when the operands
     stay in cache anyway.
 
-    ``tile[i * 32 + j]`` holds each tile (row-major); with ``o`` tile ``t``'s place
-    in ``out[i0:i0 + 8, j0:j0 + 32]``, ``i0 = i00 + 8 * t``, ``mode`` then says
+    ``tile[i * 32 + j]`` holds each tile (row-major); tile ``t``'s place ``o``
+    is ``out[i0:i0 + 8, j0:j0 + 32]``, ``i0 = i00 + 8 * t``.  ``mode`` says
     what becomes of it: 0 nothing (the caller's epilogue: one A panel only); 1
     ``o = tile``; 2 ``o += tile`` (the next KC block of a running sum); 3
     ``o -= lr * tile`` (plain SGD, ``out`` being the weights); 4 ``o = tile + bias``
@@ -50,8 +50,8 @@ def ukernel_8x32(kc, a3, bp, bo, bps, tile, out, i00, j0, mode, lr, bias, y, rel
     KC block, ``y`` holding the running sum of the earlier ones).
 
     The loop over A panels is here rather than in the caller: a call cost about
-    40 ns (its arguments, the A view, the prologue), a fifth of a 6 x 16 float32
-    tile over 128 steps.
+    40 ns besides the stores (its arguments, the A view, the prologue), a seventh
+    of a 6 x 16 float32 tile over 128 steps.
     """
     wide_vectors()
     zero = zero_of(tile)
@@ -948,8 +948,8 @@ def ukernel_8x16(kc, a3, bp, bo, bps, tile, out, i00, j0, mode, lr, bias, y, rel
     place (``bps = ldb``).  Reading in place spares the packing when the operands
     stay in cache anyway.
 
-    ``tile[i * 16 + j]`` holds each tile (row-major); with ``o`` tile ``t``'s place
-    in ``out[i0:i0 + 8, j0:j0 + 16]``, ``i0 = i00 + 8 * t``, ``mode`` then says
+    ``tile[i * 16 + j]`` holds each tile (row-major); tile ``t``'s place ``o``
+    is ``out[i0:i0 + 8, j0:j0 + 16]``, ``i0 = i00 + 8 * t``.  ``mode`` says
     what becomes of it: 0 nothing (the caller's epilogue: one A panel only); 1
     ``o = tile``; 2 ``o += tile`` (the next KC block of a running sum); 3
     ``o -= lr * tile`` (plain SGD, ``out`` being the weights); 4 ``o = tile + bias``
@@ -958,8 +958,8 @@ def ukernel_8x16(kc, a3, bp, bo, bps, tile, out, i00, j0, mode, lr, bias, y, rel
     KC block, ``y`` holding the running sum of the earlier ones).
 
     The loop over A panels is here rather than in the caller: a call cost about
-    40 ns (its arguments, the A view, the prologue), a fifth of a 6 x 16 float32
-    tile over 128 steps.
+    40 ns besides the stores (its arguments, the A view, the prologue), a seventh
+    of a 6 x 16 float32 tile over 128 steps.
     """
     wide_vectors()
     zero = zero_of(tile)
@@ -1456,8 +1456,8 @@ def ukernel_6x16(kc, a3, bp, bo, bps, tile, out, i00, j0, mode, lr, bias, y, rel
     place (``bps = ldb``).  Reading in place spares the packing when the operands
     stay in cache anyway.
 
-    ``tile[i * 16 + j]`` holds each tile (row-major); with ``o`` tile ``t``'s place
-    in ``out[i0:i0 + 6, j0:j0 + 16]``, ``i0 = i00 + 6 * t``, ``mode`` then says
+    ``tile[i * 16 + j]`` holds each tile (row-major); tile ``t``'s place ``o``
+    is ``out[i0:i0 + 6, j0:j0 + 16]``, ``i0 = i00 + 6 * t``.  ``mode`` says
     what becomes of it: 0 nothing (the caller's epilogue: one A panel only); 1
     ``o = tile``; 2 ``o += tile`` (the next KC block of a running sum); 3
     ``o -= lr * tile`` (plain SGD, ``out`` being the weights); 4 ``o = tile + bias``
@@ -1466,8 +1466,8 @@ def ukernel_6x16(kc, a3, bp, bo, bps, tile, out, i00, j0, mode, lr, bias, y, rel
     KC block, ``y`` holding the running sum of the earlier ones).
 
     The loop over A panels is here rather than in the caller: a call cost about
-    40 ns (its arguments, the A view, the prologue), a fifth of a 6 x 16 float32
-    tile over 128 steps.
+    40 ns besides the stores (its arguments, the A view, the prologue), a seventh
+    of a 6 x 16 float32 tile over 128 steps.
     """
     no_inline()
     zero = zero_of(tile)
@@ -1858,8 +1858,8 @@ def ukernel_6x8(kc, a3, bp, bo, bps, tile, out, i00, j0, mode, lr, bias, y, relu
     place (``bps = ldb``).  Reading in place spares the packing when the operands
     stay in cache anyway.
 
-    ``tile[i * 8 + j]`` holds each tile (row-major); with ``o`` tile ``t``'s place
-    in ``out[i0:i0 + 6, j0:j0 + 8]``, ``i0 = i00 + 6 * t``, ``mode`` then says
+    ``tile[i * 8 + j]`` holds each tile (row-major); tile ``t``'s place ``o``
+    is ``out[i0:i0 + 6, j0:j0 + 8]``, ``i0 = i00 + 6 * t``.  ``mode`` says
     what becomes of it: 0 nothing (the caller's epilogue: one A panel only); 1
     ``o = tile``; 2 ``o += tile`` (the next KC block of a running sum); 3
     ``o -= lr * tile`` (plain SGD, ``out`` being the weights); 4 ``o = tile + bias``
@@ -1868,8 +1868,8 @@ def ukernel_6x8(kc, a3, bp, bo, bps, tile, out, i00, j0, mode, lr, bias, y, relu
     KC block, ``y`` holding the running sum of the earlier ones).
 
     The loop over A panels is here rather than in the caller: a call cost about
-    40 ns (its arguments, the A view, the prologue), a fifth of a 6 x 16 float32
-    tile over 128 steps.
+    40 ns besides the stores (its arguments, the A view, the prologue), a seventh
+    of a 6 x 16 float32 tile over 128 steps.
     """
     no_inline()
     zero = zero_of(tile)
@@ -2110,8 +2110,8 @@ def ukernel_4x16(kc, a3, bp, bo, bps, tile, out, i00, j0, mode, lr, bias, y, rel
     place (``bps = ldb``).  Reading in place spares the packing when the operands
     stay in cache anyway.
 
-    ``tile[i * 16 + j]`` holds each tile (row-major); with ``o`` tile ``t``'s place
-    in ``out[i0:i0 + 4, j0:j0 + 16]``, ``i0 = i00 + 4 * t``, ``mode`` then says
+    ``tile[i * 16 + j]`` holds the tile (row-major); its place ``o`` is
+    ``out[i00:i00 + 4, j0:j0 + 16]``.  ``mode`` says
     what becomes of it: 0 nothing (the caller's epilogue: one A panel only); 1
     ``o = tile``; 2 ``o += tile`` (the next KC block of a running sum); 3
     ``o -= lr * tile`` (plain SGD, ``out`` being the weights); 4 ``o = tile + bias``
@@ -2404,8 +2404,8 @@ def ukernel_4x8(kc, a3, bp, bo, bps, tile, out, i00, j0, mode, lr, bias, y, relu
     place (``bps = ldb``).  Reading in place spares the packing when the operands
     stay in cache anyway.
 
-    ``tile[i * 8 + j]`` holds each tile (row-major); with ``o`` tile ``t``'s place
-    in ``out[i0:i0 + 4, j0:j0 + 8]``, ``i0 = i00 + 4 * t``, ``mode`` then says
+    ``tile[i * 8 + j]`` holds the tile (row-major); its place ``o`` is
+    ``out[i00:i00 + 4, j0:j0 + 8]``.  ``mode`` says
     what becomes of it: 0 nothing (the caller's epilogue: one A panel only); 1
     ``o = tile``; 2 ``o += tile`` (the next KC block of a running sum); 3
     ``o -= lr * tile`` (plain SGD, ``out`` being the weights); 4 ``o = tile + bias``
