@@ -430,15 +430,18 @@ def _phase(phase, t, nthreads, a, b, out, trans_a, trans_b, ep, bias, code, y, w
             npart = 1 if nmain * MR < mc - tail else 0
             hr = max(HALF_MR, 1)
             r1 = ic + mc - tail
-            if trans_a:
-                amain = strided_view(a[pc:, ic:], (nmain, kc, MR), (MR * s1, s0, s1))
-                ahalf = strided_view(a[pc:, r1:], (tail // hr, kc, hr), (hr * s1, s0, s1))
-            else:
-                amain = strided_view(a[ic:, pc:], (nmain, kc, MR), (MR * s0, s1, s0))
-                ahalf = strided_view(a[r1:, pc:], (tail // hr, kc, hr), (hr * s0, s1, s0))
             if not direct_a:
                 amain = strided_view(abuf, (nmain, kc, MR), packed)
+            elif trans_a:
+                amain = strided_view(a[pc:, ic:], (nmain, kc, MR), (MR * s1, s0, s1))
+            else:
+                amain = strided_view(a[ic:, pc:], (nmain, kc, MR), (MR * s0, s1, s0))
             apart = strided_view(abuf[nmain * MR * kc:], (npart, kc, MR), packed)
+            # (Empty unless ``direct_a``: only then is there a tail.)
+            if trans_a:
+                ahalf = strided_view(a[pc:, r1:], (tail // hr, kc, hr), (hr * s1, s0, s1))
+            else:
+                ahalf = strided_view(a[r1:, pc:], (tail // hr, kc, hr), (hr * s0, s1, s0))
             for q in range(q0, q1):
                 jr = q * NR
                 nr = min(NR, nc - jr)
