@@ -9,6 +9,7 @@ import pytest
 
 import fastdense as fd
 from fastdense import Dense, DtypeWarning, LayerStateError
+from fastdense.kernels import dense as kernels
 from fastdense.reference import NumpyDense
 from tests.bounds import unit_roundoff
 from tests.helpers import (
@@ -438,13 +439,23 @@ def _change(layer, x, what):
         return x.astype(np.float64)
     elif what == "rank":
         return x.reshape(1, *x.shape)
+    elif what == "read_only":
+        x = x.copy()
+        x.flags.writeable = False
+        return x
+    elif what == "unaligned":
+        raw = np.zeros(x.nbytes + 1, np.uint8)
+        moved = np.frombuffer(raw.data, np.float32, x.size, offset=1).reshape(x.shape)
+        moved[...] = x
+        assert not moved.flags.aligned
+        return moved
     return x
 
 
 @pytest.mark.parametrize("batch", [1, 7])
 @pytest.mark.parametrize("what", ["set_weights", "weight_in_place", "weight_attribute",
                                   "bias_attribute", "training", "activation", "batch", "values",
-                                  "strides", "dtype", "rank"])
+                                  "strides", "dtype", "rank", "read_only", "unaligned"])
 def test_repeated_forward_sees_every_change(batch, what):
     rng = np.random.default_rng(13)
     x = _data(rng, (batch, 9), np.float32)
@@ -473,8 +484,9 @@ def test_backprop_after_repeated_forward(activation):
     np.testing.assert_array_equal(a(x), b(x))  # and the next forward sees the update
 
 
-@pytest.mark.parametrize("change", ["none", "input_grad", "regularizer", "optimizer",
-                                    "batch", "learning_rate", "weights"])
+@pytest.mark.parametrize("change", ["none", "input_grad", "regularizer", "bias_regularizer",
+                                    "optimizer", "batch", "learning_rate", "weights",
+                                    "weight_attribute", "activation", "reuse_outputs"])
 def test_repeated_backprop_matches_the_full_path(change):
     """Steps whose upstream gradient is a C-contiguous array replay the previous backprop's
     decisions; a Fortran-ordered copy of the same gradient always takes the full path.  The
@@ -498,13 +510,28 @@ def test_repeated_backprop_matches_the_full_path(change):
                 batch = 3
             elif change == "learning_rate":
                 opt_a.learning_rate = opt_b.learning_rate = 0.2
+            elif change == "bias_regularizer":
+                for layer in (a, b):
+                    layer.bias_regularizer = fd.regularizers.get("l1")
             elif change == "weights":
                 for layer in (a, b):
                     layer.set_weights([w * 0.5 for w in layer.get_weights()])
+            elif change == "weight_attribute":
+                for layer in (a, b):
+                    layer.weight = layer.weight * 0.5
+            elif change == "activation":
+                for layer in (a, b):
+                    layer.activation = fd.activations.get("tanh")
+            elif change == "reuse_outputs":
+                # What Sequential.fit does: outputs become workspaces (copied below, since
+                # the next call overwrites them).
+                for layer in (a, b):
+                    layer._reuse_outputs = True
         x = _data(rng, (batch, 4), np.float32)
         g = _data(rng, (batch, 6), np.float32)
         np.testing.assert_array_equal(a(x), b(x))
         dx_a = a.backprop(g, opt_a, compute_input_grad=want_dx)
+        dx_a = None if dx_a is None else dx_a.copy()
         dx_b = b.backprop(np.asfortranarray(g), opt_b, compute_input_grad=want_dx)
         assert (dx_a is None) == (dx_b is None) == (not want_dx)
         if want_dx:
@@ -512,6 +539,34 @@ def test_repeated_backprop_matches_the_full_path(change):
         np.testing.assert_array_equal(a.weight, b.weight)
         np.testing.assert_array_equal(a.bias, b.bias)
     assert a._backprop_plan is not None and b._backprop_plan is None
+
+
+@pytest.mark.parametrize("attribute", ["weight", "bias", "activation", "training",
+                                       "kernel_regularizer", "bias_regularizer",
+                                       "_reuse_outputs"])
+def test_assigning_what_a_replay_depends_on_drops_the_plans(attribute):
+    """The replays check only their new argument: every other thing they depend on drops
+    both plans when assigned, even to an equal value."""
+    rng = np.random.default_rng(17)
+    x = _data(rng, (4, 3), np.float32)
+    g = _data(rng, (4, 2), np.float32)
+    layer = Dense(2, activation="relu", seed=0)
+    layer(x)
+    layer.backprop(g, fd.SGD(0.1))
+    layer(x)
+    assert layer._plan is not None and layer._backprop_plan is not None
+    setattr(layer, attribute, getattr(layer, attribute))
+    assert layer._plan is None and layer._backprop_plan is None
+
+
+def test_replayed_forward_calls_the_compiled_entry_point():
+    """The plan calls the kernel's compiled function for the recorded types directly."""
+    x = np.ones((1, 8), np.float32)
+    layer = Dense(4, seed=0)
+    layer(x)
+    run = layer._plan[4]
+    entries = [compiled.entry_point for compiled in kernels.forward_rows.overloads.values()]
+    assert any(run is entry for entry in entries)
 
 
 def test_repeated_backprop_returns_a_new_input_gradient():
