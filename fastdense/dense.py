@@ -529,6 +529,12 @@ class Dense:
             )
         self.set_weights([found["kernel"]] + ([found["bias"]] if self.use_bias else []))
 
+    def __getstate__(self) -> dict[str, Any]:
+        # The plans hold compiled entry points, which do not pickle; the next call rebuilds them.
+        state = self.__dict__.copy()
+        state["_plan"] = state["_backprop_plan"] = None
+        return state
+
     def __repr__(self) -> str:
         shape = f"{self.input_dim}->{self.units}" if self.built else f"?->{self.units}"
         return f"Dense({shape}, activation={self.activation.name!r}, dtype={self.dtype.name})"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import pickle
 import warnings
 
 import numpy as np
@@ -567,6 +569,26 @@ def test_replayed_forward_calls_the_compiled_entry_point():
     run = layer._plan[4]
     entries = [compiled.entry_point for compiled in kernels.forward_rows.overloads.values()]
     assert any(run is entry for entry in entries)
+
+
+@pytest.mark.parametrize("copier", ["pickle", "deepcopy"])
+def test_a_layer_with_plans_pickles_and_copies(copier):
+    """Pickled or copied after forward and backprop (plans recorded), a layer computes what
+    the original does, and the two do not share weights."""
+    rng = np.random.default_rng(18)
+    x = _data(rng, (3, 5), np.float32)
+    g = _data(rng, (3, 4), np.float32)
+    layer = Dense(4, activation="relu", seed=0)
+    layer(x)
+    layer.backprop(g, fd.SGD(0.1))
+    layer(x)
+    assert layer._plan is not None and layer._backprop_plan is not None
+    twin = pickle.loads(pickle.dumps(layer)) if copier == "pickle" else copy.deepcopy(layer)
+    assert not np.shares_memory(twin.weight, layer.weight)
+    np.testing.assert_array_equal(twin.backprop(g, fd.SGD(0.1)), layer.backprop(g, fd.SGD(0.1)))
+    for _ in range(2):
+        np.testing.assert_array_equal(twin(x), layer(x))
+    np.testing.assert_array_equal(twin.weight, layer.weight)
 
 
 def test_repeated_backprop_returns_a_new_input_gradient():
