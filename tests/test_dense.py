@@ -11,6 +11,7 @@ import pytest
 
 import fastdense as fd
 from fastdense import Dense, DtypeWarning, LayerStateError
+from fastdense.dense import _ForwardPlan
 from fastdense.kernels import dense as kernels
 from fastdense.reference import NumpyDense
 from tests.bounds import unit_roundoff
@@ -566,7 +567,7 @@ def test_replayed_forward_calls_the_compiled_entry_point():
     x = np.ones((1, 8), np.float32)
     layer = Dense(4, seed=0)
     layer(x)
-    run = layer._plan[4]
+    run = _ForwardPlan(*layer._plan).run
     entries = [compiled.entry_point for compiled in kernels.forward_rows.overloads.values()]
     assert any(run is entry for entry in entries)
 
