@@ -18,8 +18,6 @@ from fastdense.kernels.memory import aligned_empty_2d
 from fastdense.optimizers import apply_update, learning_rate_of, plain_sgd_rate
 
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
-#: From this many bytes a forward output is allocated on a cache line (see ``_make_plan``).
-ALIGNED_OUTPUT_BYTES = 16 << 10
 
 
 class DtypeWarning(UserWarning):
@@ -253,7 +251,7 @@ class Dense:
                 and inputs.strides == plan[1] and inputs.dtype is plan[2]):
             (shape, _, dtype, out_shape, like, run, weight, kbias, code, z, y, ws,
              training) = plan
-            if y is None:  # _fresh, inline
+            if y is None:  # _aligned.output, inline
                 y = np.empty(out_shape, dtype) if like is None else aligned_empty_2d(
                     *out_shape, like)
             if z is None:
@@ -322,7 +320,7 @@ class Dense:
         except KeyError:  # not compiled for exactly these types: let the dispatcher see
             run = kernel
         out_shape = (x.shape[0], self.units)
-        like = self._like if self._aligns_output(out_shape) else None
+        like = self._like if _aligned.aligns_output(out_shape, self.dtype.itemsize) else None
         # Kept as a plain tuple: unpacking a tuple subclass takes Python's slow path (0.1 µs,
         # measured at batch 1).
         return tuple(_ForwardPlan(x.shape, x.strides, x.dtype, out_shape, like, run,
@@ -454,18 +452,10 @@ class Dense:
             buf = self._workspace[key] = _aligned.empty(shape, self.dtype)
         return buf
 
-    def _aligns_output(self, shape: tuple[int, int]) -> bool:
-        """Whether a fresh output of ``shape`` is allocated on a cache line (see
-        :mod:`fastdense._aligned`): from ALIGNED_OUTPUT_BYTES, where the kernels' stores gain
-        more than the allocation costs (0.8 µs more than ``np.empty``)."""
-        return shape[0] * shape[1] * self.dtype.itemsize >= ALIGNED_OUTPUT_BYTES
-
     def _fresh(self, shape: tuple[int, int]) -> np.ndarray:
         """A new output array of ``shape`` (outputs and input gradients returned to the
-        caller)."""
-        if self._aligns_output(shape):
-            return aligned_empty_2d(shape[0], shape[1], self._like)
-        return np.empty(shape, self.dtype)
+        caller; see :func:`fastdense._aligned.output`)."""
+        return _aligned.output(shape, self._like)
 
     @staticmethod
     def _apply(optimizer: Any, param: np.ndarray, grad: np.ndarray,

@@ -9,7 +9,6 @@ import pytest
 
 import fastdense as fd
 from fastdense import _aligned
-from fastdense.dense import ALIGNED_OUTPUT_BYTES
 
 
 def _on_a_line(a: np.ndarray) -> bool:
@@ -57,11 +56,11 @@ def test_layer_weights_and_workspaces_are_on_cache_lines(dtype):
 
 @pytest.mark.parametrize("training", [True, False])
 def test_large_forward_outputs_are_fresh_and_on_cache_lines(training):
-    """From ALIGNED_OUTPUT_BYTES each call returns a new array on a cache line, the first
+    """From _aligned.OUTPUT_BYTES each call returns a new array on a cache line, the first
     (full path) and the replayed calls alike, with the reference's values; so do input
     gradients."""
     units = 96
-    batch = ALIGNED_OUTPUT_BYTES // (4 * units) + 1
+    batch = _aligned.OUTPUT_BYTES // (4 * units) + 1
     rng = np.random.default_rng(1)
     x = rng.standard_normal((batch, 100)).astype(np.float32)  # dx too is large
     layer = fd.Dense(units, activation="relu", seed=0, training=training)
@@ -76,3 +75,20 @@ def test_large_forward_outputs_are_fresh_and_on_cache_lines(training):
     if training:
         dx = [layer.backprop(g, fd.SGD(0.0)) for _ in range(2) if layer(x) is not None]
         assert all(_on_a_line(d) for d in dx) and not np.shares_memory(dx[0], dx[1])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("rows", [1, 3, 40])
+def test_functional_outputs_are_on_cache_lines_from_the_threshold(dtype, rows):
+    """matmul and linear: outputs of OUTPUT_BYTES or more on a cache line; the values are
+    the reference's at any size."""
+    rng = np.random.default_rng(2)
+    units = _aligned.OUTPUT_BYTES // np.dtype(dtype).itemsize // 40 + 1  # 40 rows: aligned
+    a = rng.standard_normal((rows, 24)).astype(dtype)
+    b = rng.standard_normal((24, units)).astype(dtype)
+    expected = a.astype(np.float64) @ b
+    tol = 24 * np.finfo(dtype).eps * 4
+    for out in (fd.matmul(a, b), fd.linear(a, b)):
+        np.testing.assert_allclose(out, expected, rtol=tol, atol=tol * np.abs(expected).max())
+        # Below the threshold NumPy's 16-byte alignment may or may not fall on a line.
+        assert _on_a_line(out) or rows < 40
