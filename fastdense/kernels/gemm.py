@@ -60,6 +60,7 @@ from fastdense.kernels._tiles import (
     _strip_width,
     _ukernel,
 )
+from fastdense.kernels.memory import CACHE_LINE
 from fastdense.kernels.pack import pack_a, pack_b, pack_b_rows
 from fastdense.kernels.update import sgd_step
 
@@ -151,6 +152,19 @@ DIRECT_SKINNY_B_BYTES = 4 << 20
 # 1.63 / 1.34 ms, 769 / 593 us, 204 / 187-288 us, 256 x 784->128 389-477 / 345-358 us; but
 # 32 x 784->128 61-65 / 77-78 us and 32 x 784->512 224-253 / 232-296 us.  Float64 packed:
 # two threads 128 x 784->128 513-524 / 348-361 us, 32 x 784->512 579-607 / 465-467 us.
+# (Measured while the layer's weights had NumPy's 16-byte alignment; with them on cache lines,
+# float32 B in place for up to 256 rows was still slower: 64 x 784->512 361 against 319 us,
+# 256 x 784->512 1310 against 1181, 32 x 1024->1024 575 against 506.)
+# With the weights on cache lines (since the layer allocates them there, see
+# ``fastdense._aligned``), float64 B of up to DIRECT_F64_B_BYTES is read in place as well for up
+# to DIRECT_SKINNY_ROWS rows, when its panels start on cache lines (aligned data and rows of a
+# whole number of lines): each step of a panel is then one line.  Two threads, one process,
+# packed / in place, Dense forward: 8 x 256->256 28.7 / 23.9 us, 16 x 784->128 82.4 / 70.4 us,
+# 24 x 784->128 81.8 / 71.0, 32 x 256->256 66.6 / 63.6, 32 x 64->64 10.7 / 9.9; 32 x 784->128
+# and 32 x 512->256 at parity, 32 x 784->512 (3.2 MB) 368 / 424 us.  With a B 16 bytes past a
+# line (NumPy's usual alignment), ``matmul`` 32 x 784 x 128 went from 99.3 to 111.9 us: hence
+# the alignment condition.
+DIRECT_F64_B_BYTES = 1 << 20
 # Above this size (half the L3 on the target) a B for few rows comes from memory on every call:
 # it is packed whole-row-wise instead of by column chunks (see ``_packed``), and a product of
 # one or two rows streams eight of its rows at a time (see ``_vecmat``).
@@ -624,8 +638,10 @@ def _packed(a, b, out, trans_a, trans_b, ep, bias, code, y, w, lr, l1, l2,
                     and (b_bytes <= DIRECT_B_BYTES
                          or (b_bytes <= DIRECT_SKINNY_B_BYTES and m <= DIRECT_SKINNY_ROWS)))
     else:
-        direct_b = (not trans_b and not colsum and out.itemsize == 4 and m <= DIRECT_SKINNY_ROWS
-                    and b_bytes <= DIRECT_B_BYTES)
+        on_lines = (b.ctypes.data % CACHE_LINE == 0 and b.strides[0] % CACHE_LINE == 0)
+        direct_b = (not trans_b and not colsum and m <= DIRECT_SKINNY_ROWS
+                    and (b_bytes <= DIRECT_B_BYTES if out.itemsize == 4
+                         else on_lines and b_bytes <= DIRECT_F64_B_BYTES))
     # With a single row block (few rows, e.g. a small batch) the A block is packed once, by
     # all threads, rather than by each column chunk's task.
     shared_a = nib == 1 and not direct_a

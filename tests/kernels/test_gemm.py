@@ -12,6 +12,7 @@ from fastdense.kernels._tiles import BLOCKING, KC_F32, MC_F32, MC_F64, NC_F32
 from fastdense.kernels.gemm import (
     ALIASED_A_BYTES,
     DIRECT_B_BYTES,
+    DIRECT_F64_B_BYTES,
     DIRECT_SKINNY_B_BYTES,
     DIRECT_SKINNY_ROWS,
     OWN_B_BYTES,
@@ -28,6 +29,7 @@ from fastdense.kernels.gemm import (
     vector_block_rows,
     workspace_size,
 )
+from fastdense.kernels.memory import CACHE_LINE, aligned_empty_2d
 from tests.kernels.conftest import product_tolerance
 
 # The tiles of this machine's tile set (``_tiles``); test_tiles.py runs the other set.
@@ -198,6 +200,43 @@ def test_bitwise_identical_for_any_thread_count(shape, trans, dtype):
     finally:
         numba.set_num_threads(before)
     assert all(np.array_equal(results[0], r) for r in results[1:])
+
+
+def _placed(values, offset):
+    """A copy of the 2-D ``values`` whose data start ``offset`` bytes past a cache line."""
+    raw = aligned_empty_2d(1, values.nbytes + CACHE_LINE, np.empty(0, np.uint8))[0]
+    placed = raw[offset:offset + values.nbytes].view(values.dtype).reshape(values.shape)
+    placed[...] = values
+    return placed
+
+
+# Few rows times a B small enough to be read in place (float64: only when its panels start on
+# cache lines, DIRECT_F64_B_BYTES): whole panels, several KC blocks (tasks spanning them), and
+# a row stride that is not a whole number of lines (float64 B then packed wherever it lies).
+@pytest.mark.parametrize("shape", [(5, 64, 30), (32, 256, 256), (24, 128, 784), (16, 200, 600),
+                                   (13, 8, 513), (32, 40, 1100), (7, 52, 300)],
+                         ids=lambda s: "x".join(map(str, s)))
+def test_same_bits_wherever_b_lies(shape, dtype):
+    """B on a cache line (read in place) or 8 to 48 bytes past one (float64: packed) gives the
+    same bits, on one thread and on all, and they match the reference."""
+    m, n, k = shape
+    rng = np.random.default_rng(8)
+    a, b = _operands(rng, m, n, k, False, False, dtype)
+    assert b.nbytes <= DIRECT_F64_B_BYTES and m <= DIRECT_SKINNY_ROWS
+    results = []
+    before = numba.get_num_threads()
+    try:
+        for nt in (1, numba.config.NUMBA_NUM_THREADS):
+            numba.set_num_threads(nt)
+            for offset in (0, 8, 16, 48):
+                out = np.empty((m, n), dtype)
+                gemm(a, _placed(b, offset), out, False, False)
+                results.append(out)
+    finally:
+        numba.set_num_threads(before)
+    assert all(np.array_equal(results[0], r) for r in results[1:])
+    ref = a.astype(np.float64) @ b.astype(np.float64)
+    assert np.all(np.abs(results[0] - ref) <= product_tolerance(a, b, dtype))
 
 
 @pytest.mark.parametrize("shape", [(300, 200, 600), (16, 2000, 300), (2, 300, 300),
