@@ -13,6 +13,11 @@ import time
 
 import numpy as np
 
+#: ``(batch, in, units)`` of the layers run: a small shape (the direct path) and one large
+#: enough for the packed, threaded path and for outputs allocated on cache lines
+#: (``_aligned.OUTPUT_BYTES``) in both dtypes.
+LAYER_SHAPES = ((1, 3, 2), (40, 120, 110))
+
 
 def _compile_all(dtype: np.dtype) -> None:
     # Imported here so that ``--help`` does not pay for Numba.
@@ -20,8 +25,7 @@ def _compile_all(dtype: np.dtype) -> None:
     from fastdense import activations
 
     rng = np.random.default_rng(0)
-    # A small shape (the direct path) and one large enough for the packed, threaded path.
-    for batch, n_in, units in ((1, 3, 2), (40, 120, 100)):
+    for batch, n_in, units in LAYER_SHAPES:
         x = rng.standard_normal((batch, n_in)).astype(dtype)
         g = np.ones((batch, units), dtype)
         for name in activations.NAMES:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import numba
 import pytest
 
 from fastdense.__main__ import main as cli
+from fastdense._aligned import aligns_output
+from fastdense.kernels.memory import aligned_empty_2d
+from fastdense.warmup import LAYER_SHAPES
 from fastdense.warmup import main as warmup
 
 
@@ -12,6 +16,13 @@ def test_warmup_compiles_and_reports(capsys):
     assert warmup(["--dtype", "float64"]) == 0
     out = capsys.readouterr().out
     assert "float64: kernels ready in" in out and "warmup done" in out
+    # Among what it compiles: the allocator of large outputs (see fastdense._aligned).
+    assert any(sig[2].dtype == numba.float64 for sig in aligned_empty_2d.signatures)
+
+
+def test_warmup_shapes_reach_the_aligned_outputs():
+    batch, _, units = LAYER_SHAPES[-1]
+    assert aligns_output((batch, units), 4) and aligns_output((batch, units), 8)
 
 
 def test_dispatcher_help_and_errors(capsys):
