@@ -162,7 +162,7 @@ class Dense:
         self._cache: tuple | None = None
         self._workspace: dict[str, np.ndarray] = {}
         # What the last forward / backprop call decided, replayed by the next one when it
-        # applies (see _make_plan and _make_backprop_plan).
+        # applies (see _make_plan, and backprop's end).
         self._plan: tuple | None = None  # a _ForwardPlan's fields
         self._backprop_plan: tuple | None = None
         # When True (set by Sequential), outputs and input gradients are workspaces reused by
@@ -417,8 +417,8 @@ class Dense:
     def _replay_backprop(self, plan: tuple, g: np.ndarray, optimizer: Any,
                          compute_input_grad: bool) -> tuple[bool, np.ndarray | None]:
         """:meth:`backprop` of the ndarray ``g`` by ``plan`` (what the previous call decided,
-        as for :meth:`_replay`): ``(True, dL/dinputs)``, or ``(False, None)`` when the plan
-        does not apply and the full path must run."""
+        as forward's :meth:`_make_plan` does): ``(True, dL/dinputs)``, or ``(False, None)``
+        when the plan does not apply and the full path must run."""
         (shape, strides, dtype, in_shape, want_dx, backward, dz, dw, db, dx, kbias, ws,
          fusable) = plan
         x, z, y, cached_shape = self._cache

@@ -562,14 +562,18 @@ def test_assigning_what_a_replay_depends_on_drops_the_plans(attribute):
     assert layer._plan is None and layer._backprop_plan is None
 
 
-def test_replayed_forward_calls_the_compiled_entry_point():
-    """The plan calls the kernel's compiled function for the recorded types directly."""
-    x = np.ones((1, 8), np.float32)
+@pytest.mark.parametrize("batch", [1, 40])
+def test_replayed_forward_calls_the_compiled_entry_point(batch):
+    """The plan calls the kernel's compiled function for the recorded types directly (the
+    batch-1 row kernel, or the product's)."""
+    x = np.ones((batch, 8), np.float32)
     layer = Dense(4, seed=0)
-    layer(x)
+    y = layer(x)
     run = _ForwardPlan(*layer._plan).run
-    entries = [compiled.entry_point for compiled in kernels.forward_rows.overloads.values()]
+    kernel = kernels.forward_rows if batch == 1 else kernels.forward
+    entries = [compiled.entry_point for compiled in kernel.overloads.values()]
     assert any(run is entry for entry in entries)
+    np.testing.assert_array_equal(layer(x), y)
 
 
 @pytest.mark.parametrize("copier", ["pickle", "deepcopy"])
