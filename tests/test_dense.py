@@ -544,20 +544,26 @@ def test_repeated_backprop_matches_the_full_path(change):
     assert a._backprop_plan is not None and b._backprop_plan is None
 
 
+def _layer_with_plans(rng, batch, n_in, units):
+    """A relu layer that has recorded both plans (forward, backprop, forward), with its input
+    and upstream gradient."""
+    x = _data(rng, (batch, n_in), np.float32)
+    g = _data(rng, (batch, units), np.float32)
+    layer = Dense(units, activation="relu", seed=0)
+    layer(x)
+    layer.backprop(g, fd.SGD(0.1))
+    layer(x)
+    assert layer._plan is not None and layer._backprop_plan is not None
+    return layer, x, g
+
+
 @pytest.mark.parametrize("attribute", ["weight", "bias", "activation", "training",
                                        "kernel_regularizer", "bias_regularizer",
                                        "_reuse_outputs"])
 def test_assigning_what_a_replay_depends_on_drops_the_plans(attribute):
     """The replays check only their new argument: every other thing they depend on drops
     both plans when assigned, even to an equal value."""
-    rng = np.random.default_rng(17)
-    x = _data(rng, (4, 3), np.float32)
-    g = _data(rng, (4, 2), np.float32)
-    layer = Dense(2, activation="relu", seed=0)
-    layer(x)
-    layer.backprop(g, fd.SGD(0.1))
-    layer(x)
-    assert layer._plan is not None and layer._backprop_plan is not None
+    layer, _, _ = _layer_with_plans(np.random.default_rng(17), 4, 3, 2)
     setattr(layer, attribute, getattr(layer, attribute))
     assert layer._plan is None and layer._backprop_plan is None
 
@@ -580,14 +586,7 @@ def test_replayed_forward_calls_the_compiled_entry_point(batch):
 def test_a_layer_with_plans_pickles_and_copies(copier):
     """Pickled or copied after forward and backprop (plans recorded), a layer computes what
     the original does, and the two do not share weights."""
-    rng = np.random.default_rng(18)
-    x = _data(rng, (3, 5), np.float32)
-    g = _data(rng, (3, 4), np.float32)
-    layer = Dense(4, activation="relu", seed=0)
-    layer(x)
-    layer.backprop(g, fd.SGD(0.1))
-    layer(x)
-    assert layer._plan is not None and layer._backprop_plan is not None
+    layer, x, g = _layer_with_plans(np.random.default_rng(18), 3, 5, 4)
     twin = pickle.loads(pickle.dumps(layer)) if copier == "pickle" else copy.deepcopy(layer)
     assert not np.shares_memory(twin.weight, layer.weight)
     np.testing.assert_array_equal(twin.backprop(g, fd.SGD(0.1)), layer.backprop(g, fd.SGD(0.1)))
