@@ -63,7 +63,9 @@ def _pack_cols8(src, j, p0, kc, dst):
                 src[j + 6, p0:p0 + kc], src[j + 7, p0:p0 + kc], dst)
 
 
-@kernel(nrt=False)
+# Called from A packing and both activation-gradient kernels: not linked into each (see
+# ``gemm._epilogue_row``).
+@kernel(nrt=False, link=False)
 def dz_rows(g, z, y, dcode, i0, mr, p0, kc, dz):
     """``dz = g * act'(z, y)`` on rows ``i0:i0+mr``, steps ``p0:p0+kc`` (contiguous rows).
 
