@@ -582,6 +582,27 @@ def test_replayed_forward_calls_the_compiled_entry_point(batch):
     np.testing.assert_array_equal(layer(x), y)
 
 
+@pytest.mark.parametrize("batch", [1, 40])
+def test_replayed_backprop_calls_the_compiled_entry_point(batch):
+    """The backprop plan too holds the backward kernel's compiled function for the recorded
+    types, and its replays give the full path's bits (a twin taking the full path each time:
+    Fortran-ordered gradients are never planned)."""
+    rng = np.random.default_rng(19)
+    x = _data(rng, (batch, 8), np.float32)
+    g = _data(rng, (batch, 4), np.float32)
+    a, b = (Dense(4, activation="relu", seed=0, kernel_regularizer="l2") for _ in range(2))
+    for _ in range(3):
+        a(x)
+        b(x)
+        dx_a = a.backprop(g, fd.SGD(0.1))
+        np.testing.assert_array_equal(dx_a, b.backprop(np.asfortranarray(g), fd.SGD(0.1)))
+        np.testing.assert_array_equal(a.weight, b.weight)
+    run = a._backprop_plan[5]
+    kernel = kernels.backward_rows if batch == 1 else kernels.backward
+    entries = [compiled.entry_point for compiled in kernel.overloads.values()]
+    assert any(run is entry for entry in entries)
+
+
 @pytest.mark.parametrize("copier", ["pickle", "deepcopy"])
 def test_a_layer_with_plans_pickles_and_copies(copier):
     """Pickled or copied after forward and backprop (plans recorded), a layer computes what
