@@ -8,6 +8,8 @@ import warnings
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import fastdense as fd
 from fastdense import Dense, DtypeWarning, LayerStateError
@@ -654,3 +656,68 @@ def test_relu_of_minus_infinity_is_zero(batch, dtype):
     y = layer(x)
     assert np.all(y[:, 1::3][np.arange(batch) != batch // 2] == 0)
     np.testing.assert_array_equal(y, expected)
+
+
+def _never_planned(a):
+    """``a``'s values as a strided view: a layer never records a plan for such an input."""
+    wide = np.repeat(a, 2, axis=-1)
+    return wide[..., ::2]
+
+
+_STEPS = ["same", "values", "batch", "read_only", "weight", "bias", "activation", "training",
+          "regularizer", "reuse_outputs", "backprop", "backprop_no_dx", "adam"]
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(steps=st.lists(st.sampled_from(_STEPS), min_size=1, max_size=10),
+       batch=st.sampled_from([1, 3, 40]), seed=st.integers(0, 2**16))
+def test_property_replays_give_the_full_paths_bits(steps, batch, seed):
+    """Any sequence of calls and changes: a layer fed plannable arrays (so it replays) and its
+    twin fed strided views of the same values (so it always takes the full path) return the
+    same bits and keep the same weights."""
+    rng = np.random.default_rng(seed)
+    n_in, units = 7, 5
+    a, b = (Dense(units, activation="relu", seed=1, bias_initializer="random_normal")
+            for _ in range(2))
+    a.build(n_in)
+    b.build(n_in)
+    x = _data(rng, (batch, n_in), np.float32)
+    opt_a, opt_b = fd.SGD(0.05), fd.SGD(0.05)
+    for step in steps:
+        if step == "values":
+            x = x + 1
+        elif step == "batch":
+            batch = 1 + batch % 4
+            x = _data(rng, (batch, n_in), np.float32)
+        elif step == "read_only":
+            x = x.copy()
+            x.flags.writeable = False
+        elif step == "adam":
+            opt_a, opt_b = fd.Adam(0.01), fd.Adam(0.01)
+        for layer in (a, b):
+            if step == "weight":
+                layer.weight = layer.weight * 0.5
+            elif step == "bias":
+                layer.bias = layer.bias - 0.25
+            elif step == "activation":
+                name = "tanh" if layer.activation.name == "relu" else "relu"
+                layer.activation = fd.activations.get(name)
+            elif step == "training":
+                layer.training = not layer.training
+            elif step == "regularizer":
+                layer.kernel_regularizer = fd.regularizers.get("l2")
+            elif step == "reuse_outputs":
+                layer._reuse_outputs = not layer._reuse_outputs
+        y_a = a(x).copy()
+        np.testing.assert_array_equal(y_a, b(_never_planned(x)))
+        if step.startswith("backprop") or step == "adam":
+            if not a.training:
+                continue
+            g = _data(rng, (batch, units), np.float32)
+            want_dx = step != "backprop_no_dx"
+            dx_a = a.backprop(g, opt_a, compute_input_grad=want_dx)
+            dx_b = b.backprop(_never_planned(g), opt_b, compute_input_grad=want_dx)
+            if want_dx:
+                np.testing.assert_array_equal(dx_a, dx_b)
+            np.testing.assert_array_equal(a.weight, b.weight)
+            np.testing.assert_array_equal(a.bias, b.bias)
