@@ -17,20 +17,26 @@ from typing import Any
 
 import numpy as np
 
-from fastdense.kernels.memory import CACHE_LINE, aligned_empty_2d
+from fastdense.kernels.memory import aligned_empty_2d
 
 #: From this many bytes an output (:func:`output`) is allocated on a cache line: there the
 #: kernels' stores gain more than the allocation costs (0.8 µs more than ``np.empty``).
 OUTPUT_BYTES = 16 << 10
 
+# An empty array of each float dtype: how the jitted allocator is told the dtype.
+_LIKE = {dt: np.empty(0, dt) for dt in (np.dtype(np.float32), np.dtype(np.float64))}
+
+
+def like(dtype: Any) -> np.ndarray:
+    """The empty array of ``dtype`` that :func:`aligned_empty_2d` takes for its dtype."""
+    dt = np.dtype(dtype)
+    found = _LIKE.get(dt)
+    return np.empty(0, dt) if found is None else found
+
 
 def empty(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
     """An uninitialized C-contiguous array of ``shape`` whose data start on a cache line."""
-    dt = np.dtype(dtype)
-    nbytes = math.prod(shape) * dt.itemsize
-    raw = np.empty(nbytes + CACHE_LINE, np.uint8)
-    start = -raw.ctypes.data % CACHE_LINE
-    return raw[start:start + nbytes].view(dt).reshape(shape)
+    return aligned_empty_2d(1, math.prod(shape), like(dtype))[0].reshape(shape)
 
 
 def copy(values: Any, dtype: Any) -> np.ndarray:
@@ -46,10 +52,9 @@ def aligns_output(shape: tuple[int, int], itemsize: int) -> bool:
     return shape[0] * shape[1] * itemsize >= OUTPUT_BYTES
 
 
-def output(shape: tuple[int, int], like: np.ndarray) -> np.ndarray:
-    """A new 2-D array for a kernel's output, of ``like``'s dtype: on a cache line from
-    OUTPUT_BYTES (allocated by a kernel: Python reads an address slower than it allocates),
+def output(shape: tuple[int, int], dtype: np.dtype) -> np.ndarray:
+    """A new 2-D array of ``dtype`` for a kernel's output: on a cache line from OUTPUT_BYTES,
     else by ``np.empty``."""
-    if aligns_output(shape, like.itemsize):
-        return aligned_empty_2d(shape[0], shape[1], like)
-    return np.empty(shape, like.dtype)
+    if aligns_output(shape, dtype.itemsize):
+        return aligned_empty_2d(shape[0], shape[1], like(dtype))
+    return np.empty(shape, dtype)

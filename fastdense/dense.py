@@ -162,7 +162,6 @@ class Dense:
         self.kernel_regularizer = regularizers.get(kernel_regularizer)
         self.bias_regularizer = regularizers.get(bias_regularizer)
         self.dtype = _layer_dtype(dtype)
-        self._like = np.empty(0, self.dtype)  # the dtype, for kernels that allocate
         self.training = bool(training)
         self.seed = None if seed is None else int(seed)
         self.name = name if name is not None else "dense"
@@ -326,7 +325,8 @@ class Dense:
         code = self.activation.code
         run = _entry_point(kernel, (x, self.weight, bias, code, z, y, ws))
         out_shape = (x.shape[0], self.units)
-        like = self._like if _aligned.aligns_output(out_shape, self.dtype.itemsize) else None
+        big = _aligned.aligns_output(out_shape, self.dtype.itemsize)
+        like = _aligned.like(self.dtype) if big else None
         # Kept as a plain tuple: unpacking a tuple subclass takes Python's slow path (0.1 µs,
         # measured at batch 1).
         return tuple(_ForwardPlan(x.shape, x.strides, x.dtype, out_shape, like, run,
@@ -468,7 +468,7 @@ class Dense:
     def _fresh(self, shape: tuple[int, int]) -> np.ndarray:
         """A new output array of ``shape`` (outputs and input gradients returned to the
         caller; see :func:`fastdense._aligned.output`)."""
-        return _aligned.output(shape, self._like)
+        return _aligned.output(shape, self.dtype)
 
     @staticmethod
     def _apply(optimizer: Any, param: np.ndarray, grad: np.ndarray,

@@ -73,7 +73,7 @@ def matmul(a: Any, b: Any) -> np.ndarray:
     m, k = a.shape
     n = b.shape[1]
     dt = a.dtype
-    out = _aligned.output((m, n), _LIKE[dt])
+    out = _aligned.output((m, n), dt)
     ws = _product_workspace(m, n, k, dt)
     if 0 < m <= ROWS_MAX and n > 0 and k > 0:  # gemm.uses_rows, inlined (a call costs 0.2 µs)
         gemm_rows(a, b, out, ws)
@@ -86,8 +86,6 @@ def matmul(a: Any, b: Any) -> np.ndarray:
 # below (~2 µs, as much as a batch-1 product).
 _F32 = np.dtype(np.float32)
 _F64 = np.dtype(np.float64)
-# Each dtype, as the kernels that allocate take it.
-_LIKE = {_F32: np.empty(0, _F32), _F64: np.empty(0, _F64)}
 
 
 def _as_operands(a: Any, b: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -135,7 +133,7 @@ def linear(x: Any, kernel: Any, bias: Any = None, activation: Any = None) -> np.
             raise ValueError(f"bias must have shape ({units},), got {b.shape}")
     x2 = np.ascontiguousarray(x.reshape(-1, x.shape[-1]), dtype=dt)
     w = np.ascontiguousarray(kernel, dtype=dt)
-    y = _aligned.output((x2.shape[0], units), _LIKE[dt])
+    y = _aligned.output((x2.shape[0], units), dt)
     ws = _workspace(_dense.workspace_size(w.shape[0], units, dt), dt)
     forward = _dense.forward_rows if uses_rows(x2.shape[0], units, w.shape[0]) \
         else _dense.forward

@@ -9,10 +9,11 @@ import pytest
 
 import fastdense as fd
 from fastdense import _aligned
+from fastdense.kernels.memory import CACHE_LINE
 
 
 def _on_a_line(a: np.ndarray) -> bool:
-    return a.ctypes.data % _aligned.CACHE_LINE == 0
+    return a.ctypes.data % CACHE_LINE == 0
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
