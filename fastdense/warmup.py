@@ -17,6 +17,9 @@ import numpy as np
 #: enough for the packed, threaded path and for outputs allocated on cache lines
 #: (``_aligned.OUTPUT_BYTES``) in both dtypes.
 LAYER_SHAPES = ((1, 3, 2), (40, 120, 110))
+#: Rows of a product whose output is allocated in phase with B (``_aligned.reads_b_in_place``
+#: for the larger shape).
+FEW_ROWS = 32
 
 
 def _compile_all(dtype: np.dtype) -> None:
@@ -36,8 +39,11 @@ def _compile_all(dtype: np.dtype) -> None:
                 layer.backprop(g, fd.SGD(0.0))
                 layer(x)
                 layer.backprop(g, fd.Adam(0.0), compute_input_grad=False)
+        w = np.ones((n_in, units), dtype)
         fd.matmul(x, x.T)
-        fd.linear(x, np.ones((n_in, units), dtype), np.ones(units, dtype), "relu")
+        # Few rows: the output is allocated where ``w`` lies within its cache line.
+        fd.matmul(x[:FEW_ROWS], w)
+        fd.linear(x, w, np.ones(units, dtype), "relu")
     x = rng.standard_normal((64, 8)).astype(dtype)
     labels = (x[:, 0] > 0).astype(np.int64)
     onehot = np.eye(2, dtype=dtype)[labels]

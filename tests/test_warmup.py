@@ -6,9 +6,9 @@ import numba
 import pytest
 
 from fastdense.__main__ import main as cli
-from fastdense._aligned import aligns_output
-from fastdense.kernels.memory import aligned_empty_2d
-from fastdense.warmup import LAYER_SHAPES
+from fastdense._aligned import aligns_output, reads_b_in_place
+from fastdense.kernels.memory import aligned_empty_2d, empty_2d_in_phase
+from fastdense.warmup import FEW_ROWS, LAYER_SHAPES
 from fastdense.warmup import main as warmup
 
 
@@ -16,13 +16,15 @@ def test_warmup_compiles_and_reports(capsys):
     assert warmup(["--dtype", "float64"]) == 0
     out = capsys.readouterr().out
     assert "float64: kernels ready in" in out and "warmup done" in out
-    # Among what it compiles: the allocator of large outputs (see fastdense._aligned).
+    # Among what it compiles: the allocators of large outputs (see fastdense._aligned).
     assert any(sig[2].dtype == numba.float64 for sig in aligned_empty_2d.signatures)
+    assert any(sig[2].dtype == numba.float64 for sig in empty_2d_in_phase.signatures)
 
 
 def test_warmup_shapes_reach_the_aligned_outputs():
-    batch, _, units = LAYER_SHAPES[-1]
+    batch, n_in, units = LAYER_SHAPES[-1]
     assert aligns_output((batch, units), 4) and aligns_output((batch, units), 8)
+    assert FEW_ROWS < batch and reads_b_in_place(FEW_ROWS, units, n_in)
 
 
 def test_dispatcher_help_and_errors(capsys):

@@ -5,12 +5,13 @@ block (:mod:`fastdense.kernels.pack`) and run a generated register-tile micro-ke
 (:mod:`fastdense.kernels._microkernels`) over MC x NC blocks.  The micro-kernel reads its panels
 through strides, so operands that stay in cache anyway are read in place: A whenever no
 activation derivative is fused into its packing, and a row-major B up to ``DIRECT_ROWS`` rows
-(packing costs more than it saves there; only partial edge panels are packed).  The store of
-each tile is the *epilogue*: plain store, ``act(acc + bias)`` for the Dense forward pass, or the
-SGD update of the weights for the fused backward pass (so the full ``dW`` need not exist); the
-micro-kernel applies the common ones to full tiles itself.  Small products take a direct path
-with no packing and no thread launch, and products of one or two rows (batch-1 inference)
-:func:`vector_matrix`, streaming ``b`` once, split over threads by row blocks.
+(packing costs more than it saves there; only edge panels are packed, and where B and the output
+lie at one place within their cache lines, the panels are shifted onto the lines: ``_b_panels``).
+The store of each tile is the *epilogue*: plain store, ``act(acc + bias)`` for the Dense forward
+pass, or the SGD update of the weights for the fused backward pass (so the full ``dW`` need not
+exist); the micro-kernel applies the common ones to full tiles itself.  Small products take a
+direct path with no packing and no thread launch, and products of one or two rows (batch-1
+inference) :func:`vector_matrix`, streaming ``b`` once, split over threads by row blocks.
 
 Threads: per KC x NC block, the B block is packed once into a shared buffer (each thread a share
 of its panels), then the threads take *tasks* (an MC-row block times a range of B panels) from an
@@ -61,7 +62,7 @@ from fastdense.kernels._tiles import (
     _ukernel,
 )
 from fastdense.kernels.memory import CACHE_LINE
-from fastdense.kernels.pack import pack_a, pack_b, pack_b_rows
+from fastdense.kernels.pack import pack_a, pack_b, pack_b_gathered, pack_b_rows
 from fastdense.kernels.update import sgd_step
 
 # ``numba.get_num_threads()`` inside a jitted function goes through a ctypes pointer, which makes
@@ -163,7 +164,13 @@ DIRECT_SKINNY_B_BYTES = 4 << 20
 # 24 x 784->128 81.8 / 71.0, 32 x 256->256 66.6 / 63.6, 32 x 64->64 10.7 / 9.9; 32 x 784->128
 # and 32 x 512->256 at parity, 32 x 784->512 (3.2 MB) 368 / 424 us.  With a B 16 bytes past a
 # line (NumPy's usual alignment), ``matmul`` 32 x 784 x 128 went from 99.3 to 111.9 us: hence
-# the alignment condition.
+# the alignment condition.  A B off its lines qualifies when the output is off its own by as
+# much (``matmul`` allocates it so): its panels are then read from where the lines begin, the
+# columns before and after gathered into a packed edge panel (see ``_b_panels``).  Two threads,
+# B 16 bytes past a line, output on a line / in phase with B (on lines: both on lines):
+# float64 16 x 784 x 128 66.5 / 54.0 us (50.2), 8 x 256 x 256 29.7 / 23.0 (21.5), 32 x 256 x
+# 256 68.8 / 61.1 (59.9); float32 (read in place either way) 32 x 784 x 512 217 / 182 (181),
+# 32 x 784 x 128 59.2 / 52.4 (46.4).
 DIRECT_F64_B_BYTES = 1 << 20
 # Above this size (half the L3 on the target) a B for few rows comes from memory on every call:
 # it is packed whole-row-wise instead of by column chunks (see ``_packed``), and a product of
@@ -278,15 +285,35 @@ def _ws_len(m, n, k, MR, NR, KC, MC, NC, threads, double_b):
     """Workspace elements an ``m x n x k`` product needs with ``threads`` threads.
 
     The task counter and one packed B block (<= NC columns, whole panels, one KC step), shared,
-    two with ``double_b``; per thread an A block (<= MC rows) and the MR x NR edge tile; at
-    least ``n`` for the direct path's scratch row.  Callable from Python and from kernels.
+    two with ``double_b``; per thread an A block (<= MC rows), the MR x NR edge tile and two
+    packed edge panels of a B read in place (:func:`_per_thread`); at least ``n`` for the
+    direct path's scratch row.  Callable from Python and from kernels.
     """
-    kc = min(KC, k)
     blen = _b_block_len(n, k, NR, KC, NC)
     if double_b:
         blen *= 2
-    alen = ((min(MC, m) + MR - 1) // MR) * MR * kc
-    return max(n, _CTR + blen + threads * (alen + MR * NR))
+    alen = ((min(MC, m) + MR - 1) // MR) * MR * min(KC, k)
+    return max(n, _CTR + blen + threads * _per_thread(alen, MR, NR, KC, k))
+
+
+@register_jitable
+def _per_thread(alen, MR, NR, KC, k):
+    """Workspace elements of each thread's own: its A block (``alen``), the MR x NR tile, and
+    the (at most two) edge panels of a B read in place, which each task packs for itself."""
+    return alen + MR * NR + 2 * NR * min(KC, k)
+
+
+@register_jitable
+def _b_panels(nc, NR, direct_b, shift):
+    """``(whole, panels)`` of a column chunk of ``nc`` columns: the whole NR-column panels
+    and all panels.  Packed, the panels are consecutive, the last one partial.  Read in place
+    (``direct_b``), the whole panels start ``shift`` columns in, on B's cache lines, and the
+    columns before and after them are gathered into one or two packed edge panels."""
+    if not direct_b:
+        npan = (nc + NR - 1) // NR
+        return nc // NR, npan
+    whole = max(0, nc - shift) // NR
+    return whole, whole + (nc - whole * NR + NR - 1) // NR
 
 
 def workspace_size(m, n, k, dtype):
@@ -331,13 +358,15 @@ def _row_blocks(m, MR, MC, nthreads, own_b):
 @kernel(nrt=False, link=False)
 def _phase(phase, t, nthreads, a, b, out, trans_a, trans_b, ep, bias, code, y, w, lr, l1, l2,
            dcode, z, yd, dz, colsum, db, jc, nc, pc, kc, ws, alen, ctr, ntasks, ncol,
-           shared_a, direct_a, direct_b, own_b, row_split, nbuf, cur):
+           shared_a, direct_a, direct_b, shift, own_b, row_split, nbuf, cur):
     """Thread ``t``'s part of one KC x NC block.
 
     Phase 0 packs what is shared: its share of the B block (summing those columns for the bias
     gradient), or with ``direct_b`` only a partial last panel, and with ``shared_a`` its share
     of the single A block.  Phase 1 runs tasks from the shared counter ``ctr[0]``.  With
-    ``direct_a`` / ``direct_b`` the micro-kernel reads the full panels of A / B in place.  With
+    ``direct_a`` / ``direct_b`` the micro-kernel reads the full panels of A / B in place (those
+    of B ``shift`` columns in, see :func:`_b_panels`), and each task packs the edge panels of B
+    it uses.  With
     ``own_b`` phase 0 packs no B: a task is a column chunk for all row blocks, and packs its
     own B panels before using them; with ``row_split`` phase 0 packs a share of the B block's
     rows, all of their panels (see :func:`_packed`).  With ``nbuf`` = 2 B blocks in the
@@ -350,18 +379,13 @@ def _phase(phase, t, nthreads, a, b, out, trans_a, trans_b, ep, bias, code, y, w
     k = a.shape[0] if trans_a else a.shape[1]
     blen = _b_block_len(n, k, NR, KC, NC)
     shared = _CTR + nbuf * blen
-    per = alen + MR * NR
+    per = _per_thread(alen, MR, NR, KC, k)
     bbuf = ws[_CTR + cur * blen:_CTR + (cur + 1) * blen]
     abuf0 = ws[shared:shared + alen]
-    npan = (nc + NR - 1) // NR
+    whole, npan = _b_panels(nc, NR, direct_b, shift)
     if phase == 0:
-        if own_b:
-            pass  # each task packs the B panels it uses, in phase 1
-        elif direct_b:
-            # Only a partial last panel is packed (zero-padded); the others are read in place.
-            last = (npan - 1) * NR
-            if nc - last < NR and t == nthreads - 1:
-                pack_b(b, trans_b, pc, kc, jc + last, nc - last, bbuf[last * kc:], colsum, db)
+        if own_b or direct_b:
+            pass  # each task packs the B panels (own_b) or edge panels it uses, in phase 1
         elif row_split:
             pack_b_rows(b, pc, kc, (kc * t) // nthreads, (kc * (t + 1)) // nthreads, jc, nc,
                         bbuf)
@@ -386,7 +410,11 @@ def _phase(phase, t, nthreads, a, b, out, trans_a, trans_b, ep, bias, code, y, w
     # do not depend on who does what).
     buf = ws[shared + t * per:shared + (t + 1) * per]
     abuf = abuf0 if shared_a else buf[:alen]
-    tile = buf[alen:]
+    tile = buf[alen:alen + MR * NR]
+    ebuf = buf[alen + MR * NR:]
+    # Columns before B's first line boundary (read in place), and those after the whole panels.
+    head = min(shift, nc)
+    edge_cols = nc - whole * NR
     first = pc == 0
     last = pc + kc >= k
     ldb = b.shape[1]
@@ -418,6 +446,16 @@ def _phase(phase, t, nthreads, a, b, out, trans_a, trans_b, ep, bias, code, y, w
         if own_b and q1 > q0:
             pack_b(b, trans_b, pc, kc, jc + q0 * NR, min(nc, q1 * NR) - q0 * NR,
                    bbuf[b0:], colsum, db)
+        if direct_b:
+            # Edge panel ``e`` holds edge columns ``e0:e1``: those before ``head`` lie at the
+            # chunk's start, the others after its whole panels.  Packed by each task using
+            # it (a copy of at most kc lines), so that no phase of shared packing is needed.
+            for q in range(max(q0, whole), q1):
+                e0 = (q - whole) * NR
+                e1 = min(edge_cols, e0 + NR)
+                e2 = max(e0, head)
+                pack_b_gathered(b, pc, kc, jc + e0, max(0, min(e1, head) - e0),
+                                jc + whole * NR + e2, max(0, e1 - e2), ebuf[e0 * kc:])
         for ib in range(ib0, ib1):
             ic = MR * ((pm * ib) // nib)
             mc = min(m, MR * ((pm * (ib + 1)) // nib)) - ic
@@ -461,12 +499,31 @@ def _phase(phase, t, nthreads, a, b, out, trans_a, trans_b, ep, bias, code, y, w
             else:
                 ahalf = strided_view(a[r1:, pc:], (tail // hr, kc, hr), (hr * s0, s1, s0))
             for q in range(q0, q1):
-                jr = q * NR
-                nr = min(NR, nc - jr)
-                if direct_b and nr == NR:
+                # The panel's columns: ``nr`` from ``j1``, and ``nr2`` from ``j2`` held in its
+                # columns from ``off2`` (an edge panel's second run).
+                j1 = jc + q * NR
+                nr = min(NR, nc - q * NR)
+                j2 = 0
+                nr2 = 0
+                off2 = 0
+                if direct_b and q < whole:
+                    j1 = jc + shift + q * NR
+                    nr = NR
                     bsrc = bf
-                    bo = pc * ldb + jc + jr
+                    bo = pc * ldb + j1
                     bps = ldb
+                elif direct_b:
+                    e0 = (q - whole) * NR
+                    e1 = min(edge_cols, e0 + NR)
+                    e2 = max(e0, head)
+                    j1 = jc + e0
+                    nr = max(0, min(e1, head) - e0)
+                    j2 = jc + whole * NR + e2
+                    nr2 = max(0, e1 - e2)
+                    off2 = e2 - e0
+                    bsrc = ebuf
+                    bo = e0 * kc
+                    bps = NR
                 else:
                     bsrc = bbuf
                     bo = b0 + (q - q0) * NR * kc
@@ -516,13 +573,17 @@ def _phase(phase, t, nthreads, a, b, out, trans_a, trans_b, ep, bias, code, y, w
                         # (One call site per kernel: each would be compiled and optimized again.)
                         if seg < 2:
                             _ukernel(kc, panels[t0:t0 + step], bsrc, bo, bps, tile, target, i0,
-                                     jc + jr, smode, lr, bias, other, code == act.RELU)
+                                     j1, smode, lr, bias, other, code == act.RELU)
                         else:
                             _half_ukernel(kc, panels[t0:t0 + step], bsrc, bo, bps, tile, target,
-                                          i0, jc + jr, smode, lr, bias, other, code == act.RELU)
+                                          i0, j1, smode, lr, bias, other, code == act.RELU)
                         if smode == 0:
-                            _store_tile(tile, NR, out, i0, min(h, ic + mc - i0), jc + jr, nr,
-                                        first, last, ep, bias, code, y, w, lr, l1, l2)
+                            for run in range(2):
+                                cols = nr2 if run else nr
+                                if cols > 0:
+                                    _store_tile(tile[off2 * run:], NR, out, i0,
+                                                min(h, ic + mc - i0), j2 if run else j1, cols,
+                                                first, last, ep, bias, code, y, w, lr, l1, l2)
 
 
 @kernel(nrt=False)
@@ -568,16 +629,16 @@ def _pipelined_tasks(t, nthreads, a, b, out, trans_a, trans_b, ep, bias, code, y
         fetch_add(own, 0, task)
         _phase(1, t, nthreads, a, b, out, trans_a, trans_b, ep, bias, code, y, w, lr, l1, l2,
                dcode, z, yd, dz, colsum, db, jc, nc, pc, kc, ws, alen, own, task + 1, ncol,
-               shared_a, direct_a, direct_b, own_b, row_split, 2, cur)
+               shared_a, direct_a, direct_b, 0, own_b, row_split, 2, cur)
 
 
 @kernel(nrt=False)
 def _spanning_tasks(t, nthreads, a, b, out, trans_a, trans_b, ep, bias, code, y, w, lr, l1, l2,
                     dcode, z, yd, dz, colsum, db, jc, nc, ws, alen, ctr, ntasks, ncol, shared_a,
-                    direct_a, direct_b, own_b, row_split):
+                    direct_a, direct_b, shift, own_b, row_split):
     """Phase 1 of :func:`_phase` for every KC block of a task in turn: the tasks of products
-    whose tasks need nothing shared (``own_b``, or ``direct_b`` with whole panels) span the
-    whole reduction, so that one parallel region serves all KC blocks instead of one each.
+    whose tasks need nothing shared (``own_b`` or ``direct_b``: each packs what it uses) span
+    the whole reduction, so that one parallel region serves all KC blocks instead of one each.
 
     Task ``i`` runs as :func:`_phase` on a counter of this thread's own that yields ``i``
     alone, once per KC block in increasing order: each output element sums its blocks in the
@@ -596,7 +657,7 @@ def _spanning_tasks(t, nthreads, a, b, out, trans_a, trans_b, ep, bias, code, y,
             fetch_add(own, 0, task)
             _phase(1, t, nthreads, a, b, out, trans_a, trans_b, ep, bias, code, y, w, lr, l1, l2,
                    dcode, z, yd, dz, colsum, db, jc, nc, pc, min(KC, k - pc), ws, alen, own,
-                   task + 1, ncol, shared_a, direct_a, direct_b, own_b, row_split, 1, 0)
+                   task + 1, ncol, shared_a, direct_a, direct_b, shift, own_b, row_split, 1, 0)
 
 
 # Called by every entry point: not linked into each of them (see ``kernel(link=False)``).
@@ -615,7 +676,7 @@ def _packed(a, b, out, trans_a, trans_b, ep, bias, code, y, w, lr, l1, l2,
     kcap = min(KC, k)
     alen = ((min(MC, m) + MR - 1) // MR) * MR * kcap
     blen = _b_block_len(n, k, NR, KC, NC)
-    per = alen + MR * NR
+    per = _per_thread(alen, MR, NR, KC, k)
     shared = _CTR + blen
     if ws.shape[0] < shared + per:
         ws = np.empty(shared + per * nthreads, dtype=out.dtype)
@@ -637,15 +698,26 @@ def _packed(a, b, out, trans_a, trans_b, ep, bias, code, y, w, lr, l1, l2,
         (lda >= ALIASED_A_BYTES and lda % 4096 == 0)
         or (not WIDE_TILES and m > DIRECT_ROWS and k > PACKED_A_STEPS)))
     b_bytes = k * n * out.itemsize
+    # Whether B's panels can start on cache lines, in step with the output's tiles: B's rows
+    # whole lines, and B on a line or in the same place within one as the output (a shifted
+    # panel grid would otherwise put the output's tiles across lines, each shared with the
+    # neighbouring tile, which another thread may be writing).
+    phase = b.ctypes.data % CACHE_LINE
+    on_lines = (b.strides[0] % CACHE_LINE == 0 and phase % out.itemsize == 0
+                and (phase == 0 or (out.strides[0] % CACHE_LINE == 0
+                                    and out.ctypes.data % CACHE_LINE == phase)))
     if WIDE_TILES:
         direct_b = (not trans_b and not colsum and m <= DIRECT_ROWS
                     and (b_bytes <= DIRECT_B_BYTES
                          or (b_bytes <= DIRECT_SKINNY_B_BYTES and m <= DIRECT_SKINNY_ROWS)))
     else:
-        on_lines = (b.ctypes.data % CACHE_LINE == 0 and b.strides[0] % CACHE_LINE == 0)
         direct_b = (not trans_b and not colsum and m <= DIRECT_SKINNY_ROWS
                     and (b_bytes <= DIRECT_B_BYTES if out.itemsize == 4
                          else on_lines and b_bytes <= DIRECT_F64_B_BYTES))
+    # A B read in place on its lines is read from ``shift`` columns in (see _b_panels).
+    shift = 0
+    if direct_b and on_lines:
+        shift = ((CACHE_LINE - phase) % CACHE_LINE) // out.itemsize
     # With a single row block (few rows, e.g. a small batch) the A block is packed once, by
     # all threads, rather than by each column chunk's task.
     shared_a = nib == 1 and not direct_a
@@ -685,7 +757,7 @@ def _packed(a, b, out, trans_a, trans_b, ep, bias, code, y, w, lr, l1, l2,
     cur = 0
     for jc in range(0, n, NC):
         nc = min(NC, n - jc)
-        npan = (nc + NR - 1) // NR
+        npan = _b_panels(nc, NR, direct_b, shift)[1]
         if own_b:
             # Chunks of at most 4 panels (256 KiB, stays in L2) and about 4 per thread.
             ncol = min(npan, max(4 * nthreads, (npan + 3) // 4))
@@ -696,7 +768,7 @@ def _packed(a, b, out, trans_a, trans_b, ep, bias, code, y, w, lr, l1, l2,
                 # About 4 tasks per thread, so that a thread slowed down (busy core) sheds work.
                 ncol = min(npan, max(1, (4 * nthreads + nib - 1) // nib))
             ntasks = nib * ncol
-        packs = shared_a if own_b else not direct_b or nc % NR != 0 or shared_a
+        packs = shared_a if own_b or direct_b else True
         # Tasks that share nothing packed span every KC block (``_spanning_tasks``): one
         # parallel region for the whole reduction, not a region (and a barrier) per block.
         span = 1 < nthreads <= _OWN_THREADS and k > KC and not packs and not pipeline
@@ -707,7 +779,8 @@ def _packed(a, b, out, trans_a, trans_b, ep, bias, code, y, w, lr, l1, l2,
                 for phase in range(0 if packs and not own_b else 1, 2):
                     _phase(phase, 0, 1, a, b, out, trans_a, trans_b, ep, bias, code, y, w, lr,
                            l1, l2, dcode, z, yd, dz, colsum, db, jc, nc, pc, kc, ws, alen, ctr,
-                           ntasks, ncol, False, direct_a, direct_b, own_b, row_split, 1, 0)
+                           ntasks, ncol, False, direct_a, direct_b, shift, own_b, row_split,
+                           1, 0)
                 continue
             if span and pc > 0:
                 break
@@ -745,12 +818,12 @@ def _packed(a, b, out, trans_a, trans_b, ep, bias, code, y, w, lr, l1, l2,
                         _spanning_tasks(np.int64(t), nthreads, a, b, out, trans_a, trans_b, ep,
                                         bias, code, y, w, lr, l1, l2, dcode, z, yd, dz, colsum,
                                         db, jc, nc, ws, alen, ctr, ntasks, ncol, shared_a,
-                                        direct_a, direct_b, own_b, row_split)
+                                        direct_a, direct_b, shift, own_b, row_split)
                     else:
                         _phase(phase, np.int64(t), nthreads, a, b, out, trans_a, trans_b, ep,
                                bias, code, y, w, lr, l1, l2, dcode, z, yd, dz, colsum, db, jc,
                                nc, pc, kc, ws, alen, ctr, ntasks, ncol, shared_a, direct_a,
-                               direct_b, own_b, row_split, nbuf, cur)
+                               direct_b, shift, own_b, row_split, nbuf, cur)
                     caller_waits(ctr, _ARRIVED, nthreads)
             if pipeline:
                 cur = 1 - cur

@@ -263,3 +263,26 @@ def pack_b_rows(b, p0, kc, r0, r1, j0, nc, bp):
             copy_n(d, 0, b[p0 + p], j0 + full * NR, cols)
             for c in range(cols, NR):
                 d[c] = 0
+
+
+@kernel(nrt=False)
+def pack_b_gathered(b, p0, kc, j0, n0, j1, n1, bp):
+    """Pack one NR-column panel of a row-major ``b``, steps ``p0:p0 + kc``, gathered from two
+    runs of columns: ``n0`` from ``j0``, then ``n1`` from ``j1`` (``n0 + n1 <= NR``), the rest
+    zero.
+
+    The edge panel of a B read in place on its cache lines (see ``_phase`` in gemm.py): the
+    columns before B's first line boundary and those after its last whole panel, one panel
+    rather than two partial ones.
+    """
+    no_inline()
+    NR = _blocking(bp)[1]
+    for c in range(NR * kc):
+        bp[c] = 0
+    for p in range(kc):
+        row = b[p0 + p]
+        # (Only runs that have columns: each copy is a call for its variable size.)
+        if n0 > 0:
+            copy_n(bp, p * NR, row, j0, n0)
+        if n1 > 0:
+            copy_n(bp, p * NR + n0, row, j1, n1)

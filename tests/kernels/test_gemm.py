@@ -239,6 +239,37 @@ def test_same_bits_wherever_b_lies(shape, dtype):
     assert np.all(np.abs(results[0] - ref) <= product_tolerance(a, b, dtype))
 
 
+# Rows of whole cache lines (n a multiple of 16), so that a B read in place at the output's
+# place within a line is read on lines, its panels shifted (see _b_panels): every whole panel
+# shifted, one gathered edge panel (head and tail columns), n below NR plus the shift, several
+# KC blocks, partial and short row panels, and more than NC columns (two column chunks, each
+# with its edge panel).
+@pytest.mark.parametrize("shape", [(32, 128, 784), (7, 16, 600), (20, 176, 64), (8, 2064, 60),
+                                   (5, 48, 40)],
+                         ids=lambda s: "x".join(map(str, s)))
+def test_same_bits_with_b_and_out_in_one_phase(shape, dtype):
+    """B and the output at the same place within their cache lines (B's panels then read from
+    a shifted column) give the bits of both on lines, on one thread and on all."""
+    m, n, k = shape
+    rng = np.random.default_rng(9)
+    a, b = _operands(rng, m, n, k, False, False, dtype)
+    assert m <= DIRECT_SKINNY_ROWS and (n * b.itemsize) % CACHE_LINE == 0
+    results = []
+    before = numba.get_num_threads()
+    try:
+        for nt in (1, numba.config.NUMBA_NUM_THREADS):
+            numba.set_num_threads(nt)
+            for offset in (0, 8, 16, 48):
+                out = _placed(np.full((m, n), np.nan, dtype), offset)
+                gemm(a, _placed(b, offset), out, False, False)
+                results.append(out)
+    finally:
+        numba.set_num_threads(before)
+    assert all(np.array_equal(results[0], r) for r in results[1:])
+    ref = a.astype(np.float64) @ b.astype(np.float64)
+    assert np.all(np.abs(results[0] - ref) <= product_tolerance(a, b, dtype))
+
+
 @pytest.mark.parametrize("shape", [(300, 200, 600), (16, 2000, 300), (2, 300, 300),
                                    (37, 2100, 2100)])
 def test_workspace_argument(shape, dtype):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fastdense.kernels.memory import CACHE_LINE, aligned_empty_2d
+from fastdense.kernels.memory import CACHE_LINE, aligned_empty_2d, empty_2d_in_phase
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -20,3 +20,20 @@ def test_aligned_empty_2d(dtype, shape):
         a[...] = 1  # writable over its whole extent
         seen.add(a.ctypes.data)
     assert np.all(a == 1)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("offset", [0, 8, 16, 48, 3])
+def test_empty_2d_in_phase(dtype, offset):
+    """Data at the same place within a cache line as the given array's (on a line when that
+    place is not a whole number of elements)."""
+    raw = aligned_empty_2d(1, 64 * 8 + CACHE_LINE, np.empty(0, np.uint8))[0]
+    b = raw[offset:offset + 64 * 8].view(dtype).reshape(8, -1)
+    expected = offset if offset % b.itemsize == 0 else 0
+    for shape in [(0, 3), (1, 1), (3, 7), (40, 100)]:
+        for _ in range(4):
+            a = empty_2d_in_phase(*shape, b)
+            assert a.shape == shape and a.dtype == dtype and a.flags.c_contiguous
+            assert a.size == 0 or a.ctypes.data % CACHE_LINE == expected
+            a[...] = 1  # writable over its whole extent
+            assert np.all(a == 1)
