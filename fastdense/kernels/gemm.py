@@ -63,7 +63,7 @@ from fastdense.kernels._tiles import (
 )
 from fastdense.kernels.memory import CACHE_LINE
 from fastdense.kernels.pack import pack_a, pack_b, pack_b_gathered, pack_b_rows
-from fastdense.kernels.update import sgd_step
+from fastdense.kernels.update import sgd_step, sgd_value
 
 # ``numba.get_num_threads()`` inside a jitted function goes through a ctypes pointer, which makes
 # the caller uncacheable ("dynamic globals"); this intrinsic is what Numba's own prange lowering
@@ -238,6 +238,14 @@ def _store_tile(tile, NR, out, i0, mr, j0, nr, first, last, ep, bias, code, y, w
         # A plain store: one move per row (a copy loop would check for aliasing each time).
         for r in range(mr):
             copy_n(out[i0 + r], j0, tile, r * NR, nr)
+        return
+    if first and last and ep == EP_SGD and l1 == 0.0 and l2 == 0.0:
+        # Plain SGD from the tile, with no call per row: a layer of few units has only partial
+        # tiles, one row of the weight gradient each for every input.
+        for r in range(mr):
+            wrow = w[i0 + r]
+            for j in range(nr):
+                wrow[j0 + j] = sgd_value(wrow[j0 + j], tile[r * NR + j], lr, 0.0, 0.0)
         return
     for r in range(mr):
         t = tile[r * NR:r * NR + nr]
