@@ -46,6 +46,7 @@ from fastdense.kernels._codegen import (
     fma,
     kernel,
     no_inline,
+    sgd_n,
     strided_view,
     wide_vectors,
     zero_of,
@@ -63,7 +64,7 @@ from fastdense.kernels._tiles import (
 )
 from fastdense.kernels.memory import CACHE_LINE
 from fastdense.kernels.pack import pack_a, pack_b, pack_b_gathered, pack_b_rows
-from fastdense.kernels.update import sgd_step, sgd_value
+from fastdense.kernels.update import sgd_step
 
 # ``numba.get_num_threads()`` inside a jitted function goes through a ctypes pointer, which makes
 # the caller uncacheable ("dynamic globals"); this intrinsic is what Numba's own prange lowering
@@ -127,6 +128,13 @@ ALIASED_A_BYTES = (32 << 10) if WIDE_TILES else (4 << 10)
 # the packing is a larger share of a short product (training step, batch 128, 784->128: 0.97x
 # of reading in place).
 PACKED_A_STEPS = 128
+# ... nor with a B of at most this many panels (a narrow layer's ``dz``): each A micro-panel then
+# serves so few B panels that packing it costs more than reading it in place.  ``x.T @ dz``,
+# 784 x n over 1024 steps, two threads, packed / in place (NumPy): float32 n = 10 322 / 190 us
+# (177), 20 468 / 354 (277), 32 445 / 331 (338), 48 594 / 496 (475), 64 788 / 662 (628);
+# float64 n = 16 469 / 376 (468-482), 24 667 / 652 (631-669), 32 775 / 817 (763-778).
+NARROW_B_PANELS_F32 = 4
+NARROW_B_PANELS_F64 = 2
 # Up to this many output rows the packed path reads a row-major B in place (each B panel is
 # re-read by few row blocks, so packing it would cost more than it saves).
 DIRECT_ROWS = 256
@@ -231,6 +239,26 @@ def _epilogue_row(acc, o, j0, ep, bias, code, yrow, wrow, lr, l1, l2):
         sgd_step(wrow[:nr], acc[:nr], lr, l1, l2)
 
 
+@kernel(nrt=False, inline="always")
+def _sgd_row(w, wi, t, ti, lr, n):
+    """``w[wi:wi + n] -= lr * t[ti:ti + n]`` (plain SGD) as vector IR, by 8 elements and then 4,
+    2 and 1: a loop over a dozen elements would run scalar behind a runtime alias check."""
+    for _ in range(n // 8):
+        sgd_n(w, wi, t, ti, lr, 8)
+        wi += 8
+        ti += 8
+    if n & 4:
+        sgd_n(w, wi, t, ti, lr, 4)
+        wi += 4
+        ti += 4
+    if n & 2:
+        sgd_n(w, wi, t, ti, lr, 2)
+        wi += 2
+        ti += 2
+    if n & 1:
+        sgd_n(w, wi, t, ti, lr, 1)
+
+
 @kernel(nrt=False)
 def _store_tile(tile, NR, out, i0, mr, j0, nr, first, last, ep, bias, code, y, w, lr, l1, l2):
     no_inline()
@@ -239,14 +267,10 @@ def _store_tile(tile, NR, out, i0, mr, j0, nr, first, last, ep, bias, code, y, w
         for r in range(mr):
             copy_n(out[i0 + r], j0, tile, r * NR, nr)
         return
-    if first and last and ep == EP_SGD and l1 == 0.0 and l2 == 0.0:
-        # Plain SGD from the tile, with no call per row: a layer of few units has only partial
-        # tiles, one row of the weight gradient each for every input.
-        for r in range(mr):
-            wrow = w[i0 + r]
-            for j in range(nr):
-                wrow[j0 + j] = sgd_value(wrow[j0 + j], tile[r * NR + j], lr, 0.0, 0.0)
-        return
+    # Plain SGD without a call per row: a layer of few units has only partial tiles, one row
+    # of the weight gradient each for every input (training step 32 x 784->10, float32 80 ->
+    # 65 us).
+    plain_sgd = ep == EP_SGD and l1 == 0.0 and l2 == 0.0
     for r in range(mr):
         t = tile[r * NR:r * NR + nr]
         o = out[i0 + r, j0:j0 + nr]
@@ -254,12 +278,13 @@ def _store_tile(tile, NR, out, i0, mr, j0, nr, first, last, ep, bias, code, y, w
             # Blocks add in increasing K order: t becomes the running sum.
             for j in range(nr):
                 t[j] += o[j]
-        if last:
+        if last and plain_sgd:
+            _sgd_row(w[i0 + r], j0, tile, r * NR, lr, nr)
+        elif last:
             _epilogue_row(t, o, j0, ep, bias, code, y[i0 + r, j0:j0 + nr],
                           w[i0 + r, j0:j0 + nr], lr, l1, l2)
         else:
-            for j in range(nr):
-                o[j] = t[j]
+            copy_n(out[i0 + r], j0, tile, r * NR, nr)
 
 
 # Workspace elements before the shared B block: the shared task counter ``ws[0]``, the count
@@ -696,15 +721,16 @@ def _packed(a, b, out, trans_a, trans_b, ep, bias, code, y, w, lr, l1, l2,
     # packing, or it is read transposed with rows a multiple of 4 KiB and at least
     # ALIASED_A_BYTES long (a micro-panel then takes one line per row at that stride, all in a
     # few L2 sets, and is evicted before the next B panel re-reads it) or, with the AVX2
-    # tiles, for more than DIRECT_ROWS output rows over more than PACKED_A_STEPS steps (see
-    # ALIASED_A_BYTES); B when it is not
+    # tiles, for more than DIRECT_ROWS output rows over more than PACKED_A_STEPS steps, times a
+    # B of more than NARROW_B_PANELS panels (see ALIASED_A_BYTES); B when it is not
     # transposed, not summed for the bias gradient, and re-read by few row blocks (below
     # DIRECT_ROWS rows, packing it costs more than it saves) while it is small enough
     # (DIRECT_B_BYTES, or DIRECT_SKINNY_B_BYTES for up to DIRECT_SKINNY_ROWS rows).
     lda = a.shape[1] * a.itemsize
     direct_a = dcode == act.LINEAR and not (trans_a and (
         (lda >= ALIASED_A_BYTES and lda % 4096 == 0)
-        or (not WIDE_TILES and m > DIRECT_ROWS and k > PACKED_A_STEPS)))
+        or (not WIDE_TILES and m > DIRECT_ROWS and k > PACKED_A_STEPS
+            and n > NR * (NARROW_B_PANELS_F32 if out.itemsize == 4 else NARROW_B_PANELS_F64))))
     b_bytes = k * n * out.itemsize
     # Whether B's panels can start on cache lines, in step with the output's tiles: B's rows
     # whole lines, and B on a line or in the same place within one as the output (a shifted

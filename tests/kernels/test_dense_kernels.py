@@ -290,12 +290,15 @@ def test_row_entry_points_match_the_general_ones(name, shape, dtype):
         assert np.array_equal(a, c)
 
 
+# Inputs (rows of dw): 70 = 11 x 6 + 4 (a 4-row tile for the last rows), 31 and 9 (a packed
+# partial row panel: whole-width tiles then stored by _store_tile, as are the edge columns).
+@pytest.mark.parametrize("n_in", [70, 31, 9])
 @pytest.mark.parametrize("batch", [37, 600, 1100], ids=["1-block", "2-blocks", "3-blocks"])
 @pytest.mark.parametrize("name", ["linear", "relu"])
-def test_fused_sgd_gives_the_bits_of_gradient_then_update(name, batch, dtype):
+def test_fused_sgd_gives_the_bits_of_gradient_then_update(name, batch, n_in, dtype):
     """Plain SGD fused into the ``dw`` tile stores (after one KC block of the batch or after
     several, on full and edge tiles) gives exactly ``w - lr * dw`` of the unfused pass."""
-    n_in, units = 70, 45  # full and edge tiles in both directions, for both dtypes
+    units = 45  # full and edge tiles in both directions, for both dtypes
     code = activations.get(name).code
     rng = np.random.default_rng(batch)
     x, w0, b0 = _layer(rng, batch, n_in, units, dtype)

@@ -85,6 +85,11 @@ SHAPES = [
     (32, NR_F32 + 3, KC + 5),
     (28, 2 * NR_F64 + 1, 300),
     (4, 40, 200),
+    # More than DIRECT_ROWS rows over more than PACKED_A_STEPS steps times a narrow B (at most
+    # NARROW_B_PANELS panels: a transposed A then read in place with the AVX2 tiles): partial
+    # panels, row tiles and KC blocks; 20 columns are 2 float32 panels, 3 float64 ones (packed).
+    (700, 10, KC + 18),
+    (300, 20, 400),
 ]
 assert ALIASED_A_BYTES in (4096, 32 << 10)
 assert DIRECT_B_BYTES < 601 * 1000 * 4 <= DIRECT_SKINNY_B_BYTES < 601 * 1000 * 8
