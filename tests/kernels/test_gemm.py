@@ -215,6 +215,29 @@ def _placed(values, offset):
     return placed
 
 
+def _assert_same_bits_wherever_placed(a, b, place_out):
+    """``a @ b`` by gemm with B on a cache line and 8, 16 and 48 bytes past one (and the output
+    as far past one with ``place_out``, else where NumPy puts it), on one thread and on all:
+    the same bits every time, within the reference's bound."""
+    m, n = a.shape[0], b.shape[1]
+    results = []
+    before = numba.get_num_threads()
+    try:
+        for nt in (1, numba.config.NUMBA_NUM_THREADS):
+            numba.set_num_threads(nt)
+            for offset in (0, 8, 16, 48):
+                out = np.full((m, n), np.nan, a.dtype)
+                if place_out:
+                    out = _placed(out, offset)
+                gemm(a, _placed(b, offset), out, False, False)
+                results.append(out)
+    finally:
+        numba.set_num_threads(before)
+    assert all(np.array_equal(results[0], r) for r in results[1:])
+    ref = a.astype(np.float64) @ b.astype(np.float64)
+    assert np.all(np.abs(results[0] - ref) <= product_tolerance(a, b, a.dtype))
+
+
 # Few rows times a B small enough to be read in place (float64: only when its panels start on
 # cache lines, DIRECT_F64_B_BYTES): whole panels, several KC blocks (tasks spanning them), and
 # a row stride that is not a whole number of lines (float64 B then packed wherever it lies).
@@ -228,20 +251,7 @@ def test_same_bits_wherever_b_lies(shape, dtype):
     rng = np.random.default_rng(8)
     a, b = _operands(rng, m, n, k, False, False, dtype)
     assert b.nbytes <= DIRECT_F64_B_BYTES and m <= DIRECT_SKINNY_ROWS
-    results = []
-    before = numba.get_num_threads()
-    try:
-        for nt in (1, numba.config.NUMBA_NUM_THREADS):
-            numba.set_num_threads(nt)
-            for offset in (0, 8, 16, 48):
-                out = np.empty((m, n), dtype)
-                gemm(a, _placed(b, offset), out, False, False)
-                results.append(out)
-    finally:
-        numba.set_num_threads(before)
-    assert all(np.array_equal(results[0], r) for r in results[1:])
-    ref = a.astype(np.float64) @ b.astype(np.float64)
-    assert np.all(np.abs(results[0] - ref) <= product_tolerance(a, b, dtype))
+    _assert_same_bits_wherever_placed(a, b, place_out=False)
 
 
 # Rows of whole cache lines (n a multiple of 16), so that a B read in place at the output's
@@ -259,20 +269,7 @@ def test_same_bits_with_b_and_out_in_one_phase(shape, dtype):
     rng = np.random.default_rng(9)
     a, b = _operands(rng, m, n, k, False, False, dtype)
     assert m <= DIRECT_SKINNY_ROWS and (n * b.itemsize) % CACHE_LINE == 0
-    results = []
-    before = numba.get_num_threads()
-    try:
-        for nt in (1, numba.config.NUMBA_NUM_THREADS):
-            numba.set_num_threads(nt)
-            for offset in (0, 8, 16, 48):
-                out = _placed(np.full((m, n), np.nan, dtype), offset)
-                gemm(a, _placed(b, offset), out, False, False)
-                results.append(out)
-    finally:
-        numba.set_num_threads(before)
-    assert all(np.array_equal(results[0], r) for r in results[1:])
-    ref = a.astype(np.float64) @ b.astype(np.float64)
-    assert np.all(np.abs(results[0] - ref) <= product_tolerance(a, b, dtype))
+    _assert_same_bits_wherever_placed(a, b, place_out=True)
 
 
 @pytest.mark.parametrize("shape", [(300, 200, 600), (16, 2000, 300), (2, 300, 300),
