@@ -8,6 +8,10 @@ cache lines: twice the lines in the caches and a split load a step.  Measured on
 8.6 against 8.7-10.8 us; float64 0-14% (no product reads 4096-byte-aligned weights faster than
 64-byte-aligned ones).  The layer therefore keeps its weights and workspaces here, as PyTorch's
 CPU allocator does (64 bytes).
+
+A caller's B (``matmul``, ``linear``) lies where NumPy put it; there the result of a product of
+few rows is placed at the same offset within its line as B (:func:`output_in_phase`), so that
+the kernel reads B's panels from its line boundaries and stores the result's tiles on lines.
 """
 
 from __future__ import annotations
