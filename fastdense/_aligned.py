@@ -10,7 +10,7 @@ cache lines: twice the lines in the caches and a split load a step.  Measured on
 CPU allocator does (64 bytes).
 
 A caller's B (``matmul``, ``linear``) lies where NumPy put it; there the result of a product of
-few rows is placed at the same offset within its line as B (:func:`output_in_phase`), so that
+few rows is placed at the same offset within its line as B (:func:`product_output`), so that
 the kernel reads B's panels from its line boundaries and stores the result's tiles on lines.
 """
 
@@ -65,21 +65,26 @@ def output(shape: tuple[int, int], dtype: np.dtype) -> np.ndarray:
     return np.empty(shape, dtype)
 
 
-def output_in_phase(shape: tuple[int, int], b: np.ndarray) -> np.ndarray:
-    """A new 2-D array of ``b``'s dtype for the output of a product that reads ``b`` in place
-    (see :func:`reads_b_in_place`): at the same place within a cache line as ``b``.
+def product_output(m: int, k: int, b: np.ndarray) -> np.ndarray:
+    """A new ``(m, n)`` array for the result of an ``(m x k) @ b`` product (``b`` of shape
+    ``(k, n)``, C-contiguous): in phase with ``b`` where the product reads ``b`` in place
+    (:func:`reads_b_in_place`), else as :func:`output`.
 
-    Both ``b``'s panels and the output's tiles then lie on lines (see ``_b_panels`` in
-    :mod:`fastdense.kernels.gemm`).  With ``b`` 16 bytes past a line, as NumPy often puts it,
-    two threads: float32 32x784x512 217 -> 182 us, 32x784x128 59 -> 52 us; float64 16x784x128
-    67 -> 54 us, 8x256x256 30 -> 23 us (against 182, 46, 50 and 22 us with both on lines).
+    In phase, at the same place within a cache line as ``b``, both ``b``'s panels and the
+    output's tiles lie on lines (see ``_b_panels`` in :mod:`fastdense.kernels.gemm`).  With
+    ``b`` 16 bytes past a line, as NumPy often puts it, two threads: float32 32x784x512
+    217 -> 182 us, 32x784x128 59 -> 52 us; float64 16x784x128 67 -> 54 us, 8x256x256
+    30 -> 23 us (against 182, 46, 50 and 22 us with both on lines).
     """
-    return empty_2d_in_phase(shape[0], shape[1], b)
+    n = b.shape[1]
+    if reads_b_in_place(m, n, k):
+        return empty_2d_in_phase(m, n, b)
+    return output((m, n), b.dtype)
 
 
 def reads_b_in_place(m: int, n: int, k: int) -> bool:
-    """Whether an ``(m x k) @ (k x n)`` product is one whose output :func:`output_in_phase`
-    places: few enough rows for B to be read in place, more than the one or two of a
+    """Whether an ``(m x k) @ (k x n)`` product is one whose output :func:`product_output`
+    places in phase with B: few enough rows for B to be read in place, more than the one or two of a
     vector-matrix product (which streams B whatever its place), and enough work that the
     allocation (about a microsecond) is small beside what it saves."""
     return ROWS_MAX < m <= DIRECT_SKINNY_ROWS and m * n * k >= SERIAL_WORK

@@ -73,10 +73,7 @@ def matmul(a: Any, b: Any) -> np.ndarray:
     m, k = a.shape
     n = b.shape[1]
     dt = a.dtype
-    if _aligned.reads_b_in_place(m, n, k):
-        out = _aligned.output_in_phase((m, n), b)
-    else:
-        out = _aligned.output((m, n), dt)
+    out = _aligned.product_output(m, k, b)
     ws = _product_workspace(m, n, k, dt)
     if 0 < m <= ROWS_MAX and n > 0 and k > 0:  # gemm.uses_rows, inlined (a call costs 0.2 µs)
         gemm_rows(a, b, out, ws)
@@ -136,10 +133,7 @@ def linear(x: Any, kernel: Any, bias: Any = None, activation: Any = None) -> np.
             raise ValueError(f"bias must have shape ({units},), got {b.shape}")
     x2 = np.ascontiguousarray(x.reshape(-1, x.shape[-1]), dtype=dt)
     w = np.ascontiguousarray(kernel, dtype=dt)
-    if _aligned.reads_b_in_place(x2.shape[0], units, w.shape[0]):
-        y = _aligned.output_in_phase((x2.shape[0], units), w)
-    else:
-        y = _aligned.output((x2.shape[0], units), dt)
+    y = _aligned.product_output(x2.shape[0], w.shape[0], w)
     ws = _workspace(_dense.workspace_size(w.shape[0], units, dt), dt)
     forward = _dense.forward_rows if uses_rows(x2.shape[0], units, w.shape[0]) \
         else _dense.forward
