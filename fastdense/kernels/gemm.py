@@ -349,6 +349,18 @@ def _b_panels(nc, NR, direct_b, shift):
     return whole, whole + (nc - whole * NR + NR - 1) // NR
 
 
+@register_jitable
+def _edge_runs(e, whole, nc, head, jc, NR):
+    """The columns of edge panel ``e`` of a B read in place (see :func:`_b_panels`), as two
+    runs ``(j1, n1, off2, j2, n2)``: ``n1`` columns of ``out``/``b`` from ``j1`` (those before
+    the chunk's first line boundary, ``head`` of them) in the panel's first columns, then
+    ``n2`` from ``j2`` (after the chunk's whole panels) in its columns from ``off2``."""
+    e0 = e * NR
+    e1 = min(nc - whole * NR, e0 + NR)
+    e2 = max(e0, head)
+    return jc + e0, max(0, min(e1, head) - e0), e2 - e0, jc + whole * NR + e2, max(0, e1 - e2)
+
+
 def workspace_size(m, n, k, dtype):
     """Length of the 1-D workspace ``product``/``gemm`` need for ``(m x k) @ (k x n)``.
 
@@ -395,8 +407,8 @@ def _phase(phase, t, nthreads, a, b, out, trans_a, trans_b, ep, bias, code, y, w
     """Thread ``t``'s part of one KC x NC block.
 
     Phase 0 packs what is shared: its share of the B block (summing those columns for the bias
-    gradient), or with ``direct_b`` only a partial last panel, and with ``shared_a`` its share
-    of the single A block.  Phase 1 runs tasks from the shared counter ``ctr[0]``.  With
+    gradient) unless ``own_b`` or ``direct_b``, and with ``shared_a`` its share of the single
+    A block.  Phase 1 runs tasks from the shared counter ``ctr[0]``.  With
     ``direct_a`` / ``direct_b`` the micro-kernel reads the full panels of A / B in place (those
     of B ``shift`` columns in, see :func:`_b_panels`), and each task packs the edge panels of B
     it uses.  With
@@ -445,9 +457,8 @@ def _phase(phase, t, nthreads, a, b, out, trans_a, trans_b, ep, bias, code, y, w
     abuf = abuf0 if shared_a else buf[:alen]
     tile = buf[alen:alen + MR * NR]
     ebuf = buf[alen + MR * NR:]
-    # Columns before B's first line boundary (read in place), and those after the whole panels.
+    # Columns before B's first line boundary (read in place): the first run of edge panel 0.
     head = min(shift, nc)
-    edge_cols = nc - whole * NR
     first = pc == 0
     last = pc + kc >= k
     ldb = b.shape[1]
@@ -480,15 +491,11 @@ def _phase(phase, t, nthreads, a, b, out, trans_a, trans_b, ep, bias, code, y, w
             pack_b(b, trans_b, pc, kc, jc + q0 * NR, min(nc, q1 * NR) - q0 * NR,
                    bbuf[b0:], colsum, db)
         if direct_b:
-            # Edge panel ``e`` holds edge columns ``e0:e1``: those before ``head`` lie at the
-            # chunk's start, the others after its whole panels.  Packed by each task using
-            # it (a copy of at most kc lines), so that no phase of shared packing is needed.
+            # The edge panels, packed by each task using them (a copy of at most kc lines), so
+            # that no phase of shared packing is needed.
             for q in range(max(q0, whole), q1):
-                e0 = (q - whole) * NR
-                e1 = min(edge_cols, e0 + NR)
-                e2 = max(e0, head)
-                pack_b_gathered(b, pc, kc, jc + e0, max(0, min(e1, head) - e0),
-                                jc + whole * NR + e2, max(0, e1 - e2), ebuf[e0 * kc:])
+                j1, n1, _, j2, n2 = _edge_runs(q - whole, whole, nc, head, jc, NR)
+                pack_b_gathered(b, pc, kc, j1, n1, j2, n2, ebuf[(q - whole) * NR * kc:])
         for ib in range(ib0, ib1):
             ic = MR * ((pm * ib) // nib)
             mc = min(m, MR * ((pm * (ib + 1)) // nib)) - ic
@@ -546,16 +553,9 @@ def _phase(phase, t, nthreads, a, b, out, trans_a, trans_b, ep, bias, code, y, w
                     bo = pc * ldb + j1
                     bps = ldb
                 elif direct_b:
-                    e0 = (q - whole) * NR
-                    e1 = min(edge_cols, e0 + NR)
-                    e2 = max(e0, head)
-                    j1 = jc + e0
-                    nr = max(0, min(e1, head) - e0)
-                    j2 = jc + whole * NR + e2
-                    nr2 = max(0, e1 - e2)
-                    off2 = e2 - e0
+                    j1, nr, off2, j2, nr2 = _edge_runs(q - whole, whole, nc, head, jc, NR)
                     bsrc = ebuf
-                    bo = e0 * kc
+                    bo = (q - whole) * NR * kc
                     bps = NR
                 else:
                     bsrc = bbuf
