@@ -267,7 +267,8 @@ def _date_by_package(disp) -> None:
         disp._cache = _PackageCache(disp.py_func)
 
 
-def kernel(fn=None, *, parallel=False, inline="never", slp=True, nrt=True, link=True):
+def kernel(fn=None, *, parallel=False, inline="never", slp=True, nrt=True, link=True,
+           error_model="python"):
     """``njit(cache=True)`` (no fast-math flags) compiled with SLP vectorization on.
 
     Parameters
@@ -295,13 +296,17 @@ def kernel(fn=None, *, parallel=False, inline="never", slp=True, nrt=True, link=
         Numba optimizes and compiles to machine code again, once per caller and per level of
         calls.  For large kernels called from several places: their code is then compiled
         once (cold-compile time).
+    error_model : str
+        Passed to :func:`numba.njit`: ``"numpy"`` for kernels whose loops divide and must
+        vectorize (a Python-style division checks its divisor for zero, a branch that keeps
+        the loop scalar).
     """
     if fn is None:
         return functools.partial(kernel, parallel=parallel, inline=inline, slp=slp, nrt=nrt,
-                                 link=link)
+                                 link=link, error_model=error_model)
     options = {} if nrt else {"_nrt": False}
     disp = dated_njit(fastmath=set(FASTMATH) or False, parallel=parallel, inline=inline,
-                      **options)(fn)
+                      error_model=error_model, **options)(fn)
     # ``compile`` is the single entry both for calls from Python (``_compile_for_args``) and
     # for calls from other jitted functions (typing resolves callees through it).
     disp.compile = _with_slp(disp, disp.compile, 1 if slp else 0, link)

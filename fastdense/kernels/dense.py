@@ -83,13 +83,17 @@ def forward(x, w, bias, code, z, y, ws=None):
     bias : ndarray (units,) or (0,)
         An empty array means no bias.
     code : int
-        Activation code from :mod:`fastdense.kernels.activation`.
+        Activation code from :mod:`fastdense.kernels.activation`, of an element-wise
+        activation: softmax, which needs whole rows, is :func:`forward_softmax`'s (see
+        :func:`forward_for`).
     z, y : ndarray (N, units), C-contiguous
         Outputs; ``y`` may be ``z`` itself when ``z`` need not be kept.
     ws : ndarray (workspace_size(in, units, dtype),), optional
         Workspace (packing buffers), kept by the caller across calls so that no call
         allocates; without it the kernel allocates one.
     """
+    if code == act.SOFTMAX:
+        raise ValueError("forward takes element-wise activations; softmax is forward_softmax")
     m, n = z.shape
     if ws is None:
         buf = _layer_ws(w.shape[0], w.shape[1], w)
@@ -104,11 +108,27 @@ def forward(x, w, bias, code, z, y, ws=None):
         else:
             _packed(x, w, z, False, False, EP_BIAS_ACT, bias, code, y, z, 0.0, 0.0, 0.0,
                     act.LINEAR, z[:0], z[:0], z[:0], False, bias[:0], buf)
-    if code == act.SOFTMAX:
-        if m * n < 16384:
-            _softmax_rows_serial(z, y)
-        else:
-            _softmax_rows(z, y)
+
+
+# A kernel of its own, so that the softmax pass is compiled only for the layers that use it: in
+# ``forward`` it was a sixth of the cold compile of a ReLU layer's forward and backprop.
+@kernel
+def forward_softmax(x, w, bias, code, z, y, ws=None):
+    """:func:`forward` for the softmax activation (``code``, unused, is ``act.SOFTMAX``; the
+    same arguments): ``z = x @ w + bias`` by :func:`forward`'s product, then ``y = softmax(z)``
+    over whole rows."""
+    forward(x, w, bias, act.LINEAR, z, y, ws)
+    m, n = z.shape
+    if m * n < 16384:
+        _softmax_rows_serial(z, y)
+    else:
+        _softmax_rows(z, y)
+
+
+def forward_for(code: int):
+    """The forward kernel for activation ``code`` (batches of more than two rows):
+    :func:`forward_softmax` for softmax, :func:`forward` for the others."""
+    return forward_softmax if code == act.SOFTMAX else forward
 
 
 # Batches of one or two (``gemm.uses_rows``) have their own entry points, forward_rows and
@@ -127,20 +147,6 @@ def forward_rows(x, w, bias, code, z, y, ws):
         _softmax_rows_serial(z, y)
 
 
-@kernel(parallel=True)
-def _activation_grad(g, z, y, code, dz):
-    m, n = g.shape
-    if code == act.SOFTMAX:
-        for i in prange(m):
-            act.softmax_row_backward(g[i], y[i], dz[i])
-        return
-    # Blocks of rows: element-wise, so the split changes no result.
-    rows = 16
-    for b in prange((m + rows - 1) // rows):
-        i0 = b * rows
-        dz_rows(g, z, y, code, i0, min(rows, m - i0), 0, n, dz)
-
-
 @kernel
 def _activation_grad_serial(g, z, y, code, dz):
     m, n = g.shape
@@ -148,7 +154,20 @@ def _activation_grad_serial(g, z, y, code, dz):
         for i in range(m):
             act.softmax_row_backward(g[i], y[i], dz[i])
     else:
-        dz_rows(g, z, y, code, 0, m, 0, n, dz)
+        dz_rows(g, z, y, code, 0, m, 0, n, dz, 0, 0)
+
+
+@kernel(parallel=True)
+def _activation_grad(g, z, y, code, dz):
+    # Blocks of rows, each by the serial kernel: row by row, so the split changes no result.
+    # (One parallel loop for softmax and the element-wise activations: each compiles to a
+    # function of its own.)
+    m = g.shape[0]
+    rows = 16
+    for b in prange((m + rows - 1) // rows):
+        i0 = b * rows
+        i1 = min(m, i0 + rows)
+        _activation_grad_serial(g[i0:i1], z[i0:i1], y[i0:i1], code, dz[i0:i1])
 
 
 @kernel(parallel=True)

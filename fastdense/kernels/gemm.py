@@ -205,6 +205,26 @@ NEXT_B_TASKS = 8
 # each (see ``kernel(link=False)``).  With dz_rows unlinked too, a cold compile of a float32
 # forward and backprop took 31.5-32.7 s against 33.8-39.4 s (CPU time, three alternations on a
 # busy host), and no product moved beyond the noise (13 forward and training-step cases).
+# Called from the tile stores and from _phase after the micro-kernels: not linked into each.
+@kernel(nrt=False, link=False, error_model="numpy")
+def _activate_rows(y, i0, rows, j0, ncols, code):
+    """``y = act(y)`` in place on ``y[i0:i0 + rows, j0:j0 + ncols]``, for the element-wise
+    activations other than ReLU and the identity (which the micro-kernels apply as they store).
+
+    In place, one array: a loop from one array into another vectorizes behind a runtime check
+    that the two do not overlap, which fails when they are the same.  tanh has a loop of its
+    own, which vectorizes in float32 (see ``act.tanh``).
+    """
+    for i in range(i0, i0 + rows):
+        yr = y[i, j0:j0 + ncols]
+        if code == act.TANH:
+            for j in range(ncols):
+                yr[j] = act.tanh(yr[j])
+        else:
+            for j in range(ncols):
+                yr[j] = act.apply(code, yr[j])
+
+
 @kernel(nrt=False, link=False)
 def _epilogue_row(acc, o, j0, ep, bias, code, yrow, wrow, lr, l1, l2):
     """Final value of one row segment ``acc`` (length nr) of the product, stored by ``ep``.
@@ -224,17 +244,16 @@ def _epilogue_row(acc, o, j0, ep, bias, code, yrow, wrow, lr, l1, l2):
         else:
             for j in range(nr):
                 o[j] = acc[j]
-        if code == act.LINEAR or code == act.SOFTMAX:
-            # Softmax needs whole rows: applied by a second pass.
-            for j in range(nr):
-                yrow[j] = o[j]
-        elif code == act.RELU:
+        if code == act.RELU:
             for j in range(nr):
                 v = o[j]
                 yrow[j] = v if not v < 0 else zero_of(v)
         else:
+            # (Softmax needs whole rows: applied by a second pass.)
             for j in range(nr):
-                yrow[j] = act.apply(code, o[j])
+                yrow[j] = o[j]
+            if code != act.LINEAR and code != act.SOFTMAX:
+                _activate_rows(yrow.reshape(1, nr), 0, 1, 0, nr, code)
     else:
         sgd_step(wrow[:nr], acc[:nr], lr, l1, l2)
 
@@ -332,7 +351,9 @@ def _ws_len(m, n, k, MR, NR, KC, MC, NC, threads, double_b):
 @register_jitable
 def _per_thread(alen, MR, NR, KC, k):
     """Workspace elements of each thread's own: its A block (``alen``), the MR x NR tile, and
-    the (at most two) edge panels of a B read in place, which each task packs for itself."""
+    the (at most two) edge panels of a B read in place, which each task packs for itself, or
+    else one A panel of a fused activation derivative (``pack_a``'s scratch: ``2 * NR >= MR``
+    in every tile set)."""
     return alen + MR * NR + 2 * NR * min(KC, k)
 
 
@@ -445,8 +466,11 @@ def _phase(phase, t, nthreads, a, b, out, trans_a, trans_b, ep, bias, code, y, w
             r0 = (pm * t) // nthreads
             r1 = (pm * (t + 1)) // nthreads
             if r1 > r0:
+                # (Scratch for a derivative not written to dz: the thread's edge-panel space,
+                # unused before phase 1.)
                 pack_a(a, trans_a, r0 * MR, min(m, r1 * MR) - r0 * MR, pc, kc,
-                       abuf0[r0 * MR * kc:], dcode, z, yd, dz, jc == 0)
+                       abuf0[r0 * MR * kc:], dcode, z, yd, dz, jc == 0,
+                       ws[shared + t * per + alen + MR * NR:shared + (t + 1) * per])
         return
     # Phase 1: task ``i`` is row block ``i // ncol`` (MC rows) times column chunk ``i % ncol``
     # (whole NR panels) of ``out[:, jc:jc + nc]``; it packs its A block (unless shared or read
@@ -469,6 +493,10 @@ def _phase(phase, t, nthreads, a, b, out, trans_a, trans_b, ep, bias, code, y, w
     size = abuf.itemsize
     # Byte strides of a packed A block, ``(panel, step, row)``.
     packed = (MR * kc * size, MR * size, size)
+    # Whether the micro-kernels' bias-and-activation stores (modes 4 and 5) leave the activation
+    # to _activate_rows.
+    post = (ep == EP_BIAS_ACT and code != act.LINEAR and code != act.RELU
+            and code != act.SOFTMAX)
     while True:
         task = fetch_add(ctr, 0, 1)
         if task >= ntasks:
@@ -513,11 +541,13 @@ def _phase(phase, t, nthreads, a, b, out, trans_a, trans_b, ep, bias, code, y, w
                 if full < mc and tail == 0:
                     # The partial last row panel, zero-padded, at its place in ``abuf``.
                     pack_a(a, trans_a, ic + full, mc - full, pc, kc, abuf[full * kc:], dcode, z,
-                           yd, dz, False)
+                           yd, dz, False, ebuf)
             elif not shared_a:
                 # dz (fused activation derivative) is written by the task packing these rows first.
+                # (A derivative not written to dz goes through ``ebuf``: B is then
+                # transposed, never read in place.)
                 pack_a(a, trans_a, ic, mc, pc, kc, abuf, dcode, z, yd, dz,
-                       jc == 0 and cb == 0)
+                       jc == 0 and cb == 0, ebuf)
             # The block's A panels as (panels, kc, rows) views, made once for all its B panels
             # (never 'C' typed, so that one micro-kernel serves all of them): ``nmain`` whole
             # MR-row panels, in place or packed; a zero-padded partial one, packed; the
@@ -580,7 +610,11 @@ def _phase(phase, t, nthreads, a, b, out, trans_a, trans_b, ep, bias, code, y, w
                             if not first:
                                 mode = 6
                                 other = out
-                    elif code == act.LINEAR or code == act.RELU or code == act.SOFTMAX:
+                    else:
+                        # The other activations are applied to the stored tiles right after
+                        # (``post``), while they are in L1: through ``tile`` and _store_tile,
+                        # float32 forward 256 x 784->128 with tanh took 518 against 303 us with
+                        # ReLU (with leaky ReLU 414 us).
                         mode = 4 if first else 5
                 for seg in range(3):
                     if seg == 0:
@@ -610,6 +644,8 @@ def _phase(phase, t, nthreads, a, b, out, trans_a, trans_b, ep, bias, code, y, w
                         else:
                             _half_ukernel(kc, panels[t0:t0 + step], bsrc, bo, bps, tile, target,
                                           i0, j1, smode, lr, bias, other, code == act.RELU)
+                        if post and smode >= 4:
+                            _activate_rows(y, i0, step * h, j1, NR, code)
                         if smode == 0:
                             for run in range(2):
                                 cols = nr2 if run else nr

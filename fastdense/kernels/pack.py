@@ -66,8 +66,9 @@ def _pack_cols8(src, j, p0, kc, dst):
 # Called from A packing and both activation-gradient kernels: not linked into each (see
 # ``gemm._epilogue_row``).
 @kernel(nrt=False, link=False)
-def dz_rows(g, z, y, dcode, i0, mr, p0, kc, dz):
-    """``dz = g * act'(z, y)`` on rows ``i0:i0+mr``, steps ``p0:p0+kc`` (contiguous rows).
+def dz_rows(g, z, y, dcode, i0, mr, p0, kc, dz, di, dp):
+    """``dz = g * act'(z, y)`` on rows ``i0:i0+mr``, steps ``p0:p0+kc`` (contiguous rows),
+    written to ``dz[di:di + mr, dp:dp + kc]``.
 
     The common activations have loops of their own that call
     :func:`fastdense.kernels.activation.derivative` with a constant code, which LLVM folds into
@@ -79,7 +80,7 @@ def dz_rows(g, z, y, dcode, i0, mr, p0, kc, dz):
         gi = g[i, p0:p0 + kc]
         zi = z[i, p0:p0 + kc]
         yi = y[i, p0:p0 + kc]
-        dzi = dz[i, p0:p0 + kc]
+        dzi = dz[di + i - i0, dp:dp + kc]
         if dcode == act.RELU:
             for p in range(kc):
                 dzi[p] = gi[p] * act.derivative(act.RELU, zi[p], yi[p])
@@ -95,11 +96,12 @@ def dz_rows(g, z, y, dcode, i0, mr, p0, kc, dz):
 
 
 @kernel(nrt=False)
-def pack_a(a, trans_a, i0, mr, p0, kc, ap, dcode, z, y, dz, write_dz):
+def pack_a(a, trans_a, i0, mr, p0, kc, ap, dcode, z, y, dz, write_dz, scratch):
     """Pack rows ``i0:i0+mr`` of ``op(a)``, steps ``p0:p0+kc``, into MR-row panels in ``ap``.
 
-    With ``dcode`` not LINEAR, ``a`` is the upstream gradient ``g`` and what is packed is
-    ``g * act'(z, y)`` (also written to ``dz`` when ``write_dz``).
+    With ``dcode`` not LINEAR (``a`` not transposed), ``a`` is the upstream gradient ``g`` and
+    what is packed is ``g * act'(z, y)``, written to ``dz`` when ``write_dz``, otherwise a
+    panel at a time to ``scratch`` (at least ``MR * kc`` elements).
     """
     no_inline()
     MR = _blocking(ap)[0]
@@ -108,7 +110,7 @@ def pack_a(a, trans_a, i0, mr, p0, kc, ap, dcode, z, y, dz, write_dz):
     code = dcode
     if dcode != act.LINEAR and not trans_a and write_dz:
         # dz rows first (contiguous, vectorized), then pack them as a plain operand.
-        dz_rows(a, z, y, dcode, i0, mr, p0, kc, dz)
+        dz_rows(a, z, y, dcode, i0, mr, p0, kc, dz, i0, p0)
         src = dz
         code = act.LINEAR
     for q in range(npan):
@@ -133,24 +135,36 @@ def pack_a(a, trans_a, i0, mr, p0, kc, ap, dcode, z, y, dz, write_dz):
                         d2[p, r] = s2[p, r]
                     for r in range(rows, MR):
                         d2[p, r] = 0
-        elif MR == 8 and rows == 8 and code == act.LINEAR:
-            _pack_rows8(src, i0 + r0, p0, kc, dst)
         else:
-            for r in range(rows):
-                i = i0 + r0 + r
-                sr = src[i, p0:p0 + kc]
-                if code == act.LINEAR:
-                    for p in range(kc):
-                        dst[p * MR + r] = sr[p]
-                else:
-                    zi = z[i, p0:p0 + kc]
-                    yi = y[i, p0:p0 + kc]
-                    if code == act.RELU:
+            s = src
+            si = i0 + r0
+            sp = p0
+            c = code
+            if code != act.LINEAR and code != act.RELU:
+                # The panel's dz rows by dz_rows' loops into L1, then packed as a plain
+                # operand: the derivative of every activation inlined into a loop here was
+                # 0.9 s of the cold compile.  ReLU's, the common case, stays fused below
+                # (cheap to compile; through the scratch, 1-3% slower training steps at 300
+                # rows).
+                s = scratch[:rows * kc].reshape(rows, kc)
+                dz_rows(a, z, y, code, si, rows, p0, kc, s, 0, 0)
+                si = 0
+                sp = 0
+                c = act.LINEAR
+            if MR == 8 and rows == 8 and c == act.LINEAR:
+                _pack_rows8(s, si, sp, kc, dst)
+            else:
+                for r in range(rows):
+                    i = si + r
+                    sr = s[i, sp:sp + kc]
+                    if c == act.LINEAR:
+                        for p in range(kc):
+                            dst[p * MR + r] = sr[p]
+                    else:
+                        zi = z[i, p0:p0 + kc]
+                        yi = y[i, p0:p0 + kc]
                         for p in range(kc):
                             dst[p * MR + r] = sr[p] * act.derivative(act.RELU, zi[p], yi[p])
-                    else:
-                        for p in range(kc):
-                            dst[p * MR + r] = sr[p] * act.derivative(code, zi[p], yi[p])
             for r in range(rows, MR):
                 for p in range(kc):
                     dst[p * MR + r] = 0

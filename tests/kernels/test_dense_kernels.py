@@ -43,7 +43,7 @@ def test_forward_fused_epilogue(name, shape, dtype):
     code = activations.get(name).code
     z = np.full((batch, units), np.nan, dtype)
     y = np.full((batch, units), np.nan, dtype)
-    kd.forward(x, w, b, code, z, y)
+    kd.forward_for(code)(x, w, b, code, z, y)
     zref = _z_reference(x, w, b)
     tol = product_tolerance(x, w, dtype) + 4 * np.finfo(dtype).eps * np.abs(zref)
     assert np.all(np.abs(z - zref) <= tol)
@@ -58,7 +58,7 @@ def test_forward_in_place_and_without_bias(name, dtype):
     x, w, b = _layer(rng, 50, 80, 33, dtype, use_bias=False)
     code = activations.get(name).code
     y = np.empty((50, 33), dtype)
-    kd.forward(x, w, b, code, y, y)
+    kd.forward_for(code)(x, w, b, code, y, y)
     zref = _z_reference(x, w, b)
     tol = LIPSCHITZ * product_tolerance(x, w, dtype) + 8 * np.finfo(dtype).eps
     assert np.all(np.abs(y - reference.act_forward(name, zref)) <= tol)
@@ -104,7 +104,7 @@ def test_backward(name, shape, entry, fuse_sgd, dtype):
     code = activations.get(name).code
     z = np.empty((batch, units), dtype)
     y = np.empty((batch, units), dtype)
-    kd.forward(x, w, b, code, z, y)
+    kd.forward_for(code)(x, w, b, code, z, y)
     g = rng.standard_normal((batch, units)).astype(dtype)
     dz, dw, db, dx = (np.empty_like(g), np.empty_like(w), np.empty_like(b), np.empty_like(x))
     w0, b0 = w.copy(), b.copy()
@@ -156,11 +156,25 @@ def test_backward_without_bias_and_empty_batch(dtype):
         assert np.allclose(dx, dx_ref, rtol=tol, atol=tol)
 
 
+def test_forward_refuses_softmax_which_has_its_own_kernel(dtype):
+    """``forward`` takes element-wise activations only: given softmax it raises instead of
+    returning the linear part, and ``forward_for`` hands out ``forward_softmax`` for it."""
+    rng = np.random.default_rng(2)
+    x, w, b = _layer(rng, 40, 120, 110, dtype)
+    y = np.zeros((40, 110), dtype)
+    with pytest.raises(ValueError, match="forward_softmax"):
+        kd.forward(x, w, b, act.SOFTMAX, y, y)
+    assert kd.forward_for(act.SOFTMAX) is kd.forward_softmax
+    assert kd.forward_for(act.RELU) is kd.forward
+    kd.forward_for(act.SOFTMAX)(x, w, b, act.SOFTMAX, y, y)
+    np.testing.assert_allclose(y.sum(axis=1), 1.0, rtol=100 * np.finfo(dtype).eps)
+
+
 def test_forward_empty_batch(dtype):
     x = np.empty((0, 7), dtype)
     w = np.ones((7, 3), dtype)
     y = np.empty((0, 3), dtype)
-    kd.forward(x, w, np.ones(3, dtype), act.SOFTMAX, y, y)
+    kd.forward_softmax(x, w, np.ones(3, dtype), act.SOFTMAX, y, y)
     assert y.shape == (0, 3)
 
 
@@ -180,7 +194,7 @@ def test_bitwise_identical_for_any_thread_count(name, shape, dtype):
             x, w, b = x0.copy(), w0.copy(), b0.copy()
             z = np.empty((batch, units), dtype)
             y = np.empty((batch, units), dtype)
-            kd.forward(x, w, b, code, z, y)
+            kd.forward_for(code)(x, w, b, code, z, y)
             dz, dw, db, dx = (np.empty_like(g), np.empty_like(w), np.empty_like(b),
                               np.empty_like(x))
             kd.backward(x, w, b, z, y, g, code, dz, dw, db, dx, 0.0, 0.0, 0.0, 0.0, 0.0, False)
@@ -239,10 +253,10 @@ def test_workspace_gives_same_bits(name, shape, dtype):
         g = np.random.default_rng(6).standard_normal((batch, units)).astype(dtype)
         dz, dw, db, dx = (np.empty_like(g), np.empty_like(w), np.empty_like(b), np.empty_like(x))
         if ws is None:
-            kd.forward(x, w, b, code, z, y)
+            kd.forward_for(code)(x, w, b, code, z, y)
             kd.backward(x, w, b, z, y, g, code, dz, dw, db, dx, 0.01, 0.0, 0.0, 0.0, 0.0, True)
         else:
-            kd.forward(x, w, b, code, z, y, ws)
+            kd.forward_for(code)(x, w, b, code, z, y, ws)
             kd.backward(x, w, b, z, y, g, code, dz, dw, db, dx, 0.01, 0.0, 0.0, 0.0, 0.0, True,
                         ws)
         outs.append((y, dx, db, w))
@@ -264,7 +278,7 @@ def test_row_entry_points_match_the_general_ones(name, shape, dtype):
     before = numba.get_num_threads()
     results = []
     try:
-        for threads, forward, backward in ((1, kd.forward, kd.backward),
+        for threads, forward, backward in ((1, kd.forward_for(code), kd.backward),
                                            (1, kd.forward_rows, kd.backward_rows),
                                            (numba.config.NUMBA_NUM_THREADS, kd.forward_rows,
                                             kd.backward_rows)):
@@ -304,7 +318,7 @@ def test_fused_sgd_gives_the_bits_of_gradient_then_update(name, batch, n_in, dty
     x, w0, b0 = _layer(rng, batch, n_in, units, dtype)
     g = rng.standard_normal((batch, units)).astype(dtype)
     z, y = np.empty((batch, units), dtype), np.empty((batch, units), dtype)
-    kd.forward(x, w0, b0, code, z, y)
+    kd.forward_for(code)(x, w0, b0, code, z, y)
     dz, dw, db, dx = (np.empty_like(g), np.empty_like(w0), np.empty_like(b0), np.empty_like(x))
     kd.backward(x, w0, b0, z, y, g, code, dz, dw, db, dx, 0.0, 0.0, 0.0, 0.0, 0.0, False)
     lr = 0.037

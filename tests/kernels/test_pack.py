@@ -46,7 +46,7 @@ def test_dz_rows_matches_the_generic_derivative(dtype, code):
     want = np.empty_like(g)
     _generic(g, z, y, code, want)
     got = np.full_like(g, 7.0)
-    dz_rows(g, z, y, code, 0, g.shape[0], 0, g.shape[1], got)
+    dz_rows(g, z, y, code, 0, g.shape[0], 0, g.shape[1], got, 0, 0)
     _same_bits(got, want)
 
 
@@ -56,7 +56,18 @@ def test_dz_rows_writes_only_its_block(dtype, code):
     want = np.full_like(g, 7.0)
     _generic(g[5:20, 8:40], z[5:20, 8:40], y[5:20, 8:40], code, want[5:20, 8:40])
     got = np.full_like(g, 7.0)
-    dz_rows(g, z, y, code, 5, 15, 8, 32, got)
+    dz_rows(g, z, y, code, 5, 15, 8, 32, got, 5, 8)
+    _same_bits(got, want)
+
+
+@pytest.mark.parametrize("code", CODES)
+def test_dz_rows_writes_a_block_elsewhere(dtype, code):
+    """A block of rows and steps written at another place of ``dz`` (a panel's scratch)."""
+    g, z, y = _inputs(dtype, code)
+    want = np.full((20, 40), 7.0, dtype)
+    _generic(g[5:20, 8:40], z[5:20, 8:40], y[5:20, 8:40], code, want[2:17, 1:33])
+    got = np.full((20, 40), 7.0, dtype)
+    dz_rows(g, z, y, code, 5, 15, 8, 32, got, 2, 1)
     _same_bits(got, want)
 
 

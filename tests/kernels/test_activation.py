@@ -1,0 +1,58 @@
+"""The scalar activation kernels: float32 tanh against float64 truth."""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+import pytest
+
+from fastdense.kernels import activation as act
+
+
+@numba.njit(error_model="numpy")
+def _tanh_all(z, out):
+    for j in range(z.shape[0]):
+        out[j] = act.tanh(z[j])
+
+
+def _float32_inputs():
+    rng = np.random.default_rng(0)
+    edges = np.array([act.TANH_SMALL, act.TANH_ONE, 8.66, 1e-4, 2.0 ** -12], np.float32)
+    near = np.concatenate([np.nextafter(edges, np.float32(0)), edges,
+                           np.nextafter(edges, np.float32(np.inf))])
+    z = np.concatenate([rng.standard_normal(200_000).astype(np.float32) * 3,
+                        np.linspace(-12, 12, 200_001, dtype=np.float32),
+                        rng.standard_normal(20_000).astype(np.float32) * 1e-3, near, -near])
+    return z
+
+
+def test_float32_tanh_is_correctly_rounded_within_half_an_ulp():
+    """At most 0.5000002 ulp was measured over 4 million values; 0.5 + 1e-5 leaves room only
+    for the approximations' own error (a formula one term short fails)."""
+    z = _float32_inputs()
+    y = np.empty_like(z)
+    _tanh_all(z, y)
+    truth = np.tanh(z.astype(np.float64))
+    spacing = np.spacing(np.abs(truth).astype(np.float32)).astype(np.float64)
+    ulps = np.abs(y.astype(np.float64) - truth) / spacing
+    assert ulps.max() <= 0.5 + 1e-5, (ulps.max(), z[ulps.argmax()])
+
+
+def test_float32_tanh_special_values():
+    z = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, 1e-45, -1e-45, 1e-30, 20.0, -20.0],
+                 np.float32)
+    y = np.empty_like(z)
+    _tanh_all(z, y)
+    np.testing.assert_array_equal(y[:4], [0.0, -0.0, 1.0, -1.0])
+    assert np.signbit(y[1]) and not np.signbit(y[0])
+    assert np.isnan(y[4])
+    np.testing.assert_array_equal(y[5:], [*z[5:8].tolist(), 1.0, -1.0])
+
+
+@pytest.mark.parametrize("z", [0.0, -0.0, 1e-300, 0.3, -0.7, 5.0, 40.0, np.inf, -np.inf])
+def test_float64_tanh_is_libm(z):
+    y = np.empty(1)
+    _tanh_all(np.array([z]), y)
+    assert y[0] == math.tanh(z) and np.signbit(y[0]) == np.signbit(math.tanh(z))
