@@ -42,13 +42,68 @@ NEEDS_Z = frozenset({GELU, LEAKY_RELU, ELU, SELU, SWISH, SOFTPLUS})
 
 
 @dated_njit(inline="always")
-def sigmoid(z):
+def _sigmoid_libm(z):
     """The logistic function, without overflow for any z."""
     # Two branches so that exp never overflows; NaN takes the second branch and stays NaN.
     if z >= 0:
         return 1.0 / (1.0 + math.exp(-z))
     e = math.exp(z)
     return e / (1.0 + e)
+
+
+# float32 sigmoid, evaluated in float64 (see :func:`sigmoid`): 1 / (1 + e^t), t = -x clamped to
+# +-SIGMOID_FAR (past which the float32 result is 0 or 1; e^t stays far inside float64's
+# range), e^t = (e^(t / 128))^128 and e^s by its Taylor series to s^15 (|s| <= 0.86:
+# truncation under 1e-13, times 128 by the squarings), far below float32's half ulp.
+SIGMOID_FAR = 110.0
+_EXP_TAYLOR_16 = tuple(1.0 / math.factorial(k) for k in range(16))
+
+
+@dated_njit(inline="always", error_model="numpy")
+def _sigmoid_float32(z):
+    """sigmoid of a float32 ``z`` as float64 arithmetic that vectorizes (no libm call, no
+    branch); NaN stays NaN."""
+    t = -np.float64(z)
+    t = SIGMOID_FAR if t > SIGMOID_FAR else t
+    t = -SIGMOID_FAR if t < -SIGMOID_FAR else t
+    s = t * (1.0 / 128.0)
+    e = _EXP_TAYLOR_16
+    q = fma(e[15], s, e[14])
+    q = fma(q, s, e[13])
+    q = fma(q, s, e[12])
+    q = fma(q, s, e[11])
+    q = fma(q, s, e[10])
+    q = fma(q, s, e[9])
+    q = fma(q, s, e[8])
+    q = fma(q, s, e[7])
+    q = fma(q, s, e[6])
+    q = fma(q, s, e[5])
+    q = fma(q, s, e[4])
+    q = fma(q, s, e[3])
+    q = fma(q, s, e[2])
+    q = fma(q, s, e[1])
+    q = fma(q, s, e[0])
+    q = q * q
+    q = q * q
+    q = q * q
+    q = q * q
+    q = q * q
+    q = q * q
+    q = q * q
+    return 1.0 / (1.0 + q)
+
+
+def sigmoid(z):
+    """The logistic function of a float scalar, without overflow for any ``z``:
+    :func:`_sigmoid_float32` for float32 (C's ``expf`` is scalar), two branches on
+    ``math.exp`` for float64."""
+
+
+@overload(sigmoid, jit_options={"cache": True})
+def _sigmoid_ol(z):
+    if isinstance(z, types.Float) and z.bitwidth == 32:
+        return lambda z: _sigmoid_float32(z)
+    return lambda z: _sigmoid_libm(z)
 
 
 # float32 tanh, evaluated in float64 (see :func:`tanh`).  Below TANH_SMALL, the odd Taylor series

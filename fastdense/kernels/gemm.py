@@ -213,13 +213,17 @@ def _activate_rows(y, i0, rows, j0, ncols, code):
 
     In place, one array: a loop from one array into another vectorizes behind a runtime check
     that the two do not overlap, which fails when they are the same.  tanh has a loop of its
-    own, which vectorizes in float32 (see ``act.tanh``).
+    own, and so has the sigmoid, which both vectorize in float32 (see ``act.tanh`` and
+    ``act.sigmoid``).
     """
     for i in range(i0, i0 + rows):
         yr = y[i, j0:j0 + ncols]
         if code == act.TANH:
             for j in range(ncols):
                 yr[j] = act.tanh(yr[j])
+        elif code == act.SIGMOID:
+            for j in range(ncols):
+                yr[j] = act.sigmoid(yr[j])
         else:
             for j in range(ncols):
                 yr[j] = act.apply(code, yr[j])
