@@ -51,12 +51,29 @@ def _sigmoid_libm(z):
     return e / (1.0 + e)
 
 
+# e^t in float64 arithmetic that vectorizes (no libm call): (e^(t / 2^k))^(2^k), and e^s by its
+# Taylor series to s^15, whose truncation is under 1e-13 of the value for |s| <= 0.86 (times 2^k
+# by the squarings): far below float32's half ulp (3e-8) for the float32 activations below.
+_EXP_TAYLOR = tuple(1.0 / math.factorial(k) for k in range(16))
+
+
+@dated_njit(inline="always")
+def _exp_scaled(t, k):
+    """``e^t`` for ``|t| <= 0.86 * 2^k`` (float64), ``k`` a constant."""
+    s = t * 0.5 ** k
+    e = _EXP_TAYLOR
+    q = fma(e[15], s, e[14])
+    for i in range(13, -1, -1):
+        q = fma(q, s, e[i])
+    for _ in range(k):
+        q = q * q
+    return q
+
+
 # float32 sigmoid, evaluated in float64 (see :func:`sigmoid`): 1 / (1 + e^t), t = -x clamped to
 # +-SIGMOID_FAR (past which the float32 result is 0 or 1; e^t stays far inside float64's
-# range), e^t = (e^(t / 128))^128 and e^s by its Taylor series to s^15 (|s| <= 0.86:
-# truncation under 1e-13, times 128 by the squarings), far below float32's half ulp.
+# range), by ``_exp_scaled(t, 7)``.
 SIGMOID_FAR = 110.0
-_EXP_TAYLOR_16 = tuple(1.0 / math.factorial(k) for k in range(16))
 
 
 @dated_njit(inline="always", error_model="numpy")
@@ -66,31 +83,7 @@ def _sigmoid_float32(z):
     t = -np.float64(z)
     t = SIGMOID_FAR if t > SIGMOID_FAR else t
     t = -SIGMOID_FAR if t < -SIGMOID_FAR else t
-    s = t * (1.0 / 128.0)
-    e = _EXP_TAYLOR_16
-    q = fma(e[15], s, e[14])
-    q = fma(q, s, e[13])
-    q = fma(q, s, e[12])
-    q = fma(q, s, e[11])
-    q = fma(q, s, e[10])
-    q = fma(q, s, e[9])
-    q = fma(q, s, e[8])
-    q = fma(q, s, e[7])
-    q = fma(q, s, e[6])
-    q = fma(q, s, e[5])
-    q = fma(q, s, e[4])
-    q = fma(q, s, e[3])
-    q = fma(q, s, e[2])
-    q = fma(q, s, e[1])
-    q = fma(q, s, e[0])
-    q = q * q
-    q = q * q
-    q = q * q
-    q = q * q
-    q = q * q
-    q = q * q
-    q = q * q
-    return 1.0 / (1.0 + q)
+    return 1.0 / (1.0 + _exp_scaled(t, 7))
 
 
 def sigmoid(z):
@@ -108,15 +101,13 @@ def _sigmoid_ol(z):
 
 # float32 tanh, evaluated in float64 (see :func:`tanh`).  Below TANH_SMALL, the odd Taylor series
 # x * (1 + x^2 P(x^2)) to x^15: its first omitted term is under 5e-12 of the value there.
-# From TANH_SMALL, 1 - 2 / (e^2a + 1) with e^2a = (e^(2a / 32))^32 and e^s by its Taylor
-# series to s^12 (s <= 0.57: truncation under 2e-13, times 32 by the squarings), a = |x| at
-# most TANH_ONE, past which tanh rounds to 1 in float32.  Either error is far below float32's
-# half ulp (3e-8), so the one rounding to float32 decides the result.
+# From TANH_SMALL, 1 - 2 / (e^2a + 1) with e^2a by ``_exp_scaled(2a, 5)``, a = |x| at most
+# TANH_ONE, past which tanh rounds to 1 in float32.  Either error is far below float32's half
+# ulp (3e-8), so the one rounding to float32 decides the result.
 TANH_SMALL = 0.3125
 TANH_ONE = 9.1
 _TANH_TAYLOR = (1.0, -1.0 / 3.0, 2.0 / 15.0, -17.0 / 315.0, 62.0 / 2835.0, -1382.0 / 155925.0,
                 21844.0 / 6081075.0, -929569.0 / 638512875.0)
-_EXP_TAYLOR = tuple(1.0 / math.factorial(k) for k in range(13))
 
 
 @dated_njit(inline="always", error_model="numpy")
@@ -136,25 +127,7 @@ def _tanh_float32(z):
     p = fma(p, x2, t[2])
     p = fma(p, x2, t[1])
     small = fma(x * x2, p, x)
-    e = _EXP_TAYLOR
-    s = (a if a < TANH_ONE else TANH_ONE) * (2.0 / 32.0)
-    q = fma(e[12], s, e[11])
-    q = fma(q, s, e[10])
-    q = fma(q, s, e[9])
-    q = fma(q, s, e[8])
-    q = fma(q, s, e[7])
-    q = fma(q, s, e[6])
-    q = fma(q, s, e[5])
-    q = fma(q, s, e[4])
-    q = fma(q, s, e[3])
-    q = fma(q, s, e[2])
-    q = fma(q, s, e[1])
-    q = fma(q, s, e[0])
-    q = q * q
-    q = q * q
-    q = q * q
-    q = q * q
-    q = q * q
+    q = _exp_scaled(2.0 * (a if a < TANH_ONE else TANH_ONE), 5)
     big = 1.0 - 2.0 / (q + 1.0)
     big = big if x >= 0 else -big
     r = small if a < TANH_SMALL else big
