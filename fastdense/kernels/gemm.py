@@ -201,11 +201,7 @@ PIPELINE_BLOCKS = 2
 NEXT_B_TASKS = 8
 
 
-# Called from four kernels (tile stores, small products, the batch-1 rows): not linked into
-# each (see ``kernel(link=False)``).  With dz_rows unlinked too, a cold compile of a float32
-# forward and backprop took 31.5-32.7 s against 33.8-39.4 s (CPU time, three alternations on a
-# busy host), and no product moved beyond the noise (13 forward and training-step cases).
-# Called from the tile stores and from _phase after the micro-kernels: not linked into each.
+# Called from _epilogue_row and from _phase after the micro-kernels: not linked into either.
 @kernel(nrt=False, link=False, error_model="numpy")
 def _activate_rows(y, i0, rows, j0, ncols, code):
     """``y = act(y)`` in place on ``y[i0:i0 + rows, j0:j0 + ncols]``, for the element-wise
@@ -229,6 +225,10 @@ def _activate_rows(y, i0, rows, j0, ncols, code):
                 yr[j] = act.apply(code, yr[j])
 
 
+# Called from four kernels (tile stores, small products, the batch-1 rows): not linked into
+# each (see ``kernel(link=False)``).  With dz_rows unlinked too, a cold compile of a float32
+# forward and backprop took 31.5-32.7 s against 33.8-39.4 s (CPU time, three alternations on a
+# busy host), and no product moved beyond the noise (13 forward and training-step cases).
 @kernel(nrt=False, link=False)
 def _epilogue_row(acc, o, j0, ep, bias, code, yrow, wrow, lr, l1, l2):
     """Final value of one row segment ``acc`` (length nr) of the product, stored by ``ep``.
