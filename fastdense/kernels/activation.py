@@ -70,9 +70,10 @@ def _exp_scaled(t, k):
     return q
 
 
-# float32 sigmoid, evaluated in float64 (see :func:`sigmoid`): 1 / (1 + e^t), t = -x clamped to
-# +-SIGMOID_FAR (past which the float32 result is 0 or 1; e^t stays far inside float64's
-# range), by ``_exp_scaled(t, 7)``.
+# float32 sigmoid, evaluated in float64 (see :func:`sigmoid`): 1 / (1 + e^t), t = -x, by
+# ``_exp_scaled(t, 7)`` on t clamped to +-SIGMOID_FAR (e^t stays far inside float64's range).
+# Past it the result is exactly 0 or 1, as the float32 result rounds there and as the C
+# library's gives for infinities (so that swish'(-inf) is -inf * 0 = NaN, not -inf).
 SIGMOID_FAR = 110.0
 
 
@@ -81,9 +82,12 @@ def _sigmoid_float32(z):
     """sigmoid of a float32 ``z`` as float64 arithmetic that vectorizes (no libm call, no
     branch); NaN stays NaN."""
     t = -np.float64(z)
-    t = SIGMOID_FAR if t > SIGMOID_FAR else t
-    t = -SIGMOID_FAR if t < -SIGMOID_FAR else t
-    return 1.0 / (1.0 + _exp_scaled(t, 7))
+    c = SIGMOID_FAR if t > SIGMOID_FAR else t
+    c = -SIGMOID_FAR if c < -SIGMOID_FAR else c
+    r = 1.0 / (1.0 + _exp_scaled(c, 7))
+    r = 0.0 if t > SIGMOID_FAR else r
+    r = 1.0 if t < -SIGMOID_FAR else r
+    return r
 
 
 def sigmoid(z):

@@ -65,7 +65,7 @@ def _pack_cols8(src, j, p0, kc, dst):
 
 # Called from A packing and both activation-gradient kernels: not linked into each (see
 # ``gemm._epilogue_row``).
-@kernel(nrt=False, link=False)
+@kernel(nrt=False, link=False, error_model="numpy")
 def dz_rows(g, z, y, dcode, i0, mr, p0, kc, dz, di, dp):
     """``dz = g * act'(z, y)`` on rows ``i0:i0+mr``, steps ``p0:p0+kc`` (contiguous rows),
     written to ``dz[di:di + mr, dp:dp + kc]``.
@@ -90,6 +90,10 @@ def dz_rows(g, z, y, dcode, i0, mr, p0, kc, dz, di, dp):
         elif dcode == act.SIGMOID:
             for p in range(kc):
                 dzi[p] = gi[p] * act.derivative(act.SIGMOID, zi[p], yi[p])
+        elif dcode == act.SWISH:
+            # (Vectorizes in float32 through ``act.sigmoid``.)
+            for p in range(kc):
+                dzi[p] = gi[p] * act.derivative(act.SWISH, zi[p], yi[p])
         else:
             for p in range(kc):
                 dzi[p] = gi[p] * act.derivative(dcode, zi[p], yi[p])

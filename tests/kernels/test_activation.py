@@ -96,6 +96,19 @@ def test_float32_sigmoid_special_values():
     assert np.isnan(y[4])
 
 
+@numba.njit
+def _sigmoid_f64_of_f32(z):
+    return act.sigmoid(z)
+
+
+def test_float32_sigmoid_is_exactly_0_and_1_far_out():
+    """Exactly 0 and 1 (in float64, before the float32 rounding) past SIGMOID_FAR and at the
+    infinities, as the C library's formula gives, so that products with them behave alike."""
+    far = act.SIGMOID_FAR
+    for z, want in ((-np.inf, 0.0), (np.inf, 1.0), (-far - 1, 0.0), (far + 1, 1.0)):
+        assert _sigmoid_f64_of_f32(np.float32(z)) == want
+
+
 @pytest.mark.parametrize("z", [0.0, 1e-300, 0.3, -0.7, 5.0, -40.0, 800.0, -800.0])
 def test_float64_sigmoid_is_the_two_branch_formula(z):
     y = np.empty(1)

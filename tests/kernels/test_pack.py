@@ -17,7 +17,9 @@ from fastdense.kernels.pack import dz_rows, pack_b, pack_b_rows
 CODES = [c for c in range(act.SOFTPLUS + 1) if c not in (act.LINEAR, act.SOFTMAX)]
 
 
-@njit(cache=True)
+# Not cached: Numba would date a cached copy by this file alone, and keep the formulas of
+# ``act.derivative`` from before an edit of the package.
+@njit
 def _generic(g, z, y, code, dz):
     for i in range(g.shape[0]):
         for j in range(g.shape[1]):
