@@ -455,6 +455,11 @@ def _phase(phase, t, nthreads, a, b, out, trans_a, trans_b, ep, bias, code, y, w
     per = _per_thread(alen, MR, NR, KC, k)
     bbuf = ws[_CTR + cur * blen:_CTR + (cur + 1) * blen]
     abuf0 = ws[shared:shared + alen]
+    # This thread's own workspace: its A block, the tile, and the edge panels of a B read in
+    # place (or pack_a's scratch for a derivative not written to dz, see _per_thread).
+    buf = ws[shared + t * per:shared + (t + 1) * per]
+    tile = buf[alen:alen + MR * NR]
+    ebuf = buf[alen + MR * NR:]
     whole, npan = _b_panels(nc, NR, direct_b, shift)
     if phase == 0:
         if own_b or direct_b:
@@ -473,21 +478,16 @@ def _phase(phase, t, nthreads, a, b, out, trans_a, trans_b, ep, bias, code, y, w
             r0 = (pm * t) // nthreads
             r1 = (pm * (t + 1)) // nthreads
             if r1 > r0:
-                # (Scratch for a derivative not written to dz: the thread's edge-panel space,
-                # unused before phase 1.)
+                # (``ebuf`` is unused before phase 1.)
                 pack_a(a, trans_a, r0 * MR, min(m, r1 * MR) - r0 * MR, pc, kc,
-                       abuf0[r0 * MR * kc:], dcode, z, yd, dz, jc == 0,
-                       ws[shared + t * per + alen + MR * NR:shared + (t + 1) * per])
+                       abuf0[r0 * MR * kc:], dcode, z, yd, dz, jc == 0, ebuf)
         return
     # Phase 1: task ``i`` is row block ``i // ncol`` (MC rows) times column chunk ``i % ncol``
     # (whole NR panels) of ``out[:, jc:jc + nc]``; it packs its A block (unless shared or read
     # in place) and multiplies it by the B block.  Threads take tasks from the counter as they
     # become free, so a core slowed down by another process does less of the work (results
     # do not depend on who does what).
-    buf = ws[shared + t * per:shared + (t + 1) * per]
     abuf = abuf0 if shared_a else buf[:alen]
-    tile = buf[alen:alen + MR * NR]
-    ebuf = buf[alen + MR * NR:]
     # Columns before B's first line boundary (read in place): the first run of edge panel 0.
     head = min(shift, nc)
     first = pc == 0
