@@ -117,6 +117,9 @@ def pack_a(a, trans_a, i0, mr, p0, kc, ap, dcode, z, y, dz, write_dz, scratch):
         dz_rows(a, z, y, dcode, i0, mr, p0, kc, dz, i0, p0)
         src = dz
         code = act.LINEAR
+    # ReLU's derivative stays fused into the packing loop below; the other activations' go
+    # through ``scratch`` (see there).
+    relu = code == act.RELU
     for q in range(npan):
         r0 = q * MR
         rows = min(MR, mr - r0)
@@ -143,8 +146,7 @@ def pack_a(a, trans_a, i0, mr, p0, kc, ap, dcode, z, y, dz, write_dz, scratch):
             s = src
             si = i0 + r0
             sp = p0
-            c = code
-            if code != act.LINEAR and code != act.RELU:
+            if code != act.LINEAR and not relu:
                 # The panel's dz rows by dz_rows' loops into L1, then packed as a plain
                 # operand: the derivative of every activation inlined into a loop here was
                 # 0.9 s of the cold compile.  ReLU's, the common case, stays fused below
@@ -154,21 +156,20 @@ def pack_a(a, trans_a, i0, mr, p0, kc, ap, dcode, z, y, dz, write_dz, scratch):
                 dz_rows(a, z, y, code, si, rows, p0, kc, s, 0, 0)
                 si = 0
                 sp = 0
-                c = act.LINEAR
-            if MR == 8 and rows == 8 and c == act.LINEAR:
+            if MR == 8 and rows == 8 and not relu:
                 _pack_rows8(s, si, sp, kc, dst)
             else:
                 for r in range(rows):
                     i = si + r
                     sr = s[i, sp:sp + kc]
-                    if c == act.LINEAR:
-                        for p in range(kc):
-                            dst[p * MR + r] = sr[p]
-                    else:
+                    if relu:
                         zi = z[i, p0:p0 + kc]
                         yi = y[i, p0:p0 + kc]
                         for p in range(kc):
                             dst[p * MR + r] = sr[p] * act.derivative(act.RELU, zi[p], yi[p])
+                    else:
+                        for p in range(kc):
+                            dst[p * MR + r] = sr[p]
             for r in range(rows, MR):
                 for p in range(kc):
                     dst[p * MR + r] = 0
