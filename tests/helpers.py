@@ -1,10 +1,12 @@
-"""Builders shared by the layer tests: matched fastdense / NumPy-reference pairs."""
+"""Builders shared by the tests: matched fastdense / NumPy-reference pairs, arrays placed
+within cache lines."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from fastdense import Dense
+from fastdense.kernels.memory import CACHE_LINE, aligned_empty_2d
 from fastdense.reference import NumpyDense
 from tests.bounds import gamma, matmul_bound, unit_roundoff
 
@@ -16,6 +18,14 @@ ACTIVATIONS = ["linear", "relu", "sigmoid", "tanh", "softmax", "gelu", "leaky_re
 LIPSCHITZ = {"linear": 1.0, "relu": 1.0, "sigmoid": 0.25, "tanh": 1.0, "softmax": 2.0,
              "gelu": 1.13, "leaky_relu": 1.0, "elu": 1.0, "selu": 1.76, "swish": 1.1,
              "softplus": 1.0}
+
+
+def placed(values, offset):
+    """A copy of the 2-D ``values`` whose data start ``offset`` bytes past a cache line."""
+    raw = aligned_empty_2d(1, values.nbytes + CACHE_LINE, np.empty(0, np.uint8))[0]
+    out = raw[offset:offset + values.nbytes].view(values.dtype).reshape(values.shape)
+    out[...] = values
+    return out
 
 
 class Plain:

@@ -8,6 +8,7 @@ import pytest
 import fastdense as fd
 from fastdense import _aligned
 from tests.bounds import matmul_bound
+from tests.helpers import placed
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -85,14 +86,12 @@ def test_outputs_of_few_rows_lie_in_phase_with_b(dtype, offset):
     output where B (the kernel) starts within its cache line, with the bits of a B on a line;
     more rows get an output on a line (from _aligned.OUTPUT_BYTES)."""
     from fastdense.kernels.gemm import DIRECT_SKINNY_ROWS
-    from fastdense.kernels.memory import CACHE_LINE, aligned_empty_2d
+    from fastdense.kernels.memory import CACHE_LINE
 
     rng = np.random.default_rng(4)
     k, n = 300, 160
     kernel = (rng.standard_normal((k, n)) / np.sqrt(k)).astype(dtype)
-    raw = aligned_empty_2d(1, kernel.nbytes + CACHE_LINE, np.empty(0, np.uint8))[0]
-    placed = raw[offset:offset + kernel.nbytes].view(dtype).reshape(k, n)
-    placed[...] = kernel
+    off_line = placed(kernel, offset)
     on_line = _aligned.copy(kernel, dtype)
     bias = rng.standard_normal(n).astype(dtype)
     for rows in (DIRECT_SKINNY_ROWS, DIRECT_SKINNY_ROWS + 1):
@@ -100,8 +99,8 @@ def test_outputs_of_few_rows_lie_in_phase_with_b(dtype, offset):
         assert _aligned.aligns_output((rows, n), x.itemsize)
         assert _aligned.reads_b_in_place(rows, n, k) == (rows <= DIRECT_SKINNY_ROWS)
         phase = offset if rows <= DIRECT_SKINNY_ROWS else 0
-        c = fd.matmul(x, placed)
-        y = fd.linear(x, placed, bias, "relu")
+        c = fd.matmul(x, off_line)
+        y = fd.linear(x, off_line, bias, "relu")
         assert c.ctypes.data % CACHE_LINE == phase and y.ctypes.data % CACHE_LINE == phase
         np.testing.assert_array_equal(c, fd.matmul(x, on_line))
         np.testing.assert_array_equal(y, fd.linear(x, on_line, bias, "relu"))

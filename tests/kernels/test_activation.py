@@ -17,6 +17,13 @@ def _tanh_all(z, out):
         out[j] = act.tanh(z[j])
 
 
+def _ulps(y, truth):
+    """Distances of the float32 results ``y`` from the float64 ``truth``, in float32 ulps at
+    the truth."""
+    spacing = np.spacing(np.abs(truth).astype(np.float32)).astype(np.float64)
+    return np.abs(y.astype(np.float64) - truth) / spacing
+
+
 def _float32_inputs():
     rng = np.random.default_rng(0)
     edges = np.array([act.TANH_SMALL, act.TANH_ONE, 8.66, 1e-4, 2.0 ** -12], np.float32)
@@ -34,9 +41,7 @@ def test_float32_tanh_is_correctly_rounded_within_half_an_ulp():
     z = _float32_inputs()
     y = np.empty_like(z)
     _tanh_all(z, y)
-    truth = np.tanh(z.astype(np.float64))
-    spacing = np.spacing(np.abs(truth).astype(np.float32)).astype(np.float64)
-    ulps = np.abs(y.astype(np.float64) - truth) / spacing
+    ulps = _ulps(y, np.tanh(z.astype(np.float64)))
     assert ulps.max() <= 0.5 + 1e-5, (ulps.max(), z[ulps.argmax()])
 
 
@@ -82,8 +87,7 @@ def test_float32_sigmoid_is_correctly_rounded():
     _sigmoid_all(z, y)
     truth = _sigmoid_truth(z)
     normal = truth >= np.finfo(np.float32).tiny
-    spacing = np.spacing(truth[normal].astype(np.float32)).astype(np.float64)
-    ulps = np.abs(y[normal].astype(np.float64) - truth[normal]) / spacing
+    ulps = _ulps(y[normal], truth[normal])
     assert ulps.max() <= 0.5 + 1e-5, (ulps.max(), z[normal][ulps.argmax()])
     np.testing.assert_array_equal(y[~normal], truth[~normal].astype(np.float32))
 

@@ -29,7 +29,8 @@ from fastdense.kernels.gemm import (
     vector_block_rows,
     workspace_size,
 )
-from fastdense.kernels.memory import CACHE_LINE, aligned_empty_2d
+from fastdense.kernels.memory import CACHE_LINE
+from tests.helpers import placed
 from tests.kernels.conftest import product_tolerance
 
 # The tiles of this machine's tile set (``_tiles``); test_tiles.py runs the other set.
@@ -207,15 +208,7 @@ def test_bitwise_identical_for_any_thread_count(shape, trans, dtype):
     assert all(np.array_equal(results[0], r) for r in results[1:])
 
 
-def _placed(values, offset):
-    """A copy of the 2-D ``values`` whose data start ``offset`` bytes past a cache line."""
-    raw = aligned_empty_2d(1, values.nbytes + CACHE_LINE, np.empty(0, np.uint8))[0]
-    placed = raw[offset:offset + values.nbytes].view(values.dtype).reshape(values.shape)
-    placed[...] = values
-    return placed
-
-
-def _assert_same_bits_wherever_placed(a, b, place_out):
+def _assert_same_bits_whereverplaced(a, b, place_out):
     """``a @ b`` by gemm with B on a cache line and 8, 16 and 48 bytes past one (and the output
     as far past one with ``place_out``, else where NumPy puts it), on one thread and on all:
     the same bits every time, within the reference's bound."""
@@ -228,8 +221,8 @@ def _assert_same_bits_wherever_placed(a, b, place_out):
             for offset in (0, 8, 16, 48):
                 out = np.full((m, n), np.nan, a.dtype)
                 if place_out:
-                    out = _placed(out, offset)
-                gemm(a, _placed(b, offset), out, False, False)
+                    out = placed(out, offset)
+                gemm(a, placed(b, offset), out, False, False)
                 results.append(out)
     finally:
         numba.set_num_threads(before)
@@ -251,7 +244,7 @@ def test_same_bits_wherever_b_lies(shape, dtype):
     rng = np.random.default_rng(8)
     a, b = _operands(rng, m, n, k, False, False, dtype)
     assert b.nbytes <= DIRECT_F64_B_BYTES and m <= DIRECT_SKINNY_ROWS
-    _assert_same_bits_wherever_placed(a, b, place_out=False)
+    _assert_same_bits_whereverplaced(a, b, place_out=False)
 
 
 # Rows of whole cache lines (n a multiple of 16), so that a B read in place at the output's
@@ -269,7 +262,7 @@ def test_same_bits_with_b_and_out_in_one_phase(shape, dtype):
     rng = np.random.default_rng(9)
     a, b = _operands(rng, m, n, k, False, False, dtype)
     assert m <= DIRECT_SKINNY_ROWS and (n * b.itemsize) % CACHE_LINE == 0
-    _assert_same_bits_wherever_placed(a, b, place_out=True)
+    _assert_same_bits_whereverplaced(a, b, place_out=True)
 
 
 @pytest.mark.parametrize("shape", [(300, 200, 600), (16, 2000, 300), (2, 300, 300),
