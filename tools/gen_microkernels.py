@@ -37,8 +37,9 @@ HALF_KERNELS = (
     ("ukernel_4x16", 4, 16, "float32"),
     ("ukernel_4x8", 4, 8, "float64"),
 )
-# (name, strip width, dtype): vector-matrix strips of 8 zmm accumulators.
-ROW_KERNELS = (("strip_128", 128, "float32"), ("strip_64", 64, "float64"))
+# (name, strip width): vector-matrix strips, for either dtype: 8 zmm accumulators at 128
+# float32 or 64 float64 columns, and strips of half that width for the columns left over.
+ROW_KERNELS = (("strip_128", 128), ("strip_64", 64), ("strip_32", 32))
 # Dot products of one vector with DOT_ROWS rows at once, each in DOT_LANES interleaved chains.
 DOT_ROWS, DOT_LANES = 4, 16
 
@@ -222,16 +223,16 @@ def _kernel(name: str, mr: int, nr: int, dtype: str, tiles: str, column: bool = 
     return "\n".join(lines) + "\n"
 
 
-def _row_kernel(name: str, nv: int, dtype: str) -> str:
-    """A vector-matrix strip: ``nv`` accumulators (8 zmm registers) walk down ``nv`` columns."""
+def _row_kernel(name: str, nv: int) -> str:
+    """A vector-matrix strip: ``nv`` accumulators walk down ``nv`` columns."""
     ind = "    "
     body = ind * 2
     lines = [
         "",
         "@kernel(nrt=False)",
         f"def {name}(x, b, j0, out):",
-        f'{ind}"""``out[j0:j0 + {nv}] = x @ b[:, j0:j0 + {nv}]`` ({dtype}), one FMA chain per',
-        f"{ind}element in increasing row order (bitwise what any other strip width gives).",
+        f'{ind}"""``out[j0:j0 + {nv}] = x @ b[:, j0:j0 + {nv}]``, one FMA chain per element in',
+        f"{ind}increasing row order (bitwise what any other strip width gives).",
         "",
         f"{ind}The {nv} sums stay in registers while the rows of ``b`` stream past, so a",
         f"{ind}vector-matrix product (batch-1 inference) runs at the speed of reading ``b``.",
@@ -329,8 +330,8 @@ def render() -> str:
     for name, mr, nr, dtype in HALF_KERNELS:
         parts.append("\n" + _kernel(name, mr, nr, dtype, "avx2", column=False))
     parts.append("\nSTRIP_F32, STRIP_F64 = 128, 64\n")
-    for name, nv, dtype in ROW_KERNELS:
-        parts.append("\n" + _row_kernel(name, nv, dtype))
+    for name, nv in ROW_KERNELS:
+        parts.append("\n" + _row_kernel(name, nv))
     parts.append(f"\nDOT_ROWS, DOT_LANES = {DOT_ROWS}, {DOT_LANES}\n")
     for rows in (1, DOT_ROWS):
         parts.append("\n" + _dots_kernel(rows))

@@ -2586,8 +2586,8 @@ STRIP_F32, STRIP_F64 = 128, 64
 
 @kernel(nrt=False)
 def strip_128(x, b, j0, out):
-    """``out[j0:j0 + 128] = x @ b[:, j0:j0 + 128]`` (float32), one FMA chain per
-    element in increasing row order (bitwise what any other strip width gives).
+    """``out[j0:j0 + 128] = x @ b[:, j0:j0 + 128]``, one FMA chain per element in
+    increasing row order (bitwise what any other strip width gives).
 
     The 128 sums stay in registers while the rows of ``b`` stream past, so a
     vector-matrix product (batch-1 inference) runs at the speed of reading ``b``.
@@ -2986,8 +2986,8 @@ def strip_128(x, b, j0, out):
 
 @kernel(nrt=False)
 def strip_64(x, b, j0, out):
-    """``out[j0:j0 + 64] = x @ b[:, j0:j0 + 64]`` (float64), one FMA chain per
-    element in increasing row order (bitwise what any other strip width gives).
+    """``out[j0:j0 + 64] = x @ b[:, j0:j0 + 64]``, one FMA chain per element in
+    increasing row order (bitwise what any other strip width gives).
 
     The 64 sums stay in registers while the rows of ``b`` stream past, so a
     vector-matrix product (batch-1 inference) runs at the speed of reading ``b``.
@@ -3190,6 +3190,118 @@ def strip_64(x, b, j0, out):
     o[61] = c61
     o[62] = c62
     o[63] = c63
+
+
+@kernel(nrt=False)
+def strip_32(x, b, j0, out):
+    """``out[j0:j0 + 32] = x @ b[:, j0:j0 + 32]``, one FMA chain per element in
+    increasing row order (bitwise what any other strip width gives).
+
+    The 32 sums stay in registers while the rows of ``b`` stream past, so a
+    vector-matrix product (batch-1 inference) runs at the speed of reading ``b``.
+    """
+    wide_vectors()
+    zero = zero_of(out)
+    c0 = zero
+    c1 = zero
+    c2 = zero
+    c3 = zero
+    c4 = zero
+    c5 = zero
+    c6 = zero
+    c7 = zero
+    c8 = zero
+    c9 = zero
+    c10 = zero
+    c11 = zero
+    c12 = zero
+    c13 = zero
+    c14 = zero
+    c15 = zero
+    c16 = zero
+    c17 = zero
+    c18 = zero
+    c19 = zero
+    c20 = zero
+    c21 = zero
+    c22 = zero
+    c23 = zero
+    c24 = zero
+    c25 = zero
+    c26 = zero
+    c27 = zero
+    c28 = zero
+    c29 = zero
+    c30 = zero
+    c31 = zero
+    for p in range(x.shape[0]):
+        a = x[p]
+        pb = b[p, j0:j0 + 32]
+        c0 = fma(a, pb[0], c0)
+        c1 = fma(a, pb[1], c1)
+        c2 = fma(a, pb[2], c2)
+        c3 = fma(a, pb[3], c3)
+        c4 = fma(a, pb[4], c4)
+        c5 = fma(a, pb[5], c5)
+        c6 = fma(a, pb[6], c6)
+        c7 = fma(a, pb[7], c7)
+        c8 = fma(a, pb[8], c8)
+        c9 = fma(a, pb[9], c9)
+        c10 = fma(a, pb[10], c10)
+        c11 = fma(a, pb[11], c11)
+        c12 = fma(a, pb[12], c12)
+        c13 = fma(a, pb[13], c13)
+        c14 = fma(a, pb[14], c14)
+        c15 = fma(a, pb[15], c15)
+        c16 = fma(a, pb[16], c16)
+        c17 = fma(a, pb[17], c17)
+        c18 = fma(a, pb[18], c18)
+        c19 = fma(a, pb[19], c19)
+        c20 = fma(a, pb[20], c20)
+        c21 = fma(a, pb[21], c21)
+        c22 = fma(a, pb[22], c22)
+        c23 = fma(a, pb[23], c23)
+        c24 = fma(a, pb[24], c24)
+        c25 = fma(a, pb[25], c25)
+        c26 = fma(a, pb[26], c26)
+        c27 = fma(a, pb[27], c27)
+        c28 = fma(a, pb[28], c28)
+        c29 = fma(a, pb[29], c29)
+        c30 = fma(a, pb[30], c30)
+        c31 = fma(a, pb[31], c31)
+    o = out[j0:j0 + 32]
+    o[0] = c0
+    o[1] = c1
+    o[2] = c2
+    o[3] = c3
+    o[4] = c4
+    o[5] = c5
+    o[6] = c6
+    o[7] = c7
+    o[8] = c8
+    o[9] = c9
+    o[10] = c10
+    o[11] = c11
+    o[12] = c12
+    o[13] = c13
+    o[14] = c14
+    o[15] = c15
+    o[16] = c16
+    o[17] = c17
+    o[18] = c18
+    o[19] = c19
+    o[20] = c20
+    o[21] = c21
+    o[22] = c22
+    o[23] = c23
+    o[24] = c24
+    o[25] = c25
+    o[26] = c26
+    o[27] = c27
+    o[28] = c28
+    o[29] = c29
+    o[30] = c30
+    o[31] = c31
 
 DOT_ROWS, DOT_LANES = 4, 16
 

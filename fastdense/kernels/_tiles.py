@@ -29,6 +29,7 @@ from fastdense.kernels._microkernels import (
     NR_F64_AVX2,
     STRIP_F32,
     STRIP_F64,
+    strip_32,
     strip_64,
     strip_128,
     ukernel_4x8,
@@ -138,6 +139,34 @@ def _strip_ol(x, b, j0, out):
     return impl
 
 
+def _half_strip(x, b, j0, out):
+    """Dispatch to the dtype's strip of half the width (resolved at compile time)."""
+
+
+@overload(_half_strip, jit_options={"cache": True})
+def _half_strip_ol(x, b, j0, out):
+    fn = strip_64 if _dtype_name(out) == "float32" else strip_32
+
+    def impl(x, b, j0, out):
+        return fn(x, b, j0, out)
+
+    return impl
+
+
+# The widest ``b`` (columns) whose vector-matrix product goes through strips rather than
+# ``gemm._vecmat``'s streaming of whole rows.  Measured on the AVX2 machine (Zen 3), one thread,
+# ``b`` in the caches: float32 strips of 128 columns (16 ymm of sums) beat ``_vecmat`` up to
+# 256 columns, and the 64-column strip beats it 2.8x at 64x64; in float64, 64-column strips
+# beat it at 64 columns (784x64: 4.7 against 7.6 us) but not at 128 (64x128: 0.97 against
+# 0.85 us; 256x128: 4.1 against 3.5 us).  On AVX-512, two strips, as measured on the Xeon.
+_STRIP_COLUMNS = {
+    ("float32", "avx512"): 2 * STRIP_F32,
+    ("float64", "avx512"): 2 * STRIP_F64,
+    ("float32", "avx2"): 2 * STRIP_F32,
+    ("float64", "avx2"): STRIP_F64,
+}
+
+
 def _strip_width(a):
     """Columns of the dtype's vector-matrix strip (a compile-time constant)."""
 
@@ -146,3 +175,14 @@ def _strip_width(a):
 def _strip_width_ol(a):
     width = STRIP_F32 if _dtype_name(a) == "float32" else STRIP_F64
     return lambda a: width
+
+
+def _strip_columns(a):
+    """The most columns of ``b`` taken by strips in a vector-matrix product of the dtype (a
+    compile-time constant)."""
+
+
+@overload(_strip_columns, jit_options={"cache": True})
+def _strip_columns_ol(a):
+    columns = _STRIP_COLUMNS[_dtype_name(a), TILES]
+    return lambda a: columns

@@ -23,6 +23,8 @@ from fastdense.kernels.gemm import (
     EP_BIAS_ACT,
     EP_SGD,
     EP_STORE,
+    ROWS_MAX,
+    SHORT_WORKSPACE,
     _packed,
     _small,
     _unaliased,
@@ -30,6 +32,7 @@ from fastdense.kernels.gemm import (
     _ws_len,
     double_buffers_b,
     is_small,
+    rows_ws_len,
     thread_blocks,
     vector_matrix,
 )
@@ -43,7 +46,7 @@ def _softmax_rows(z, y):
         act.softmax_row(z[i], y[i])
 
 
-@kernel
+@kernel(nrt=False)
 def _softmax_rows_serial(z, y):
     for i in range(z.shape[0]):
         act.softmax_row(z[i], y[i])
@@ -59,8 +62,9 @@ def workspace_size(n_in, units, dtype):
     dt = np.dtype(dtype)
     MR, NR, KC, MC, NC = BLOCKING[dt.name]
     widest = max(n_in, units)
-    return _ws_len(MC, widest, KC, MR, NR, KC, MC, NC, numba.config.NUMBA_NUM_THREADS,
-                   double_buffers_b(1, units, n_in, dt.itemsize, MC))
+    return max(_ws_len(MC, widest, KC, MR, NR, KC, MC, NC, numba.config.NUMBA_NUM_THREADS,
+                       double_buffers_b(1, units, n_in, dt.itemsize, MC)),
+               rows_ws_len(ROWS_MAX, units, n_in, KC, dt.itemsize))
 
 
 @kernel
@@ -137,7 +141,7 @@ def forward_for(code: int):
 # every path at once is what users wait for).
 
 
-@kernel
+@kernel(nrt=False)
 def forward_rows(x, w, bias, code, z, y, ws):
     """:func:`forward` for a batch of one or two rows and ``in > 0``, same arguments: the same
     bits, unless the weights are large enough to be summed in row blocks split over the
@@ -147,7 +151,7 @@ def forward_rows(x, w, bias, code, z, y, ws):
         _softmax_rows_serial(z, y)
 
 
-@kernel
+@kernel(nrt=False)
 def _activation_grad_serial(g, z, y, code, dz):
     m, n = g.shape
     if code == act.SOFTMAX:
@@ -187,7 +191,7 @@ def column_sums(a, out):
                 out[j] += ai[j]
 
 
-@kernel
+@kernel(nrt=False)
 def _column_sums_serial(a, out):
     m, n = a.shape
     for j in range(n):
@@ -270,12 +274,13 @@ def _rows_backward(x, w, d, dx, dw, p0, p1, want_dx, fuse_sgd, lr, l1, l2, four,
         _row_step(x, d, w[q], dw[q], q, fuse_sgd, lr, l1, l2)
 
 
-@kernel(parallel=True)
+@kernel(parallel=True, nrt=False)
 def _small_batch_backward(x, w, d, dx, dw, want_dx, fuse_sgd, lr, l1, l2, ws):
     """The backward pass of a batch of one or two as one pass over the weights: each row of
     ``w`` is read once for ``dx`` and updated right after (or its ``dw`` row written), instead
     of a vector-matrix product, an outer product and an update each walking the whole
-    matrix."""
+    matrix.  ``ws`` holds at least ``_LANES`` elements (fewer threads are used when it has no
+    room for each one's lanes)."""
     n_in, units = w.shape
     # The forward pass's row blocks (``gemm.thread_blocks``).
     kb = _vector_block_rows(n_in, units, _blocking(w)[2])
@@ -287,8 +292,8 @@ def _small_batch_backward(x, w, d, dx, dw, want_dx, fuse_sgd, lr, l1, l2, ws):
     if ws.shape[0] < _LANES * nthreads + 1:
         nthreads = max(1, min(nthreads, (ws.shape[0] - 1) // _LANES))
     if nthreads == 1:
-        lanes = ws[:_LANES] if ws.shape[0] >= _LANES else np.empty(_LANES, dtype=w.dtype)
-        _rows_backward(x, w, d, dx, dw, 0, n_in, want_dx, fuse_sgd, lr, l1, l2, four, lanes)
+        _rows_backward(x, w, d, dx, dw, 0, n_in, want_dx, fuse_sgd, lr, l1, l2, four,
+                       ws[:_LANES])
         return
     arrived = _LANES * nthreads
     caller_cpu = region_opens(ws, arrived)
@@ -376,12 +381,14 @@ def backward(x, w, bias, z, y, g, code, dz, dw, db, dx, lr, l1w, l2w, l1b, l2b, 
         sgd_step(bias, db, lr, l1b, l2b)
 
 
-@kernel
+@kernel(nrt=False)
 def backward_rows(x, w, bias, z, y, g, code, dz, dw, db, dx, lr, l1w, l2w, l1b, l2b, fuse_sgd,
                   ws):
     """:func:`backward` for a batch of one or two rows with ``in, units > 0`` (same
     arguments, same contract): one pass over the weights computes ``dx`` from each row and
     then updates it (or writes ``dw``)."""
+    if ws.shape[0] < _LANES:
+        raise ValueError(SHORT_WORKSPACE)
     d = g
     if code != act.LINEAR:
         d = dz

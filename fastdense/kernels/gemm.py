@@ -57,8 +57,10 @@ from fastdense.kernels._tiles import (
     BLOCKING,
     HALF_MR,
     _blocking,
+    _half_strip,
     _half_ukernel,
     _strip,
+    _strip_columns,
     _strip_width,
     _ukernel,
 )
@@ -405,8 +407,9 @@ def _workspace_size(m, n, k, dtype):
     # Cached: evaluating the size in Python (``dtype.name`` alone takes ~3 us in NumPy 2)
     # costs as much as a batch-1 product.
     MR, NR, KC, MC, NC = BLOCKING[dtype.name]
-    return _ws_len(m, n, k, MR, NR, KC, MC, NC, numba.config.NUMBA_NUM_THREADS,
-                   double_buffers_b(m, n, k, dtype.itemsize, MC))
+    return max(_ws_len(m, n, k, MR, NR, KC, MC, NC, numba.config.NUMBA_NUM_THREADS,
+                       double_buffers_b(m, n, k, dtype.itemsize, MC)),
+               rows_ws_len(min(m, ROWS_MAX), n, k, KC, dtype.itemsize))
 
 
 @register_jitable
@@ -960,15 +963,22 @@ def _row_product(ai, b, acc, deep):
     n = b.shape[1]
     sw = _strip_width(acc)
     jf = 0
-    if n <= 2 * sw:
+    if n <= _strip_columns(acc):
         # Short rows: a strip walks down ``b`` nearly sequentially.  Longer rows would make it
         # a strided walk, slower than _vecmat's streaming of whole rows (measured 1.4x).
         jf = (n // sw) * sw
         for j in range(0, jf, sw):
             _strip(ai, b, j, acc)
+        if n - jf >= sw // 2:
+            _half_strip(ai, b, jf, acc)
+            jf += sw // 2
     if jf < n:
         _vecmat(ai, b, jf, n, acc, deep)
 
+
+#: The error of a kernel compiled without Numba's runtime (which cannot allocate) given a
+#: workspace shorter than it needs.
+SHORT_WORKSPACE = "the workspace is too short for this product (see workspace_size)"
 
 #: Stores and later loads whose addresses agree in their low 12 bits (*4K aliasing*): a load
 #: that follows a store to such an address waits for it as if they overlapped.
@@ -994,12 +1004,22 @@ def _unaliased(buf, size, b):
     ``size`` is replaced by a new array with that room.  Only where the sums are kept moves,
     so the bits are the same.
     """
+    if buf.shape[0] < size:
+        buf = np.empty(size + PAGE_BYTES // buf.itemsize, dtype=buf.dtype)
+    s = _unaliased_start(buf, size, b)
+    return buf[s:s + size]
+
+
+@register_jitable
+def _unaliased_start(buf, size, b):
+    """Where :func:`_unaliased`'s window starts in ``buf``, which must hold ``size`` elements
+    (for kernels compiled without Numba's runtime, which cannot allocate)."""
     isz = buf.itemsize
     pad = PAGE_BYTES // isz
     if buf.shape[0] < size:
-        buf = np.empty(size + pad, dtype=buf.dtype)
-    elif buf.shape[0] < size + pad:
-        return buf[:size]
+        raise ValueError(SHORT_WORKSPACE)
+    if buf.shape[0] < size + pad:
+        return 0
     row = b.strides[0]
     sums = b.shape[1] * isz
     period = min(PAGE_BYTES, row & -row, sums & -sums)
@@ -1009,8 +1029,7 @@ def _unaliased(buf, size, b):
     rb = np.intp(b.ctypes.data % PAGE_BYTES)
     rs = np.intp(buf.ctypes.data % PAGE_BYTES)
     gap = (rb - rs - target) % PAGE_BYTES
-    s = gap // isz
-    return buf[s:s + size]
+    return gap // isz
 
 
 #: From this many elements of ``b`` a product of one or two rows is summed in row blocks of
@@ -1038,6 +1057,17 @@ def _vector_block_rows(k, n, KC):
     if k * n < VECTOR_SPLIT_MIN or k < 16:
         return k
     return min(KC, ((k + VECTOR_BLOCKS - 1) // VECTOR_BLOCKS + 7) // 8 * 8)
+
+
+@register_jitable
+def rows_ws_len(m, n, k, KC, itemsize):
+    """Workspace elements :func:`vector_matrix` needs for ``m`` (at most ``ROWS_MAX``) rows by
+    a ``k x n`` ``b``: the sums (partial sums per row block of ``b`` and the count of workers
+    when split, see :func:`_vector_block_rows`) and ``PAGE_BYTES`` of room to place them
+    (:func:`_unaliased`).  Callable from Python and from kernels."""
+    kb = _vector_block_rows(k, n, KC)
+    sums = n if kb >= k else ((k + kb - 1) // kb) * m * n + 1
+    return sums + PAGE_BYTES // itemsize
 
 
 def vector_block_rows(k, n, dtype):
@@ -1082,7 +1112,7 @@ def _partial_products(a, b, part, kb, blk0, blk1, deep):
             _row_product(a[i, p0:p1], b[p0:p1], part[q:q + n], deep)
 
 
-@kernel(parallel=True)
+@kernel(parallel=True, nrt=False)
 def vector_matrix(a, b, out, ep, bias, code, y, w, lr, l1, l2, acc):
     """``out = a @ b`` with epilogue ``ep`` for few rows (batch-1 inference): no packing.
 
@@ -1091,13 +1121,16 @@ def vector_matrix(a, b, out, ep, bias, code, y, w, lr, l1, l2, acc):
     (:func:`_vector_block_rows`), added in block order.  Threads take contiguous runs of
     blocks, each streamed row by row (eight rows at a time for a ``b`` read from memory), and
     the bits do not depend on the thread count.  ``acc`` is a scratch (the whole workspace
-    spares the partial sums an allocation; a short one is replaced, see :func:`_unaliased`).
+    spares the partial sums an allocation; one shorter than the sums raises ``ValueError``:
+    compiled without Numba's runtime, which costs a batch-1 call about 0.3 us, the kernel
+    cannot allocate; :func:`rows_ws_len` is what it needs).
     """
     m, n = out.shape
     k = b.shape[0]
     kb = _vector_block_rows(k, n, _blocking(out)[2])
     if kb >= k:
-        _rows_block(a, b, out, ep, bias, code, y, w, lr, l1, l2, _unaliased(acc, n, b))
+        s0 = _unaliased_start(acc, n, b)
+        _rows_block(a, b, out, ep, bias, code, y, w, lr, l1, l2, acc[s0:s0 + n])
         return
     nblk = (k + kb - 1) // kb
     per = m * n
@@ -1107,7 +1140,8 @@ def vector_matrix(a, b, out, ep, bias, code, y, w, lr, l1, l2, acc):
     # The partial sums, then with threads one element counting the workers that started
     # (:mod:`._placement`).
     size = need + (1 if nthreads > 1 else 0)
-    buf = _unaliased(acc, size, b)
+    s0 = _unaliased_start(acc, size, b)
+    buf = acc[s0:s0 + size]
     part = buf[:need]
     if nthreads == 1:
         # No thread launch for one thread (about 1 us, a quarter of a 256x256 product).
@@ -1227,11 +1261,12 @@ def gemm(a, b, out, trans_a, trans_b, ws=None):
     product(a, b, out, trans_a, trans_b, EP_STORE, e1, act.LINEAR, out, out, 0.0, 0.0, 0.0, buf)
 
 
-@kernel
+@kernel(nrt=False)
 def gemm_rows(a, b, out, ws):
     """:func:`gemm` (not transposed) for one or two rows and ``K > 0``: a separate entry point,
     compiled only when used, that streams ``b`` once (in row blocks split over the threads
-    when large: :func:`vector_matrix`)."""
+    when large: :func:`vector_matrix`).  ``ws`` is :func:`workspace_size` long (a shorter one
+    than the product needs raises ``ValueError``)."""
     vector_matrix(a, b, out, EP_STORE, ws[:0], act.LINEAR, out, out, 0.0, 0.0, 0.0, ws)
 
 

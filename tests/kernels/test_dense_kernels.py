@@ -84,8 +84,9 @@ def _backward_reference(name, x, w, b, z, y, g):
 
 # Batches of one or two also have their own entry points (one pass over the weights): the
 # larger shapes summed in row blocks split over threads, 2 x 256->255 just below that size.
+# The last: partial sums wider than the rest of the layer's workspace.
 ROW_SHAPES = [(1, 9, 5), (2, 70, 45), (2, 256, 255), (1, 600, 300), (2, 300, 600),
-              (2, 1500, 700)]
+              (2, 1500, 700), (2, 16, 20000)]
 
 
 def _backward_entry(entry):
@@ -302,6 +303,26 @@ def test_row_entry_points_match_the_general_ones(name, shape, dtype):
             assert np.array_equal(a, c)
     for a, c in zip(results[1], results[2], strict=True):
         assert np.array_equal(a, c)
+
+
+def test_row_entry_points_refuse_a_short_workspace(dtype):
+    """Compiled without Numba's runtime, ``forward_rows`` and ``backward_rows`` cannot allocate:
+    a workspace too short raises ``ValueError`` before the weights or outputs change."""
+    rng = np.random.default_rng(5)
+    x, w, b = _layer(rng, 1, 300, 600, dtype)
+    w0 = w.copy()
+    g = rng.standard_normal((1, 600)).astype(dtype)
+    z, y = np.full((1, 600), 7, dtype), np.full((1, 600), 7, dtype)
+    short = np.empty(10, dtype)
+    with pytest.raises(ValueError, match="workspace is too short"):
+        kd.forward_rows(x, w, b, act.RELU, z, y, short)
+    assert np.all(z == 7) and np.all(y == 7)
+    kd.forward_rows(x, w, b, act.RELU, z, y, np.empty(kd.workspace_size(300, 600, dtype), dtype))
+    dz, dw, db, dx = (np.empty_like(g), np.empty_like(w), np.empty_like(b), np.empty_like(x))
+    with pytest.raises(ValueError, match="workspace is too short"):
+        kd.backward_rows(x, w, b, z, y, g, act.RELU, dz, dw, db, dx, 0.1, 0.0, 0.0, 0.0, 0.0,
+                         True, short)
+    assert np.array_equal(w, w0)
 
 
 # Inputs (rows of dw): 70 = 11 x 6 + 4 (a 4-row tile for the last rows), 31 and 9 (a packed

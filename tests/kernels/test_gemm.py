@@ -26,6 +26,7 @@ from fastdense.kernels.gemm import (
     gemm,
     gemm_rows,
     is_small,
+    rows_ws_len,
     vector_block_rows,
     workspace_size,
 )
@@ -314,10 +315,14 @@ def _rows_and_general(a, b, dtype):
 
 
 # Row blocks of b (vector_block_rows): none just under VECTOR_SPLIT_MIN or with k < 16; two
-# of 8 rows at k = 16; a short last block; KC-row blocks, a partial last one.
+# of 8 rows at k = 16; a short last block; KC-row blocks, a partial last one.  Partial sums
+# wider than the rest of the workspace (2 x 16 x 20000).  Strips: half-width ones after whole
+# ones (float32 255, 200 and 64 columns; float64 40 and 64), strips then _vecmat (float32 255,
+# float64 40).
 @pytest.mark.parametrize("shape", [(1, 9, 5), (2, 300, 40), (1, 256, 255), (2, 15, 5000),
                                    (2, 16, 4096), (1, 20, 4000), (1, 256, 256), (1, 700, 600),
                                    (2, 130, 1000), (1, 1500, 700), (2, 2100, 40),
+                                   (2, 16, 20000), (1, 50, 64), (2, 70, 200),
                                    DEEP_ROWS_SHAPE],
                          ids=lambda s: "x".join(map(str, s)))
 def test_gemm_rows(shape, dtype):
@@ -352,6 +357,24 @@ def test_property_gemm_rows(m, k, n, dtype, seed):
     assert np.all(np.abs(out - exact) <= product_tolerance(a, b, dtype))
     if vector_block_rows(k, n, dtype) == k:
         assert np.array_equal(out, ref)
+
+
+@pytest.mark.parametrize("shape", [(1, 40, 64), (2, 300, 600)],
+                         ids=lambda s: "x".join(map(str, s)))
+def test_gemm_rows_refuses_a_short_workspace(shape, dtype):
+    """Compiled without Numba's runtime, the row entry point cannot allocate: a workspace
+    shorter than the sums raises ``ValueError`` before anything is written."""
+    m, k, n = shape
+    a, b = np.ones((m, k), dtype), np.ones((k, n), dtype)
+    out = np.full((m, n), 7, dtype)
+    need = rows_ws_len(m, n, k, BLOCKING[np.dtype(dtype).name][2], np.dtype(dtype).itemsize)
+    assert workspace_size(m, n, k, dtype) >= need
+    short = need - PAGE_BYTES // np.dtype(dtype).itemsize - 1
+    with pytest.raises(ValueError, match="workspace is too short"):
+        gemm_rows(a, b, out, np.empty(short, dtype))
+    assert np.all(out == 7)
+    gemm_rows(a, b, out, np.empty(short + 1, dtype))
+    assert np.all(out == k)
 
 
 @pytest.mark.parametrize("k", [1, 7, 8, 9, 15, 16, 37])
