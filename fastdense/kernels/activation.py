@@ -155,6 +155,12 @@ def _tanh_ol(z):
     return lambda z: math.tanh(z)
 
 
+# Like the derivatives below: a function of its own for the loop in ``gemm._activate_rows``.
+@dated_njit(inline="always")
+def swish(z):
+    return z * sigmoid(z)
+
+
 @dated_njit(inline="always")
 def apply(code, z):
     """Return ``act(z)`` for one scalar ``z`` (softmax is row-wise: see :func:`softmax_rows`)."""
@@ -174,22 +180,46 @@ def apply(code, z):
     if code == SELU:
         return SELU_SCALE * z if not z < 0 else SELU_SCALE * SELU_ALPHA * math.expm1(z)
     if code == SWISH:
-        return z * sigmoid(z)
+        return swish(z)
     if code == SOFTPLUS:
         # log(1 + e^z) without overflow for large z nor loss for very negative z.
         return max(z, 0.0) + math.log1p(math.exp(-abs(z))) if z == z else z
     return z
 
 
+# The derivatives that ``pack.dz_rows`` gives loops of their own, one function each: a loop
+# over ``derivative`` with a constant code would inline all of its branches, which Numba types
+# again at each call (dz_rows' compile: 1.8 -> 0.8 s).
+@dated_njit(inline="always")
+def relu_derivative(z):
+    return 1.0 if z > 0 else (0.0 if z <= 0 else z)
+
+
+@dated_njit(inline="always")
+def sigmoid_derivative(y):
+    return y * (1.0 - y)
+
+
+@dated_njit(inline="always")
+def tanh_derivative(y):
+    return 1.0 - y * y
+
+
+@dated_njit(inline="always")
+def swish_derivative(z):
+    s = sigmoid(z)
+    return s + z * s * (1.0 - s)
+
+
 @dated_njit(inline="always")
 def derivative(code, z, y):
     """Return ``act'(z)`` given the pre-activation ``z`` and the output ``y = act(z)``."""
     if code == RELU:
-        return 1.0 if z > 0 else (0.0 if z <= 0 else z)
+        return relu_derivative(z)
     if code == SIGMOID:
-        return y * (1.0 - y)
+        return sigmoid_derivative(y)
     if code == TANH:
-        return 1.0 - y * y
+        return tanh_derivative(y)
     if code == GELU:
         return 0.5 * (1.0 + math.erf(z * _INV_SQRT2)) + z * _INV_SQRT_2PI * math.exp(-0.5 * z * z)
     if code == LEAKY_RELU:
@@ -199,8 +229,7 @@ def derivative(code, z, y):
     if code == SELU:
         return SELU_SCALE if z > 0 else (SELU_SCALE * SELU_ALPHA * math.exp(z) if z <= 0 else z)
     if code == SWISH:
-        s = sigmoid(z)
-        return s + z * s * (1.0 - s)
+        return swish_derivative(z)
     if code == SOFTPLUS:
         return sigmoid(z)
     return 1.0

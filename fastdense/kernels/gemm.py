@@ -224,7 +224,7 @@ def _activate_rows(y, i0, rows, j0, ncols, code):
                 yr[j] = act.sigmoid(yr[j])
         elif code == act.SWISH:
             for j in range(ncols):
-                yr[j] = act.apply(act.SWISH, yr[j])
+                yr[j] = act.swish(yr[j])
         else:
             for j in range(ncols):
                 yr[j] = act.apply(code, yr[j])

@@ -70,11 +70,11 @@ def dz_rows(g, z, y, dcode, i0, mr, p0, kc, dz, di, dp):
     """``dz = g * act'(z, y)`` on rows ``i0:i0+mr``, steps ``p0:p0+kc`` (contiguous rows),
     written to ``dz[di:di + mr, dp:dp + kc]``.
 
-    The common activations have loops of their own that call
-    :func:`fastdense.kernels.activation.derivative` with a constant code, which LLVM folds into
-    a branch-free, vectorized loop; with the code read per element it neither vectorizes nor
-    removes the branches, and ReLU's mispredict on every other element (measured 1024 x 256
-    float32, single-threaded: 1.44 ms generic, 52 us so).
+    The common activations have loops of their own, each calling that activation's derivative
+    (``act.relu_derivative`` ...), which LLVM makes a branch-free, vectorized loop; with the
+    code read per element (:func:`fastdense.kernels.activation.derivative`) it neither
+    vectorizes nor removes the branches, and ReLU's mispredict on every other element
+    (measured 1024 x 256 float32, single-threaded: 1.44 ms generic, 52 us so).
     """
     for i in range(i0, i0 + mr):
         gi = g[i, p0:p0 + kc]
@@ -83,17 +83,17 @@ def dz_rows(g, z, y, dcode, i0, mr, p0, kc, dz, di, dp):
         dzi = dz[di + i - i0, dp:dp + kc]
         if dcode == act.RELU:
             for p in range(kc):
-                dzi[p] = gi[p] * act.derivative(act.RELU, zi[p], yi[p])
+                dzi[p] = gi[p] * act.relu_derivative(zi[p])
         elif dcode == act.TANH:
             for p in range(kc):
-                dzi[p] = gi[p] * act.derivative(act.TANH, zi[p], yi[p])
+                dzi[p] = gi[p] * act.tanh_derivative(yi[p])
         elif dcode == act.SIGMOID:
             for p in range(kc):
-                dzi[p] = gi[p] * act.derivative(act.SIGMOID, zi[p], yi[p])
+                dzi[p] = gi[p] * act.sigmoid_derivative(yi[p])
         elif dcode == act.SWISH:
             # (Vectorizes in float32 through ``act.sigmoid``.)
             for p in range(kc):
-                dzi[p] = gi[p] * act.derivative(act.SWISH, zi[p], yi[p])
+                dzi[p] = gi[p] * act.swish_derivative(zi[p])
         else:
             for p in range(kc):
                 dzi[p] = gi[p] * act.derivative(dcode, zi[p], yi[p])
@@ -164,9 +164,8 @@ def pack_a(a, trans_a, i0, mr, p0, kc, ap, dcode, z, y, dz, write_dz, scratch):
                     sr = s[i, sp:sp + kc]
                     if relu:
                         zi = z[i, p0:p0 + kc]
-                        yi = y[i, p0:p0 + kc]
                         for p in range(kc):
-                            dst[p * MR + r] = sr[p] * act.derivative(act.RELU, zi[p], yi[p])
+                            dst[p * MR + r] = sr[p] * act.relu_derivative(zi[p])
                     else:
                         for p in range(kc):
                             dst[p * MR + r] = sr[p]
