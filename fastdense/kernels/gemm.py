@@ -182,7 +182,7 @@ DIRECT_SKINNY_B_BYTES = 4 << 20
 # 256 68.8 / 61.1 (59.9); float32 (read in place either way) 32 x 784 x 512 217 / 182 (181),
 # 32 x 784 x 128 59.2 / 52.4 (46.4).
 DIRECT_F64_B_BYTES = 1 << 20
-# Above this size (half the L3 on the target) a B for few rows comes from memory on every call:
+# From this size (half the L3 on the target) a B for few rows comes from memory on every call:
 # it is packed whole-row-wise instead of by column chunks (see ``_packed``), and a product of
 # one or two rows streams eight of its rows at a time (see ``_vecmat``).
 OWN_B_BYTES = 16 << 20
@@ -808,7 +808,7 @@ def _packed(a, b, out, trans_a, trans_b, ep, bias, code, y, w, lr, l1, l2,
     # forward 32 x 1024->1024 went from 0.92 to 0.80 ms and 32 x 4096->1024 from 4.7 to 4.15;
     # in the layer grid on two threads (with that session's other changes) those cells went
     # from 0.64x and 0.62x of NumPy to 1.19x-1.23x and 1.05x-1.18x.
-    own_b = (not direct_b and m <= DIRECT_ROWS and k * n * out.itemsize <= OWN_B_BYTES
+    own_b = (not direct_b and m <= DIRECT_ROWS and k * n * out.itemsize < OWN_B_BYTES
              and not (nthreads > 1 and double_buffers_b(m, n, k, out.itemsize, MC)))
     # A B beyond that, streamed from memory, is packed into the shared block by rows, each
     # thread a share of whole source rows: a column chunk is a short piece of every row, one
@@ -816,9 +816,12 @@ def _packed(a, b, out, trans_a, trans_b, ep, bias, code, y, w, lr, l1, l2,
     # float64 streams at 7.7-9.7 GB/s in column chunks, 24.5 GB/s in whole rows).  In the
     # layer grid's float64 forward, three A/B runs each: 32 x 4096->1024 went from 0.95-0.99x
     # of NumPy to 1.02-1.08x, 128 from 0.95-1.05x to 1.01-1.05x, 256 from 0.95-1.02x to
-    # 0.99-1.03x.  Not for the float32 4096 x 1024 (16 MiB, mostly in L3), where the two
-    # ways were at parity, unless double-buffered (below), nor for more rows, where the product
-    # dwarfs the packing.
+    # 0.99-1.03x.  The float32 4096 x 1024 (16 MiB, exactly OWN_B_BYTES) was once measured at
+    # parity both ways and kept column chunks; in whole rows, two threads, one process against
+    # the column chunks, best of 7: forward 256 rows 12.9 -> 12.3 ms (twice; NumPy 12.1), 192
+    # rows 9.7-10.3 -> 9.3-9.5 ms, 256 x 1024->4096 12.6 -> 12.2 ms; one thread, 256 rows 24.8
+    # -> 24.2 ms, 64 rows 7.30 -> 6.83 ms.  Not for more rows, where the product dwarfs the
+    # packing.
     row_split = not direct_b and m <= DIRECT_ROWS and not own_b and not trans_b and not colsum
     # With two threads, those blocks are double-buffered: while the threads multiply by one,
     # packing tasks among theirs copy the next into the second buffer, so the copy from memory
