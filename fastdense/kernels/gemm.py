@@ -820,9 +820,13 @@ def _packed(a, b, out, trans_a, trans_b, ep, bias, code, y, w, lr, l1, l2,
     # parity both ways and kept column chunks; in whole rows, two threads, one process against
     # the column chunks, best of 7: forward 256 rows 12.9 -> 12.3 ms (twice; NumPy 12.1), 192
     # rows 9.7-10.3 -> 9.3-9.5 ms, 256 x 1024->4096 12.6 -> 12.2 ms; one thread, 256 rows 24.8
-    # -> 24.2 ms, 64 rows 7.30 -> 6.83 ms.  Not for more rows, where the product dwarfs the
-    # packing.
-    row_split = not direct_b and m <= DIRECT_ROWS and not own_b and not trans_b and not colsum
+    # -> 24.2 ms, 64 rows 7.30 -> 6.83 ms.  For more rows, where the product dwarfs the
+    # packing, only a B from memory (OWN_B_BYTES and more), which the shared block had taken in
+    # column chunks too: float32 1024 x 4096->1024 +1.0 to +2.6% (four runs, one on one
+    # thread), 512 rows +0.1 to +1.9%; float64 1024 x 4096->1024 +1.6%, 300 rows +3.0%,
+    # 512 x 2048->1024 -0.3%.
+    row_split = (not direct_b and (m <= DIRECT_ROWS or b_bytes >= OWN_B_BYTES) and not own_b
+                 and not trans_b and not colsum)
     # With two threads, those blocks are double-buffered: while the threads multiply by one,
     # packing tasks among theirs copy the next into the second buffer, so the copy from memory
     # overlaps the other core's arithmetic instead of being a phase of its own.
