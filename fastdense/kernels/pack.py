@@ -99,6 +99,11 @@ def dz_rows(g, z, y, dcode, i0, mr, p0, kc, dz, di, dp):
                 dzi[p] = gi[p] * act.derivative(dcode, zi[p], yi[p])
 
 
+#: Steps of a transposed A with rows of a multiple of 4 KiB packed for all its panels at a time
+#: (see :func:`pack_a`).
+GROUP_STEPS = 8
+
+
 @kernel(nrt=False)
 def pack_a(a, trans_a, i0, mr, p0, kc, ap, dcode, z, y, dz, write_dz, scratch):
     """Pack rows ``i0:i0+mr`` of ``op(a)``, steps ``p0:p0+kc``, into MR-row panels in ``ap``.
@@ -120,58 +125,65 @@ def pack_a(a, trans_a, i0, mr, p0, kc, ap, dcode, z, y, dz, write_dz, scratch):
     # ReLU's derivative stays fused into the packing loop below; the other activations' go
     # through ``scratch`` (see there).
     relu = code == act.RELU
+    if trans_a:
+        # op(a)[i, p] = a[p, i]: each step of a panel is a contiguous run of a row of ``a``,
+        # one move of MR elements (a constant-size copy_n: a few vector moves; a loop of MR
+        # element copies stayed scalar, each store possibly aliasing the next load).  Rows of
+        # a multiple of 4 KiB all fall in the same few L1 sets: there GROUP_STEPS steps are
+        # packed for every full panel before the next, while their lines are in L1.
+        full = mr // MR
+        group = GROUP_STEPS if (src.shape[1] * src.itemsize) % 4096 == 0 else kc
+        for g0 in range(0, kc, group):
+            g1 = min(kc, g0 + group)
+            for q in range(full):
+                dst = ap[q * MR * kc:(q + 1) * MR * kc]
+                c = i0 + q * MR
+                for p in range(g0, g1):
+                    copy_n(dst, p * MR, src[p0 + p], c, MR)
+        if full < npan:
+            # The partial panel, zero-padded: 2-D views indexed by the loop counters.
+            rows = mr - full * MR
+            s2 = src[p0:p0 + kc, i0 + full * MR:i0 + mr]
+            d2 = ap[full * MR * kc:npan * MR * kc].reshape(kc, MR)
+            for p in range(kc):
+                for r in range(rows):
+                    d2[p, r] = s2[p, r]
+                for r in range(rows, MR):
+                    d2[p, r] = 0
+        return
     for q in range(npan):
         r0 = q * MR
         rows = min(MR, mr - r0)
         dst = ap[q * MR * kc:(q + 1) * MR * kc]
-        if trans_a:
-            # op(a)[i, p] = a[p, i]: each step is a contiguous run of the panel's rows.  2-D
-            # views indexed by the loop counters: no slice per step (single-threaded float32,
-            # a 72 x 512 block of a 784-column ``a``: 24.1 -> 12.4 us).
-            s2 = src[p0:p0 + kc, i0 + r0:i0 + r0 + rows]
-            d2 = dst.reshape(kc, MR)
-            # Full panels get an inner loop of constant length (the partial panel's loop alone,
-            # bounded by ``rows``, took 28.2 against 13.0 us for the block above).
-            if rows == MR:
-                for p in range(kc):
-                    for r in range(MR):
-                        d2[p, r] = s2[p, r]
-            else:
-                for p in range(kc):
-                    for r in range(rows):
-                        d2[p, r] = s2[p, r]
-                    for r in range(rows, MR):
-                        d2[p, r] = 0
+        s = src
+        si = i0 + r0
+        sp = p0
+        if code != act.LINEAR and not relu:
+            # The panel's dz rows by dz_rows' loops into L1, then packed as a plain
+            # operand: the derivative of every activation inlined into a loop here was
+            # 0.9 s of the cold compile.  ReLU's, the common case, stays fused below
+            # (cheap to compile; through the scratch, 1-3% slower training steps at 300
+            # rows).
+            s = scratch[:rows * kc].reshape(rows, kc)
+            dz_rows(a, z, y, code, si, rows, p0, kc, s, 0, 0)
+            si = 0
+            sp = 0
+        if MR == 8 and rows == 8 and not relu:
+            _pack_rows8(s, si, sp, kc, dst)
         else:
-            s = src
-            si = i0 + r0
-            sp = p0
-            if code != act.LINEAR and not relu:
-                # The panel's dz rows by dz_rows' loops into L1, then packed as a plain
-                # operand: the derivative of every activation inlined into a loop here was
-                # 0.9 s of the cold compile.  ReLU's, the common case, stays fused below
-                # (cheap to compile; through the scratch, 1-3% slower training steps at 300
-                # rows).
-                s = scratch[:rows * kc].reshape(rows, kc)
-                dz_rows(a, z, y, code, si, rows, p0, kc, s, 0, 0)
-                si = 0
-                sp = 0
-            if MR == 8 and rows == 8 and not relu:
-                _pack_rows8(s, si, sp, kc, dst)
-            else:
-                for r in range(rows):
-                    i = si + r
-                    sr = s[i, sp:sp + kc]
-                    if relu:
-                        zi = z[i, p0:p0 + kc]
-                        for p in range(kc):
-                            dst[p * MR + r] = sr[p] * act.relu_derivative(zi[p])
-                    else:
-                        for p in range(kc):
-                            dst[p * MR + r] = sr[p]
-            for r in range(rows, MR):
-                for p in range(kc):
-                    dst[p * MR + r] = 0
+            for r in range(rows):
+                i = si + r
+                sr = s[i, sp:sp + kc]
+                if relu:
+                    zi = z[i, p0:p0 + kc]
+                    for p in range(kc):
+                        dst[p * MR + r] = sr[p] * act.relu_derivative(zi[p])
+                else:
+                    for p in range(kc):
+                        dst[p * MR + r] = sr[p]
+        for r in range(rows, MR):
+            for p in range(kc):
+                dst[p * MR + r] = 0
 
 
 @kernel(nrt=False)
