@@ -145,10 +145,28 @@ def forward_for(code: int):
 def forward_rows(x, w, bias, code, z, y, ws):
     """:func:`forward` for a batch of one or two rows and ``in > 0``, same arguments: the same
     bits, unless the weights are large enough to be summed in row blocks split over the
-    threads (``gemm.vector_block_rows``; see ``gemm.vector_matrix``)."""
-    vector_matrix(x, w, z, EP_BIAS_ACT, bias, code, y, z, 0.0, 0.0, 0.0, ws)
+    threads (``gemm.vector_block_rows``; see ``gemm.vector_matrix``).  Element-wise
+    activations only, as :func:`forward`: softmax is :func:`forward_rows_softmax`'s."""
     if code == act.SOFTMAX:
-        _softmax_rows_serial(z, y)
+        raise ValueError("forward_rows takes element-wise activations; softmax is "
+                         "forward_rows_softmax")
+    vector_matrix(x, w, z, EP_BIAS_ACT, bias, code, y, z, 0.0, 0.0, 0.0, ws)
+
+
+# Apart, as forward_softmax: the softmax pass is compiled only for the layers that use it.
+@kernel(nrt=False)
+def forward_rows_softmax(x, w, bias, code, z, y, ws):
+    """:func:`forward_rows` for the softmax activation (``code``, unused, is ``act.SOFTMAX``;
+    the same arguments)."""
+    vector_matrix(x, w, z, EP_BIAS_ACT, bias, act.LINEAR, y, z, 0.0, 0.0, 0.0, ws)
+    _softmax_rows_serial(z, y)
+
+
+def forward_rows_for(code: int):
+    """The forward kernel for activation ``code`` and batches of one or two rows
+    (``gemm.uses_rows``): :func:`forward_rows_softmax` for softmax, :func:`forward_rows` for
+    the others."""
+    return forward_rows_softmax if code == act.SOFTMAX else forward_rows
 
 
 @kernel(nrt=False)
