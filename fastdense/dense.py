@@ -289,8 +289,7 @@ class Dense:
         z = self._buffer("z", (n, self.units)) if keep_z else y
         bias = self.bias if self.use_bias else _k.empty_bias(self.dtype)
         ws = self._kernel_workspace()
-        forward = (_k.forward_rows_for(act.code) if uses_rows(n, self.units, in_dim)
-                   else _k.forward_for(act.code))
+        forward = _k.forward_for(act.code, uses_rows(n, self.units, in_dim))
         forward(x2, self.weight, bias, act.code, z, y, ws)
         if act.is_custom:
             z = y.copy() if self.training else y

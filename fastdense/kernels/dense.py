@@ -129,9 +129,12 @@ def forward_softmax(x, w, bias, code, z, y, ws=None):
         _softmax_rows(z, y)
 
 
-def forward_for(code: int):
-    """The forward kernel for activation ``code`` (batches of more than two rows):
-    :func:`forward_softmax` for softmax, :func:`forward` for the others."""
+def forward_for(code: int, rows: bool = False):
+    """The forward kernel for activation ``code``: :func:`forward` and for softmax
+    :func:`forward_softmax`, or with ``rows`` (a batch of one or two, ``gemm.uses_rows``)
+    :func:`forward_rows` and :func:`forward_rows_softmax`."""
+    if rows:
+        return forward_rows_softmax if code == act.SOFTMAX else forward_rows
     return forward_softmax if code == act.SOFTMAX else forward
 
 
@@ -160,13 +163,6 @@ def forward_rows_softmax(x, w, bias, code, z, y, ws):
     the same arguments)."""
     vector_matrix(x, w, z, EP_BIAS_ACT, bias, act.LINEAR, y, z, 0.0, 0.0, 0.0, ws)
     _softmax_rows_serial(z, y)
-
-
-def forward_rows_for(code: int):
-    """The forward kernel for activation ``code`` and batches of one or two rows
-    (``gemm.uses_rows``): :func:`forward_rows_softmax` for softmax, :func:`forward_rows` for
-    the others."""
-    return forward_rows_softmax if code == act.SOFTMAX else forward_rows
 
 
 @kernel(nrt=False)

@@ -173,8 +173,8 @@ def test_forward_refuses_softmax_which_has_its_own_kernel(dtype):
 
 def test_forward_rows_refuses_softmax_which_has_its_own_kernel(dtype):
     """Likewise for batches of one or two rows: ``forward_rows`` raises before writing, and
-    ``forward_rows_for`` hands out ``forward_rows_softmax``, which gives ``forward_softmax``'s
-    bits."""
+    ``forward_for(code, rows=True)`` hands out ``forward_rows_softmax``, which gives
+    ``forward_softmax``'s bits."""
     rng = np.random.default_rng(3)
     x, w, b = _layer(rng, 2, 120, 110, dtype)
     ws = np.empty(kd.workspace_size(120, 110, dtype), dtype)
@@ -182,10 +182,10 @@ def test_forward_rows_refuses_softmax_which_has_its_own_kernel(dtype):
     with pytest.raises(ValueError, match="forward_rows_softmax"):
         kd.forward_rows(x, w, b, act.SOFTMAX, y, y, ws)
     assert np.all(y == 7)
-    assert kd.forward_rows_for(act.SOFTMAX) is kd.forward_rows_softmax
-    assert kd.forward_rows_for(act.RELU) is kd.forward_rows
+    assert kd.forward_for(act.SOFTMAX, rows=True) is kd.forward_rows_softmax
+    assert kd.forward_for(act.RELU, rows=True) is kd.forward_rows
     z = np.empty_like(y)
-    kd.forward_rows_for(act.SOFTMAX)(x, w, b, act.SOFTMAX, z, y, ws)
+    kd.forward_for(act.SOFTMAX, rows=True)(x, w, b, act.SOFTMAX, z, y, ws)
     z_ref, y_ref = np.empty_like(y), np.empty_like(y)
     kd.forward_softmax(x, w, b, act.SOFTMAX, z_ref, y_ref, ws)
     np.testing.assert_array_equal(y, y_ref)
@@ -301,9 +301,9 @@ def test_row_entry_points_match_the_general_ones(name, shape, dtype):
     results = []
     try:
         for threads, forward, backward in ((1, kd.forward_for(code), kd.backward),
-                                           (1, kd.forward_rows_for(code), kd.backward_rows),
+                                           (1, kd.forward_for(code, rows=True), kd.backward_rows),
                                            (numba.config.NUMBA_NUM_THREADS,
-                                            kd.forward_rows_for(code), kd.backward_rows)):
+                                            kd.forward_for(code, rows=True), kd.backward_rows)):
             numba.set_num_threads(threads)
             w, b = w0.copy(), b0.copy()
             z, y = np.empty((batch, units), dtype), np.empty((batch, units), dtype)
