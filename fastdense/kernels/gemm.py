@@ -203,6 +203,14 @@ PIPELINE_BLOCKS = 2
 NEXT_B_TASKS = 8
 
 
+@register_jitable
+def _activated_apart(code):
+    """Whether activation ``code`` is applied by :func:`_activate_rows` after the product is
+    stored: every element-wise one but the identity and ReLU (which the stores apply), not
+    softmax (a pass over whole rows)."""
+    return code != act.LINEAR and code != act.RELU and code != act.SOFTMAX
+
+
 # Called from _epilogue_row and from _phase after the micro-kernels: not linked into either.
 @kernel(nrt=False, link=False, error_model="numpy")
 def _activate_rows(y, i0, rows, j0, ncols, code):
@@ -261,7 +269,7 @@ def _epilogue_row(acc, o, j0, ep, bias, code, yrow, wrow, lr, l1, l2):
             # (Softmax needs whole rows: applied by a second pass.)
             for j in range(nr):
                 yrow[j] = o[j]
-            if code != act.LINEAR and code != act.SOFTMAX:
+            if _activated_apart(code):
                 _activate_rows(yrow.reshape(1, nr), 0, 1, 0, nr, code)
     else:
         sgd_step(wrow[:nr], acc[:nr], lr, l1, l2)
@@ -505,8 +513,7 @@ def _phase(phase, t, nthreads, a, b, out, trans_a, trans_b, ep, bias, code, y, w
     packed = (MR * kc * size, MR * size, size)
     # Whether the micro-kernels' bias-and-activation stores (modes 4 and 5) leave the activation
     # to _activate_rows.
-    post = (ep == EP_BIAS_ACT and code != act.LINEAR and code != act.RELU
-            and code != act.SOFTMAX)
+    post = ep == EP_BIAS_ACT and _activated_apart(code)
     while True:
         task = fetch_add(ctr, 0, 1)
         if task >= ntasks:

@@ -122,9 +122,6 @@ def pack_a(a, trans_a, i0, mr, p0, kc, ap, dcode, z, y, dz, write_dz, scratch):
         dz_rows(a, z, y, dcode, i0, mr, p0, kc, dz, i0, p0)
         src = dz
         code = act.LINEAR
-    # ReLU's derivative stays fused into the packing loop below; the other activations' go
-    # through ``scratch`` (see there).
-    relu = code == act.RELU
     if trans_a:
         # op(a)[i, p] = a[p, i]: each step of a panel is a contiguous run of a row of ``a``,
         # one move of MR elements (a constant-size copy_n: a few vector moves; a loop of MR
@@ -151,6 +148,9 @@ def pack_a(a, trans_a, i0, mr, p0, kc, ap, dcode, z, y, dz, write_dz, scratch):
                 for r in range(rows, MR):
                     d2[p, r] = 0
         return
+    # ReLU's derivative stays fused into the packing loop below; the other activations' go
+    # through ``scratch`` (see there).
+    relu = code == act.RELU
     for q in range(npan):
         r0 = q * MR
         rows = min(MR, mr - r0)
