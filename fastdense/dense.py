@@ -78,7 +78,6 @@ class _ForwardPlan(NamedTuple):
     replay unpacks it."""
 
     shape: tuple[int, int]
-    strides: tuple[int, int]
     dtype: np.dtype
     out_shape: tuple[int, int]
     like: np.ndarray | None  # a fresh output is allocated on a cache line, of this dtype
@@ -257,8 +256,8 @@ class Dense:
         # The replay of the previous call's decisions (_make_plan), inline: at batch 1 a
         # method call more is a tenth of the whole call.
         if (plan is not None and type(inputs) is np.ndarray and inputs.shape == plan[0]
-                and inputs.strides == plan[1] and inputs.dtype is plan[2]):
-            (shape, _, dtype, out_shape, like, run, weight, kbias, code, z, y, ws,
+                and inputs.flags.c_contiguous and inputs.dtype is plan[1]):
+            (shape, dtype, out_shape, like, run, weight, kbias, code, z, y, ws,
              training) = plan
             if y is None:  # _aligned.output, inline
                 y = np.empty(out_shape, dtype) if like is None else aligned_empty_2d(
@@ -311,15 +310,17 @@ class Dense:
         The checks and choices of a forward call cost more than the kernel itself at batch 1
         (about 2 µs of Python), and a network calls a layer with inputs of one shape again and
         again.  The plan keeps the decisions and buffers; the next call replays it when its
-        input has the same shape, strides and dtype.  Everything else it depends on (weights,
-        bias, activation, ``training``, output reuse, regularizers) is a :func:`_planned`
-        attribute, whose assignment drops the plan.
+        input has the same shape and dtype and is C-contiguous.  Everything else it depends on
+        (weights, bias, activation, ``training``, output reuse, regularizers) is a
+        :func:`_planned` attribute, whose assignment drops the plan.
 
         The plan calls the kernel's compiled entry point for these argument types, not its
         dispatcher, which would work out the types again (a quarter of a microsecond).  Only
-        the input is new on a replay, and it has the recorded shape, strides and dtype; the
-        type's flags left unchecked (read-only, aligned) do not matter to code that only reads
-        it.
+        the input is new on a replay, and it has the recorded shape, dtype and layout (its
+        strides are not compared: a C-contiguous array's are those of its shape, but for axes
+        of length 1, which compiled code never steps along, and ``flags.c_contiguous`` costs
+        half of comparing them); the type's flags left unchecked (read-only, aligned) do not
+        matter to code that only reads it.
         """
         reuse_y = self._workspace.get("y") if self._reuse_outputs else None
         code = self.activation.code
@@ -329,7 +330,7 @@ class Dense:
         like = _aligned.like(self.dtype) if big else None
         # Kept as a plain tuple: unpacking a tuple subclass takes Python's slow path (0.1 µs,
         # measured at batch 1).
-        return tuple(_ForwardPlan(x.shape, x.strides, x.dtype, out_shape, like, run,
+        return tuple(_ForwardPlan(x.shape, x.dtype, out_shape, like, run,
                                   self.weight, bias, code, z if keep_z else None, reuse_y, ws,
                                   self.training))
 
@@ -403,7 +404,7 @@ class Dense:
             backward = _entry_point(backward, (x2, self.weight, bias, z, y, g2, act.code, dz,
                                                dw, db, dx, 0.0, l1w, l2w, l1b, l2b, False, ws))
         self._backprop_plan = None if not plannable else (
-            g2.shape, g2.strides, g2.dtype, in_shape, compute_input_grad, backward, dz, dw,
+            g2.shape, g2.dtype, in_shape, compute_input_grad, backward, dz, dw,
             db, dx if self._reuse_outputs else None, bias, ws, fusable)
         return dx.reshape(in_shape) if compute_input_grad else None
 
@@ -432,12 +433,12 @@ class Dense:
         """:meth:`backprop` of the ndarray ``g`` by ``plan`` (what the previous call decided,
         as forward's :meth:`_make_plan` does): ``(True, dL/dinputs)``, or ``(False, None)``
         when the plan does not apply and the full path must run."""
-        (shape, strides, dtype, in_shape, want_dx, backward, dz, dw, db, dx, kbias, ws,
+        (shape, dtype, in_shape, want_dx, backward, dz, dw, db, dx, kbias, ws,
          fusable) = plan
         x, z, y, cached_shape = self._cache
         # Weights, activation, regularizers and output reuse are _planned attributes: their
         # assignment has dropped the plan.
-        if (g.shape != shape or g.strides != strides or g.dtype is not dtype
+        if (g.shape != shape or not g.flags.c_contiguous or g.dtype is not dtype
                 or cached_shape != in_shape or compute_input_grad != want_dx):
             return False, None
         learning_rate_of(optimizer)  # validated before anything changes, as the full path
