@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fastdense.kernels import activation as _k
+from fastdense.kernels import activation_passes as _passes
 
 _CODES: dict[str, int] = {
     "linear": _k.LINEAR,
@@ -56,6 +57,12 @@ class Activation:
     def needs_z(self) -> bool:
         """Whether backprop needs the pre-activation ``z`` (else the output ``y`` suffices)."""
         return self.is_custom or self.code in _k.NEEDS_Z
+
+    def prepare(self, dtype: np.dtype) -> None:
+        """Have the product kernels apply this activation for ``dtype`` by passes of its own,
+        compiled (or loaded from Numba's cache) on the first call in a process; see
+        :mod:`fastdense.kernels.activation_passes`."""
+        _passes.install(self.code, dtype)
 
     def serialize(self) -> str | tuple:
         """The identifier that :func:`get` turns back into this activation."""

@@ -288,6 +288,7 @@ class Dense:
         z = self._buffer("z", (n, self.units)) if keep_z else y
         bias = self.bias if self.use_bias else _k.empty_bias(self.dtype)
         ws = self._kernel_workspace()
+        act.prepare(self.dtype)
         forward = _k.forward_for(act.code, uses_rows(n, self.units, in_dim))
         forward(x2, self.weight, bias, act.code, z, y, ws)
         if act.is_custom:
@@ -379,6 +380,7 @@ class Dense:
         g2 = np.ascontiguousarray(g.reshape(-1, self.units))
         n = x2.shape[0]
         act = self.activation
+        act.prepare(self.dtype)
         if act.is_custom:
             g2 = np.ascontiguousarray(g2 * act.grad(z, y), dtype=self.dtype)
         kreg, breg = self.kernel_regularizer, self.bias_regularizer

@@ -135,6 +135,7 @@ def linear(x: Any, kernel: Any, bias: Any = None, activation: Any = None) -> np.
     w = np.ascontiguousarray(kernel, dtype=dt)
     y = _aligned.product_output(x2.shape[0], w.shape[0], w)
     ws = _workspace(_dense.workspace_size(w.shape[0], units, dt), dt)
+    act.prepare(x2.dtype)
     forward = _dense.forward_for(act.code, uses_rows(x2.shape[0], units, w.shape[0]))
     forward(x2, w, b, act.code, y, y, ws)
     return y.reshape((*x.shape[:-1], units))

@@ -410,6 +410,52 @@ def no_inline(typingctx):
 
 
 @intrinsic
+def float64_bits(typingctx, x):
+    """The bits of the float64 ``x`` as an int64 (a reinterpretation: no conversion)."""
+    if not (isinstance(x, types.Float) and x.bitwidth == 64):
+        return None
+    sig = types.int64(x)
+
+    def codegen(context, builder, signature, args):
+        from llvmlite import ir
+
+        return builder.bitcast(args[0], ir.IntType(64))
+
+    return sig, codegen
+
+
+@intrinsic
+def float64_from_bits(typingctx, i):
+    """The float64 whose bits are the int64 ``i`` (the inverse of :func:`float64_bits`)."""
+    if not (isinstance(i, types.Integer) and i.bitwidth == 64):
+        return None
+    sig = types.float64(i)
+
+    def codegen(context, builder, signature, args):
+        from llvmlite import ir
+
+        return builder.bitcast(args[0], ir.DoubleType())
+
+    return sig, codegen
+
+
+@intrinsic
+def always_inline(typingctx):
+    """Make LLVM inline the calling function wherever it is called (no code emitted).
+
+    For element-wise functions too large for LLVM's own threshold: a loop calling one
+    does not vectorize.
+    """
+    sig = types.none()
+
+    def codegen(context, builder, signature, args):
+        builder.function.attributes.add("alwaysinline")
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
 def strided_view(typingctx, a, shape, strides):
     """A view of ``a``'s data from its first element with the given ``shape`` and byte
     ``strides`` (tuples of one length), like ``np.lib.stride_tricks.as_strided``: no checks.

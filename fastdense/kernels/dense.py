@@ -18,6 +18,7 @@ from fastdense.kernels._codegen import fma, kernel, wide_vectors
 from fastdense.kernels._microkernels import DOT_LANES, DOT_ROWS, dots_1, dots_4
 from fastdense.kernels._placement import caller_waits, region_opens, worker_arrives
 from fastdense.kernels._tiles import BLOCKING, _blocking
+from fastdense.kernels.activation_passes import require_passes
 from fastdense.kernels.gemm import (
     DIRECT_ROWS,
     EP_BIAS_ACT,
@@ -89,7 +90,9 @@ def forward(x, w, bias, code, z, y, ws=None):
     code : int
         Activation code from :mod:`fastdense.kernels.activation`, of an element-wise
         activation: softmax, which needs whole rows, is :func:`forward_softmax`'s (see
-        :func:`forward_for`).
+        :func:`forward_for`).  Activations other than the identity and ReLU need their
+        passes installed (:func:`fastdense.kernels.activation_passes.install`; the layer does
+        it): without them this raises ``ValueError`` before writing anything.
     z, y : ndarray (N, units), C-contiguous
         Outputs; ``y`` may be ``z`` itself when ``z`` need not be kept.
     ws : ndarray (workspace_size(in, units, dtype),), optional
@@ -98,6 +101,7 @@ def forward(x, w, bias, code, z, y, ws=None):
     """
     if code == act.SOFTMAX:
         raise ValueError("forward takes element-wise activations; softmax is forward_softmax")
+    require_passes(code, y)
     m, n = z.shape
     if ws is None:
         buf = _layer_ws(w.shape[0], w.shape[1], w)
@@ -153,6 +157,7 @@ def forward_rows(x, w, bias, code, z, y, ws):
     if code == act.SOFTMAX:
         raise ValueError("forward_rows takes element-wise activations; softmax is "
                          "forward_rows_softmax")
+    require_passes(code, y)
     vector_matrix(x, w, z, EP_BIAS_ACT, bias, code, y, z, 0.0, 0.0, 0.0, ws)
 
 
@@ -338,6 +343,7 @@ def backward(x, w, bias, z, y, g, code, dz, dw, db, dx, lr, l1w, l2w, l1b, l2b, 
     gradient, which a network's first layer does not need.  ``ws`` is the workspace of
     :func:`forward` (optional likewise).
     """
+    require_passes(code, dz)
     if ws is None:
         buf = _layer_ws(w.shape[0], w.shape[1], w)
     else:
@@ -403,6 +409,7 @@ def backward_rows(x, w, bias, z, y, g, code, dz, dw, db, dx, lr, l1w, l2w, l1b, 
     then updates it (or writes ``dw``)."""
     if ws.shape[0] < _LANES:
         raise ValueError(SHORT_WORKSPACE)
+    require_passes(code, dz)
     d = g
     if code != act.LINEAR:
         d = dz

@@ -64,6 +64,7 @@ from fastdense.kernels._tiles import (
     _strip_width,
     _ukernel,
 )
+from fastdense.kernels.activation_passes import VALUES, call_values_pass, pass_address
 from fastdense.kernels.memory import CACHE_LINE
 from fastdense.kernels.pack import pack_a, pack_b, pack_b_gathered, pack_b_rows
 from fastdense.kernels.update import sgd_step
@@ -217,25 +218,18 @@ def _activate_rows(y, i0, rows, j0, ncols, code):
     """``y = act(y)`` in place on ``y[i0:i0 + rows, j0:j0 + ncols]``, for the element-wise
     activations other than ReLU and the identity (which the micro-kernels apply as they store).
 
-    In place, one array: a loop from one array into another vectorizes behind a runtime check
-    that the two do not overlap, which fails when they are the same.  tanh, the sigmoid and
-    swish have loops of their own, which vectorize in float32 (see ``act.tanh`` and
-    ``act.sigmoid``): float32 forward 256 x 784->128 with swish, 460 -> 362 us.
+    By the activation's values pass (:mod:`.activation_passes`: a loop of its own, which
+    vectorizes, compiled when a layer first uses the activation).  Without one installed (the
+    layer kernels refuse that before they start: ``require_passes``) the block is set to NaN.
     """
+    fn = pass_address(VALUES, y, code)
+    if fn != 0:
+        call_values_pass(fn, y, i0, rows, j0, ncols)
+        return
     for i in range(i0, i0 + rows):
         yr = y[i, j0:j0 + ncols]
-        if code == act.TANH:
-            for j in range(ncols):
-                yr[j] = act.tanh(yr[j])
-        elif code == act.SIGMOID:
-            for j in range(ncols):
-                yr[j] = act.sigmoid(yr[j])
-        elif code == act.SWISH:
-            for j in range(ncols):
-                yr[j] = act.swish(yr[j])
-        else:
-            for j in range(ncols):
-                yr[j] = act.apply(code, yr[j])
+        for j in range(ncols):
+            yr[j] = np.nan
 
 
 # Called from four kernels (tile stores, small products, the batch-1 rows): not linked into

@@ -11,9 +11,12 @@ dZ anyway: the activation derivative ``dz = g * act'(z)`` while packing dZ as th
 dZ as the B operand of ``dw = x.T @ dz``.
 """
 
+import numpy as np
+
 from fastdense.kernels import activation as act
 from fastdense.kernels._codegen import copy_n, kernel, no_inline, transpose8
 from fastdense.kernels._tiles import _blocking
+from fastdense.kernels.activation_passes import DERIVATIVE, call_derivative_pass, pass_address
 
 
 @kernel(nrt=False)
@@ -70,33 +73,30 @@ def dz_rows(g, z, y, dcode, i0, mr, p0, kc, dz, di, dp):
     """``dz = g * act'(z, y)`` on rows ``i0:i0+mr``, steps ``p0:p0+kc`` (contiguous rows),
     written to ``dz[di:di + mr, dp:dp + kc]``.
 
-    The common activations have loops of their own, each calling that activation's derivative
-    (``act.relu_derivative`` ...), which LLVM makes a branch-free, vectorized loop; with the
-    code read per element (:func:`fastdense.kernels.activation.derivative`) it neither
-    vectorizes nor removes the branches, and ReLU's mispredict on every other element
-    (measured 1024 x 256 float32, single-threaded: 1.44 ms generic, 52 us so).
+    ReLU has a loop here, the other activations their derivative pass
+    (:mod:`.activation_passes`, compiled when a layer first uses the activation): each
+    activation's loop of its own, which LLVM makes branch-free and vectorizes.  With the code
+    read per element (:func:`fastdense.kernels.activation.derivative`) it neither vectorizes
+    nor removes the branches, and ReLU's mispredict on every other element (measured
+    1024 x 256 float32, single-threaded: 1.44 ms generic, 52 us so).  Without a pass installed
+    (the layer kernels refuse that before they start) the block is set to NaN.
     """
-    for i in range(i0, i0 + mr):
-        gi = g[i, p0:p0 + kc]
-        zi = z[i, p0:p0 + kc]
-        yi = y[i, p0:p0 + kc]
-        dzi = dz[di + i - i0, dp:dp + kc]
-        if dcode == act.RELU:
+    if dcode == act.RELU:
+        for i in range(i0, i0 + mr):
+            gi = g[i, p0:p0 + kc]
+            zi = z[i, p0:p0 + kc]
+            dzi = dz[di + i - i0, dp:dp + kc]
             for p in range(kc):
                 dzi[p] = gi[p] * act.relu_derivative(zi[p])
-        elif dcode == act.TANH:
-            for p in range(kc):
-                dzi[p] = gi[p] * act.tanh_derivative(yi[p])
-        elif dcode == act.SIGMOID:
-            for p in range(kc):
-                dzi[p] = gi[p] * act.sigmoid_derivative(yi[p])
-        elif dcode == act.SWISH:
-            # (Vectorizes in float32 through ``act.sigmoid``.)
-            for p in range(kc):
-                dzi[p] = gi[p] * act.swish_derivative(zi[p])
-        else:
-            for p in range(kc):
-                dzi[p] = gi[p] * act.derivative(dcode, zi[p], yi[p])
+        return
+    fn = pass_address(DERIVATIVE, dz, dcode)
+    if fn != 0:
+        call_derivative_pass(fn, g, z, y, i0, mr, p0, kc, dz, di, dp)
+        return
+    for i in range(i0, i0 + mr):
+        dzi = dz[di + i - i0, dp:dp + kc]
+        for p in range(kc):
+            dzi[p] = np.nan
 
 
 #: Steps of a transposed A with rows of a multiple of 4 KiB packed for all its panels at a time

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from fastdense.kernels import activation_passes
+
 
 def product_tolerance(a: np.ndarray, b: np.ndarray, dtype) -> np.ndarray:
     """Elementwise bound for ``op(a) @ op(b)`` computed in ``dtype``.
@@ -21,3 +23,12 @@ def product_tolerance(a: np.ndarray, b: np.ndarray, dtype) -> np.ndarray:
 @pytest.fixture(params=[np.float32, np.float64], ids=["f32", "f64"])
 def dtype(request):
     return request.param
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _activation_passes():
+    """The kernels here are called directly, with every activation: install all their passes
+    (layers do it for their own activation)."""
+    for code in activation_passes.CODES_WITH_PASSES:
+        for dtype in (np.float32, np.float64):
+            activation_passes.install(code, dtype)
