@@ -17,6 +17,7 @@ import numpy as np
 
 from fastdense.bench.cases import Case
 from fastdense.bench.workloads import Inputs
+from fastdense.reference import act_backward, act_forward
 
 SLACK = 8.0
 
@@ -49,7 +50,10 @@ def references(case: Case, inputs: Inputs, got: dict[str, np.ndarray]
 
     For ``backprop`` and ``train_step`` the ReLU mask is taken from the implementation's own
     forward output ``got["y"]`` (itself checked): an activation within rounding of zero may
-    fall on either side, and that legitimate difference must not fail the gradients.
+    fall on either side, and that legitimate difference must not fail the gradients.  For
+    the other activations, ``z``'s rounding bound is carried through them: times the largest
+    slope over ``z`` plus or minus that bound for ``y``, and times the largest change of the
+    slope there for ``dz`` (a kink near ``z``, as leaky ReLU's, then allows either side).
 
     Returns
     -------
@@ -64,22 +68,40 @@ def references(case: Case, inputs: Inputs, got: dict[str, np.ndarray]
         return {"out": (ref, bound(np.abs(x) @ np.abs(w), k, ref, dt))}
     b = inputs.bias.astype(np.float64)
     z = x @ w + b
-    y = np.maximum(z, 0.0)
-    out = {"y": (y, bound(np.abs(x) @ np.abs(w) + np.abs(b), k, y, dt))}
+    z_abs = np.abs(x) @ np.abs(w) + np.abs(b)
+    name = case.activation
+    g = inputs.dldy.astype(np.float64)
+    # What the activation adds to the error: |act'| (and, for the gradients, the change of
+    # act') over the product's own error interval around z.
+    dz_err = np.zeros_like(z)
+    if name == "relu":
+        y = np.maximum(z, 0.0)
+        y_bound = bound(z_abs, k, y, dt)
+    else:
+        y = act_forward(name, z)
+        z_bound = bound(z_abs, k, z, dt)
+        slopes = [act_backward(name, c, act_forward(name, c), np.ones_like(c))
+                  for c in (z - z_bound, z, z + z_bound)]
+        y_bound = np.max(np.abs(slopes), axis=0) * z_bound + bound(np.abs(y), 1, y, dt)
+        dz_err = np.abs(g) * np.max(np.abs(np.array(slopes) - slopes[1]), axis=0)
+    out = {"y": (y, y_bound)}
     if case.op == "forward":
         return out
-    g = inputs.dldy.astype(np.float64)
     m, n = g.shape
-    dz = g * (np.asarray(got["y"]) > 0)
+    if name == "relu":
+        dz = g * (np.asarray(got["y"]) > 0)
+    else:
+        dz = act_backward(name, z, y, g)
+        dz_err = dz_err + bound(np.abs(dz), 1, dz, dt)
     dw = x.T @ dz
     db = dz.sum(axis=0)
     dx = dz @ w.T
-    dw_bound = bound(np.abs(x).T @ np.abs(dz), m, dw, dt)
-    db_bound = bound(np.abs(dz).sum(axis=0), m, db, dt)
+    dw_bound = bound(np.abs(x).T @ np.abs(dz), m, dw, dt) + np.abs(x).T @ dz_err
+    db_bound = bound(np.abs(dz).sum(axis=0), m, db, dt) + dz_err.sum(axis=0)
     lr = inputs.lr
     new_w = w - lr * dw
     new_b = b - lr * db
-    out["dx"] = (dx, bound(np.abs(dz) @ np.abs(w).T, n, dx, dt))
+    out["dx"] = (dx, bound(np.abs(dz) @ np.abs(w).T, n, dx, dt) + dz_err @ np.abs(w).T)
     # The update adds the gradient's error (scaled by lr) to the rounding of the subtraction.
     out["weight"] = (new_w, lr * dw_bound + bound(np.abs(w) + lr * np.abs(dw), 1, new_w, dt))
     out["bias"] = (new_b, lr * db_bound + bound(np.abs(b) + lr * np.abs(db), 1, new_b, dt))

@@ -61,13 +61,21 @@ class Shape:
         return f"{self.m}^3" if self.square else f"{self.m} x {self.k}->{self.n}"
 
 
+#: The layers' activation unless another is asked for.
+DEFAULT_ACTIVATION = "relu"
+#: The activations a layer benchmark can take: the element-wise ones every peer has.
+ACTIVATIONS = ("relu", "sigmoid", "tanh", "gelu", "leaky_relu", "elu", "selu", "swish",
+               "softplus")
+
+
 @dataclass(frozen=True, order=True)
 class Case:
-    """One benchmark: an operation on one shape in one dtype."""
+    """One benchmark: an operation on one shape in one dtype (layers with ``activation``)."""
 
     op: str
     dtype: str
     shape: Shape
+    activation: str = DEFAULT_ACTIVATION
 
     def __post_init__(self) -> None:
         if self.op not in OPERATIONS:
@@ -76,11 +84,18 @@ class Case:
             raise ValueError(f"unknown dtype {self.dtype!r}; expected one of {DTYPES}")
         if self.shape.square and self.op != "gemm":
             raise ValueError("square shapes are GEMM-only")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {self.activation!r}; expected one of "
+                             f"{ACTIVATIONS}")
 
     @property
     def group(self) -> str:
-        """Stable name, e.g. ``forward-float32-b256-784x512``."""
-        return f"{self.op}-{self.dtype}-{self.shape.id}"
+        """Stable name, e.g. ``forward-float32-b256-784x512`` (``-gelu`` appended for
+        layers of another activation than ReLU)."""
+        name = f"{self.op}-{self.dtype}-{self.shape.id}"
+        if self.op != "gemm" and self.activation != DEFAULT_ACTIVATION:
+            name += f"-{self.activation}"
+        return name
 
     @property
     def flops(self) -> int:

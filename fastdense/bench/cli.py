@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -57,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"operations to run (default all): {', '.join(cases_mod.OPERATIONS)}")
     p.add_argument("--dtype", choices=cases_mod.DTYPES, default=None,
                    help="only this dtype (default: both; float32 with --quick)")
+    p.add_argument("--activation", choices=cases_mod.ACTIVATIONS,
+                   default=cases_mod.DEFAULT_ACTIVATION,
+                   help="the layers' activation, on every side (default: relu)")
     p.add_argument("--threads", type=int, default=None, metavar="N",
                    help="threads for every implementation (default: all available cores, "
                         f"here {available_cores()})")
@@ -123,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
         limit = runner_limit()
         if not 1 <= threads <= limit:
             raise ValueError(f"--threads must be between 1 and {limit}, got {threads}")
-        selected = _select_cases(args, ops, dtypes)
+        selected = [c if c.op == "gemm" else dataclasses.replace(c, activation=args.activation)
+                    for c in _select_cases(args, ops, dtypes)]
         if not selected:
             raise ValueError("no benchmark case selected (square sizes are GEMM-only)")
         if args.blocks is not None and args.blocks < 1:
@@ -159,7 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     steps = len(used_dtypes) * len(runner.compile_order(used_ops))
     with _progress(steps, "compiling fastdense kernels", disable) as bar:
         t0 = time.perf_counter()
-        by_dtype = runner.compile_kernels(used_ops, used_dtypes, on_step=lambda _: bar.update())
+        by_dtype = runner.compile_kernels(used_ops, used_dtypes, args.activation,
+                                          on_step=lambda _: bar.update())
         compile_s = {"total_s": time.perf_counter() - t0, "by_dtype": by_dtype,
                      "method": "first call minus second call of each operation on a tiny "
                                "problem (Numba compile or on-disk cache load)"}
@@ -189,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"WARNING: {warning}")
     print(f"timing: {settings.blocks} alternating blocks of ~{settings.block_time * 1e3:.0f} ms "
           "per implementation, best and median block shown; ratio = peer best / fastdense "
-          "best (>1: fastdense faster)")
+          f"best (>1: fastdense faster); layers' activation: {args.activation}")
     print()
     print(report.table(results, impls))
     wall = time.perf_counter() - started
@@ -229,7 +235,7 @@ def _settings_dict(args: argparse.Namespace, settings: runner.Settings, ops: lis
         "block_time_s": settings.block_time,
         "warmup_calls": settings.warmup_calls,
         "warmup_time_s": settings.warmup_time,
-        "activation": workloads.ACTIVATION,
+        "activation": args.activation,
         "learning_rate": workloads.LEARNING_RATE,
         "settle": "before every block, wait until this process uses < 0.2 cores over 10 ms "
                   "(previous thread pools idle), at most 0.5 s",

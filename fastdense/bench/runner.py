@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fastdense.bench import agreement, workloads
-from fastdense.bench.cases import Case, Shape
+from fastdense.bench.cases import DEFAULT_ACTIVATION, Case, Shape
 from fastdense.bench.pinning import pinned_threads
 from fastdense.bench.timing import Timed, Timing, time_alternating
 
@@ -61,8 +61,10 @@ class CaseResult:
 
 
 def compile_kernels(ops: Sequence[str], dtypes: Sequence[str],
+                    activation: str = DEFAULT_ACTIVATION,
                     on_step: Callable[[str], object] | None = None) -> dict[str, dict[str, float]]:
-    """Trigger fastdense's JIT compilation (or cache load) and time it, per dtype and op.
+    """Trigger fastdense's JIT compilation (or cache load) and time it, per dtype and op, for
+    layers of ``activation``.
 
     Each operation's first call on a tiny problem compiles its kernels; the time of that call
     minus a second, compiled call is the compile (or cache-load) time, kept apart from the
@@ -78,7 +80,7 @@ def compile_kernels(ops: Sequence[str], dtypes: Sequence[str],
     for dtype in dtypes:
         result[dtype] = {}
         for op in order:
-            case = Case(op, dtype, Shape(4, 8, 3))
+            case = Case(op, dtype, Shape(4, 8, 3), activation)
             work = workloads.build(case, SUBJECT, workloads.make_inputs(case)).timed
             first = _one_call(work)
             again = _one_call(work)

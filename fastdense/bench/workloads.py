@@ -8,7 +8,8 @@ Peers:
 
 * ``numpy``: :class:`fastdense.reference.NumpyDense` and ``a @ b``, the idiomatic NumPy a
   competent user writes, on the BLAS NumPy ships with.
-* ``torch`` (when importable): ``torch.mm``; ``relu(nn.Linear(x))``; ``backward`` then
+* ``torch`` (when importable): ``torch.mm``; ``relu(nn.Linear(x))`` (or the case's other
+  activation); ``backward`` then
   ``optim.SGD.step``.  The input requires grad, since fastdense and NumPy compute ``dL/dx``
   too, and gradients are reset to ``None`` after each step as ``zero_grad`` does by default.
 """
@@ -27,7 +28,6 @@ from fastdense.bench.cases import Case
 from fastdense.bench.timing import Timed
 from fastdense.reference import NumpyDense
 
-ACTIVATION = "relu"
 LEARNING_RATE = 1e-3
 """Small enough that the weights drift little within a block, large enough that an update
 stands well above float32 rounding of the weights, so a wrong update is detected."""
@@ -142,11 +142,28 @@ class _NumpyLikeLayer(_Layer):
                 "bias": self.layer.bias.copy()}
 
 
+def _torch_activation(torch: Any, name: str) -> Callable[[Any], Any]:
+    """PyTorch's function for the Keras activation ``name`` (Keras' constants)."""
+    f = torch.nn.functional
+    return {
+        "relu": torch.relu,
+        "sigmoid": torch.sigmoid,
+        "tanh": torch.tanh,
+        "gelu": f.gelu,  # the exact erf form, as Keras' default
+        "leaky_relu": lambda t: f.leaky_relu(t, 0.2),
+        "elu": f.elu,
+        "selu": f.selu,
+        "swish": f.silu,
+        "softplus": f.softplus,
+    }[name]
+
+
 class _TorchLayer(_Layer):
-    def __init__(self, inputs: Inputs, dtype: str) -> None:
+    def __init__(self, inputs: Inputs, dtype: str, activation: str) -> None:
         import torch
 
         self.torch = torch
+        self.activation = _torch_activation(torch, activation)
         self.inputs = inputs
         tdt = getattr(torch, dtype)
         k, n = inputs.w.shape
@@ -160,7 +177,7 @@ class _TorchLayer(_Layer):
         self.reset()
 
     def forward(self) -> Any:
-        return self.torch.relu(self.linear(self.x))
+        return self.activation(self.linear(self.x))
 
     def backprop(self, y: Any) -> Any:
         self.x.grad = None
@@ -209,13 +226,13 @@ def _gemm_workload(impl: str, inputs: Inputs) -> Workload:
 def _layer(impl: str, case: Case, inputs: Inputs) -> _Layer:
     n = case.shape.n
     if impl == "fastdense":
-        layer = fastdense.Dense(n, activation=ACTIVATION, dtype=case.dtype)
+        layer = fastdense.Dense(n, activation=case.activation, dtype=case.dtype)
         return _NumpyLikeLayer(layer, inputs, fastdense.SGD(inputs.lr))
     if impl == "numpy":
-        layer = NumpyDense(n, activation=ACTIVATION, dtype=case.dtype)
+        layer = NumpyDense(n, activation=case.activation, dtype=case.dtype)
         return _NumpyLikeLayer(layer, inputs, fastdense.SGD(inputs.lr))
     if impl == "torch":
-        return _TorchLayer(inputs, case.dtype)
+        return _TorchLayer(inputs, case.dtype, case.activation)
     raise ValueError(f"unknown implementation {impl!r}")
 
 

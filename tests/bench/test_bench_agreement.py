@@ -50,3 +50,20 @@ def test_nan_and_shape_are_rejected() -> None:
         agreement.check(case, "numpy", inputs, got)
     with pytest.raises(agreement.DisagreementError, match="shape"):
         agreement.check(case, "numpy", inputs, {"out": np.zeros((6, 4))})
+
+
+@pytest.mark.parametrize("activation", [a for a in cases.ACTIVATIONS if a != "relu"])
+@pytest.mark.parametrize("dtype", cases.DTYPES)
+def test_every_activation_agrees_and_a_wrong_one_is_rejected(activation: str, dtype: str):
+    """fastdense and NumPy pass with each activation (the float32 ones are fastdense's own
+    formulas); the output or gradients of another activation do not."""
+    case = cases.Case("train_step", dtype, cases.Shape(16, 300, 24), activation)
+    inputs = workloads.make_inputs(case)
+    for impl in ("fastdense", "numpy"):
+        got = workloads.build(case, impl, inputs).result()
+        assert 0.0 <= agreement.check(case, impl, inputs, got) <= 1.0
+    other = "softplus" if activation != "softplus" else "elu"
+    wrong = workloads.build(cases.Case("train_step", dtype, cases.Shape(16, 300, 24), other),
+                            "fastdense", inputs).result()
+    with pytest.raises(agreement.DisagreementError):
+        agreement.check(case, "fastdense", inputs, wrong)

@@ -149,3 +149,22 @@ def test_torch_column_when_installed() -> None:
     assert code == 0, err
     header = next(line for line in out.splitlines() if line.startswith("operation"))
     assert "torch best" in header and "torch/fastdense" in header
+
+
+def test_another_activation(tmp_path: Path) -> None:
+    """``--activation`` gives every layer case that activation, on every side, and says so."""
+    path = tmp_path / "gelu.json"
+    code, out, err = run([*TINY, "--dtype", "float64", "--ops", "gemm", "forward",
+                          "--activation", "gelu", "--json", str(path)])
+    assert code == 0, err
+    assert "layers' activation: gelu" in out
+    doc = json.loads(path.read_text())
+    assert doc["settings"]["activation"] == "gelu"
+    groups = [r["group"] for r in doc["results"]]
+    assert all(g.endswith("-gelu") for g in groups if g.startswith("forward"))
+    assert not any(g.endswith("-gelu") for g in groups if g.startswith("gemm"))
+
+
+def test_an_unknown_activation_is_a_usage_error() -> None:
+    with pytest.raises(SystemExit):
+        run([*TINY, "--activation", "softmax"])
