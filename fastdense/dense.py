@@ -13,6 +13,7 @@ import numpy as np
 
 from fastdense import _aligned, activations, initializers, regularizers
 from fastdense.kernels import dense as _k
+from fastdense.kernels.activation import LINEAR
 from fastdense.kernels.gemm import uses_rows
 from fastdense.kernels.memory import aligned_empty_2d
 from fastdense.optimizers import apply_update, learning_rate_of, plain_sgd_rate
@@ -394,8 +395,10 @@ class Dense:
         ws = self._kernel_workspace()
         backward = _k.backward_rows if uses_rows(n, self.units, self.input_dim) \
             else _k.backward
+        dz_first = _k.dz_over_threads(n, self.input_dim, self.units, act.code,
+                                      compute_input_grad)
         self._backward_and_update(backward, x2, z, y, g2, dz, dw, db, dx, bias, ws, optimizer,
-                                  fusable)
+                                  fusable, dz_first)
         plannable = (not act.is_custom and g is dLdy and g.ndim == 2
                      and g.flags.c_contiguous)
         if plannable:
@@ -407,22 +410,28 @@ class Dense:
                                                dw, db, dx, 0.0, l1w, l2w, l1b, l2b, False, ws))
         self._backprop_plan = None if not plannable else (
             g2.shape, g2.dtype, in_shape, compute_input_grad, backward, dz, dw,
-            db, dx if self._reuse_outputs else None, bias, ws, fusable)
+            db, dx if self._reuse_outputs else None, bias, ws, fusable, dz_first)
         return dx.reshape(in_shape) if compute_input_grad else None
 
     def _backward_and_update(self, backward: Any, x: np.ndarray, z: np.ndarray, y: np.ndarray,
                              g: np.ndarray, dz: np.ndarray, dw: np.ndarray, db: np.ndarray,
                              dx: np.ndarray, bias: np.ndarray, ws: np.ndarray, optimizer: Any,
-                             fusable: bool) -> None:
+                             fusable: bool, dz_first: bool) -> None:
         """The gradients by the ``backward`` kernel, then the update: fused into the kernel
         for plain SGD with fusable penalties, else by ``optimizer``.  Ends the forward's state.
+        With ``dz_first`` (``kernels.dense.dz_over_threads``), ``dz`` is computed first over the
+        threads and handed to the kernel as the gradient of an identity activation.
         """
         kreg, breg = self.kernel_regularizer, self.bias_regularizer
         lr = plain_sgd_rate(optimizer)
         fuse = lr is not None and fusable
         l1w, l2w = _factors(kreg)
         l1b, l2b = _factors(breg)
-        backward(x, self.weight, bias, z, y, g, self.activation.code, dz, dw, db, dx,
+        code = self.activation.code
+        if dz_first:
+            _k.activation_grad(g, z, y, code, dz)
+            g, code = dz, LINEAR
+        backward(x, self.weight, bias, z, y, g, code, dz, dw, db, dx,
                  lr if fuse else 0.0, l1w, l2w, l1b, l2b, fuse, ws)
         if not fuse:
             self._apply(optimizer, self.weight, dw, kreg)
@@ -436,7 +445,7 @@ class Dense:
         as forward's :meth:`_make_plan` does): ``(True, dL/dinputs)``, or ``(False, None)``
         when the plan does not apply and the full path must run."""
         (shape, dtype, in_shape, want_dx, backward, dz, dw, db, dx, kbias, ws,
-         fusable) = plan
+         fusable, dz_first) = plan
         x, z, y, cached_shape = self._cache
         # Weights, activation, regularizers and output reuse are _planned attributes: their
         # assignment has dropped the plan.
@@ -447,7 +456,7 @@ class Dense:
         if dx is None:
             dx = self._fresh((shape[0] if want_dx else 0, dw.shape[0]))
         self._backward_and_update(backward, x, z, y, g, dz, dw, db, dx, kbias, ws, optimizer,
-                                  fusable)
+                                  fusable, dz_first)
         return True, (dx if want_dx else None)
 
     def _kernel_workspace(self) -> np.ndarray:

@@ -26,6 +26,7 @@ def _compile_all(dtype: np.dtype) -> None:
     # Imported here so that ``--help`` does not pay for Numba.
     import fastdense as fd
     from fastdense import activations
+    from fastdense.kernels import dense as kdense
 
     rng = np.random.default_rng(0)
     for batch, n_in, units in LAYER_SHAPES:
@@ -44,6 +45,10 @@ def _compile_all(dtype: np.dtype) -> None:
         # Few rows: the output is allocated where ``w`` lies within its cache line.
         fd.matmul(x[:FEW_ROWS], w)
         fd.linear(x, w, np.ones(units, dtype), "relu")
+    # A backward pass's dz over the threads (large first layers, softmax), which layers call
+    # apart from the backward kernel (kernels.dense.dz_over_threads): too large to run here.
+    z = np.ones((4, 3), dtype)
+    kdense.activation_grad(z, z, z, activations.get("relu").code, np.empty_like(z))
     x = rng.standard_normal((64, 8)).astype(dtype)
     labels = (x[:, 0] > 0).astype(np.int64)
     onehot = np.eye(2, dtype=dtype)[labels]

@@ -728,3 +728,30 @@ def test_property_replays_give_the_full_paths_bits(steps, batch, seed):
                 np.testing.assert_array_equal(dx_a, dx_b)
             np.testing.assert_array_equal(a.weight, b.weight)
             np.testing.assert_array_equal(a.bias, b.bias)
+
+
+@pytest.mark.parametrize("activation", ["tanh", "softmax", "gelu"])
+def test_a_large_dz_over_the_threads_gives_the_kernel_bits(activation):
+    """A first layer (no input gradient) of 300 x 256 outputs has its dz computed over the
+    threads before the backward kernel (kernels.dense.dz_over_threads); the kernel alone
+    computes it on one thread.  Same bits, twice (the second step replays the plan)."""
+    rng = np.random.default_rng(21)
+    x = rng.standard_normal((300, 40)).astype(np.float32)
+    layer = Dense(256, activation=activation, seed=0, bias_initializer="random_normal")
+    code = layer.activation.code
+    assert kernels.dz_over_threads(300, 40, 256, code, False)
+    assert kernels.dz_over_threads(300, 40, 256, code, True) == (activation == "softmax")
+    layer.build(40)
+    w, b = layer.weight.copy(), layer.bias.copy()
+    ws = np.empty(kernels.workspace_size(40, 256, np.float32), np.float32)
+    for _ in range(2):
+        layer(x)
+        _, z, y, _ = layer._cache
+        z, y = z.copy(), y.copy()
+        g = rng.standard_normal((300, 256)).astype(np.float32)
+        layer.backprop(g, fd.SGD(0.1), compute_input_grad=False)
+        kernels.backward(x, w, b, z, y, g, code, np.empty_like(g), np.empty_like(w),
+                         np.empty_like(b), np.empty((0, 40), np.float32), 0.1, 0.0, 0.0, 0.0,
+                         0.0, True, ws)
+        np.testing.assert_array_equal(layer.weight, w)
+        np.testing.assert_array_equal(layer.bias, b)

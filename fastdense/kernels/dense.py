@@ -11,6 +11,7 @@ stored.  ``dx`` is computed first, so it always sees the weights of the forward 
 import numba
 import numpy as np
 from numba import prange
+from numba.extending import register_jitable
 from numba.np.ufunc.parallel import _iget_num_threads
 
 from fastdense.kernels import activation as act
@@ -181,7 +182,9 @@ def _activation_grad_serial(g, z, y, code, dz):
 
 
 @kernel(parallel=True)
-def _activation_grad(g, z, y, code, dz):
+def activation_grad(g, z, y, code, dz):
+    """``dz = g * act'(z, y)`` (the Jacobian-vector product for softmax) on every row, over the
+    threads: the pass :func:`backward` leaves to its caller (:func:`dz_over_threads`)."""
     # Blocks of rows, each by the serial kernel: row by row, so the split changes no result.
     # (One parallel loop for softmax and the element-wise activations: each compiles to a
     # function of its own.)
@@ -325,6 +328,32 @@ def _small_batch_backward(x, w, d, dx, dw, want_dx, fuse_sgd, lr, l1, l2, ws):
         caller_waits(ws, arrived, nthreads)
 
 
+@register_jitable
+def dz_apart(batch, n_in, units, code, want_dx):
+    """Whether :func:`backward` computes ``dz`` in a pass of its own rather than in the
+    packing of the ``dx`` product (for an activation other than the identity)."""
+    return (code == act.SOFTMAX or batch <= DIRECT_ROWS or not want_dx
+            or is_small(batch, n_in, units) or units == 0)
+
+
+#: Elements of ``dz`` from which its pass apart is worth a thread launch (which costs more than
+#: smaller passes, far more on a busy machine).
+DZ_THREADS_MIN = 65536
+
+
+def dz_over_threads(batch: int, n_in: int, units: int, code: int, want_dx: bool) -> bool:
+    """Whether a caller of :func:`backward` should compute ``dz`` first by
+    :func:`activation_grad` (over the threads) and pass it as ``g`` with the identity's code.
+
+    :func:`backward` computes a ``dz`` apart (:func:`dz_apart`) on one thread: its parallel
+    loop, compiled into every layer's backward pass, was a second of a ReLU layer's cold
+    compile, for shapes few programs use (a first layer, ``want_dx`` False, or softmax, of
+    64K elements or more); decided in Python, it is compiled when one does.
+    """
+    return (code != act.LINEAR and batch * units >= DZ_THREADS_MIN
+            and dz_apart(batch, n_in, units, code, want_dx))
+
+
 @kernel
 def backward(x, w, bias, z, y, g, code, dz, dw, db, dx, lr, l1w, l2w, l1b, l2b, fuse_sgd,
              ws=None):
@@ -341,7 +370,9 @@ def backward(x, w, bias, z, y, g, code, dz, dw, db, dx, lr, l1w, l2w, l1b, l2b, 
     and ``db`` are empty without a bias; ``dz`` is a workspace left untouched for the linear
     activation, where ``dz = g``.  A ``dx`` with no rows (shape ``(0, in)``) skips the input
     gradient, which a network's first layer does not need.  ``ws`` is the workspace of
-    :func:`forward` (optional likewise).
+    :func:`forward` (optional likewise).  A ``dz`` computed in a pass apart is computed on one
+    thread: for large ones the caller runs :func:`activation_grad` first and passes its
+    ``dz`` as ``g`` with the identity's code (:func:`dz_over_threads`).
     """
     require_passes(code, dz)
     if ws is None:
@@ -363,13 +394,8 @@ def backward(x, w, bias, z, y, g, code, dz, dw, db, dx, lr, l1w, l2w, l1b, l2b, 
     fused_dz = False
     if code != act.LINEAR:
         d = dz
-        if (code == act.SOFTMAX or batch <= DIRECT_ROWS or not want_dx
-                or is_small(batch, n_in, units) or units == 0):
-            if batch * units < 65536:
-                # A thread launch costs more than this work (far more on a busy machine).
-                _activation_grad_serial(g, z, y, code, dz)
-            else:
-                _activation_grad(g, z, y, code, dz)
+        if dz_apart(batch, n_in, units, code, want_dx):
+            _activation_grad_serial(g, z, y, code, dz)
         else:
             fused_dz = True
     # dx first: it must see the weights before any update.
