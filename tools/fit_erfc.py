@@ -1,14 +1,15 @@
-"""Chebyshev coefficients of the float32 GELU's complementary error function.
+"""Polynomial coefficients of the float32 GELU's complementary error function.
 
 Usage: ``python tools/fit_erfc.py [degree]`` (default 16; needs ``mpmath``).
 
 ``fastdense.kernels.activation`` evaluates ``erfc(x)`` for ``0 <= x <= ERFC_XMAX`` as
 ``t * exp(P(t) - x^2)`` with ``t = 1 / (1 + x / 2)``: ``P`` (the logarithm of ``erfc(x) e^(x^2)
 / t``) is analytic on ``t`` in ``[1 / (1 + ERFC_XMAX / 2), 1]``, so a Chebyshev series in
-``t`` (mapped onto ``[-1, 1]``) converges geometrically.  This interpolates ``P`` at the
-Chebyshev nodes in 40-digit arithmetic, prints the coefficients to paste into
-``_ERFC_CHEBYSHEV``, and the largest relative error of ``erfc`` they give on a grid of x
-(the series evaluated in float64, the rest exactly).
+``t`` (mapped onto ``u`` in ``[-1, 1]``) converges geometrically.  This interpolates ``P`` at
+the Chebyshev nodes in 40-digit arithmetic, converts the series to powers of ``u`` (whose
+coefficients stay below 1 here: no cancellation), prints them to paste into ``_ERFC_POLY``,
+and the largest relative error of ``erfc`` they give on a grid of x (the polynomial evaluated
+in float64, the rest exactly).
 """
 
 from __future__ import annotations
@@ -28,11 +29,13 @@ def _log_scaled_erfc(t: mp.mpf) -> mp.mpf:
 
 
 def fit(degree: int) -> np.ndarray:
-    """Chebyshev coefficients of ``P`` on ``u = 2 (t - T_MIN) / (1 - T_MIN) - 1``."""
+    """Coefficients of ``P`` in powers of ``u = 2 (t - T_MIN) / (1 - T_MIN) - 1``, lowest
+    first."""
     nodes = np.cos(np.pi * (np.arange(degree + 1) + 0.5) / (degree + 1))
     t = T_MIN + (nodes + 1.0) * (1.0 - T_MIN) / 2.0
     values = np.array([float(_log_scaled_erfc(mp.mpf(float(ti)))) for ti in t])
-    return np.polynomial.chebyshev.chebfit(nodes, values, degree)
+    return np.polynomial.chebyshev.cheb2poly(np.polynomial.chebyshev.chebfit(nodes, values,
+                                                                             degree))
 
 
 def worst_relative_error(coefficients: np.ndarray, points: int = 3001) -> float:
@@ -40,7 +43,7 @@ def worst_relative_error(coefficients: np.ndarray, points: int = 3001) -> float:
     for x in np.linspace(0.0, ERFC_XMAX, points):
         t = 1.0 / (1.0 + x / 2.0)
         u = 2.0 * (t - T_MIN) / (1.0 - T_MIN) - 1.0
-        p = np.polynomial.chebyshev.chebval(u, coefficients)
+        p = np.polynomial.polynomial.polyval(u, coefficients)
         approx = mp.mpf(t) * mp.exp(mp.mpf(p) - mp.mpf(x) ** 2)
         worst = max(worst, float(abs(approx / mp.erfc(x) - 1)))
     return worst
@@ -50,7 +53,7 @@ def main() -> None:
     mp.mp.dps = 40
     degree = int(sys.argv[1]) if len(sys.argv) > 1 else 16
     coefficients = fit(degree)
-    print("_ERFC_CHEBYSHEV = (")
+    print("_ERFC_POLY = (")
     for c in coefficients:
         print(f"    {float(c)!r},")
     print(")")
