@@ -6,12 +6,12 @@ A loop of its own per activation in ``gemm._activate_rows`` (values) and ``pack.
 product kernels for every layer, whatever its activation: the vectorized float32 GELU, ELU,
 SELU and softplus loops added 2.5 s to the 26 s cold compile of a float32 ReLU layer.  Here
 each activation's two passes are kernels of their own.  The Python side
-(:func:`fastdense.activations.prepare`) compiles them for a dtype (or loads them from Numba's
-cache) and writes their addresses into :data:`TABLE`, which the product kernels read
-(:func:`pass_address`) and call (:func:`call_values_pass`, :func:`call_derivative_pass`).  The
-product kernels hold no loop of the activation formulas of their own, so a ReLU layer compiles
-none of them.  The layer kernels refuse an activation whose passes are not installed
-(:func:`require_passes`).
+(``fastdense.activations.Activation.prepare``, :func:`install`) compiles them for a dtype (or
+loads them from Numba's cache) and writes their addresses into :data:`TABLE`, which the
+product kernels read (:func:`pass_address`) and call (:func:`call_values_pass`,
+:func:`call_derivative_pass`).  The product kernels hold no loop of the activation formulas of
+their own, so a ReLU layer compiles none of them.  The layer kernels refuse an activation
+whose passes are not installed (:func:`require_passes`).
 
 The table is the only state here: the addresses of compiled code, written once per process and
 activation, never freed (Numba keeps the code loaded).
@@ -48,9 +48,10 @@ _SYMBOL = "fastdense.activation_passes"
 llvm.add_symbol(_SYMBOL, ctypes.addressof(TABLE))
 
 
+@register_jitable
 def table_index(kind: int, itemsize: int, code: int) -> int:
     """The entry of pass ``kind`` (:data:`VALUES` or :data:`DERIVATIVE`) of activation
-    ``code`` for the float dtype of ``itemsize`` bytes."""
+    ``code`` for the float dtype of ``itemsize`` bytes (from Python and from kernels)."""
     return (kind * 2 + (1 if itemsize == 8 else 0)) * CODES + code
 
 
@@ -82,7 +83,7 @@ def pass_address(kind, a, code):
     """The address of pass ``kind`` of activation ``code`` for ``a``'s dtype, or 0."""
     if code < 0 or code >= CODES:
         return 0
-    return _table_entry((kind * 2 + (1 if a.itemsize == 8 else 0)) * CODES + code)
+    return _table_entry(table_index(kind, a.itemsize, code))
 
 
 #: The error of a layer kernel given an activation whose passes are not installed.
