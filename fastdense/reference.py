@@ -15,8 +15,12 @@ from fastdense import initializers, regularizers
 
 try:  # SciPy's erf is vectorized; without SciPy the exact GELU falls back to math.erf.
     from scipy.special import erf as _erf
+
+    #: Whether the exact GELU uses SciPy's vectorized ``erf`` (else ``math.erf`` per element).
+    VECTORIZED_ERF = True
 except ImportError:  # pragma: no cover - depends on the environment
     _erf = np.vectorize(math.erf, otypes=[np.float64])
+    VECTORIZED_ERF = False
 
 _SELU_ALPHA = 1.6732632423543772848170429916717
 _SELU_SCALE = 1.0507009873554804934193349852946

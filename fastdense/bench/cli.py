@@ -10,6 +10,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from fastdense import reference
 from fastdense.bench import cases as cases_mod
 from fastdense.bench import machine, report, runner, workloads
 from fastdense.bench.agreement import DisagreementError
@@ -142,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fastdense bench: error: {err}", file=sys.stderr)
         return EXIT_USAGE
 
-    notes = [w for w in (machine.openblas_coretype_warning(), machine.busy_warning()) if w]
+    notes = [w for w in (machine.openblas_coretype_warning(), machine.busy_warning(),
+                         _peer_warning(args.activation)) if w]
     for warning in notes:
         print(f"WARNING: {warning}", file=sys.stderr)
 
@@ -215,6 +217,14 @@ def main(argv: list[str] | None = None) -> int:
             write_plot(doc, args.plot)
             _log(f"wrote {args.plot}")
     return EXIT_OK
+
+
+def _peer_warning(activation: str) -> str | None:
+    """A warning when the NumPy peer's activation is not what a NumPy user would run."""
+    if activation == "gelu" and not reference.VECTORIZED_ERF:
+        return ("SciPy is not installed: the NumPy peer's GELU calls math.erf element by "
+                "element, far slower than with scipy.special.erf (pip install scipy)")
+    return None
 
 
 def runner_limit() -> int:

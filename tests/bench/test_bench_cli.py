@@ -168,3 +168,13 @@ def test_another_activation(tmp_path: Path) -> None:
 def test_an_unknown_activation_is_a_usage_error() -> None:
     with pytest.raises(SystemExit):
         run([*TINY, "--activation", "softmax"])
+
+
+def test_a_gelu_peer_without_scipy_is_announced(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fastdense import reference
+
+    monkeypatch.setattr(reference, "VECTORIZED_ERF", False)
+    assert "SciPy is not installed" in cli._peer_warning("gelu")
+    assert cli._peer_warning("tanh") is None
+    monkeypatch.setattr(reference, "VECTORIZED_ERF", True)
+    assert cli._peer_warning("gelu") is None
