@@ -125,6 +125,13 @@ def _load_bind(module, qualname, argtypes):
     return bind
 
 
+def compiled_address(disp, args) -> int:
+    """The address of the machine code of ``disp``'s specialization for ``args`` (compiled or
+    loaded from the cache already), called with Numba's calling convention."""
+    cres = disp.overloads[args]
+    return cres.library.get_pointer_to_function(cres.fndesc.llvm_func_name)
+
+
 # Entry points of the specializations whose calls from jitted code already go by symbol.
 _unlinked = set()
 
@@ -145,7 +152,7 @@ def _unlink(disp, args):
     # Stable across processes (no compile counter, unlike Numba's own symbol names), so cached
     # callers find whichever compiled copy is loaded; the prefix keeps it apart from those.
     symbol = "fastdense." + itanium_mangler.mangle(f"{module}.{qualname}", args)
-    llvm.add_symbol(symbol, cres.library.get_pointer_to_function(cres.fndesc.llvm_func_name))
+    llvm.add_symbol(symbol, compiled_address(disp, args))
     stub = copy.copy(cres.fndesc)
     stub.mangled_name = symbol
     call = imputils.user_function(stub, ())

@@ -29,7 +29,7 @@ from numba import types
 from numba.extending import intrinsic, overload, register_jitable
 
 from fastdense.kernels import activation as act
-from fastdense.kernels._codegen import kernel
+from fastdense.kernels._codegen import compiled_address, kernel
 
 #: The two passes of an activation.
 VALUES = 0
@@ -262,5 +262,4 @@ def install(code: int, dtype: np.dtype) -> None:
         disp = make(code)
         sig = signature(numba.from_dtype(dtype))
         disp.compile(sig)
-        compiled = disp.overloads[sig]
-        TABLE[index] = compiled.library.get_pointer_to_function(compiled.fndesc.llvm_func_name)
+        TABLE[index] = compiled_address(disp, sig)
