@@ -251,19 +251,25 @@ def _erfc_parts(a):
 
 
 @dated_njit(error_model="numpy")
-def _gelu_float32(z):
-    """GELU of a float32 ``z`` in float64 arithmetic: ``z / 2 (1 + erf(z / sqrt 2))``, with
-    ``1 + erf(x)`` as ``erfc(-x)`` for x < 0 (no cancellation) and ``2 - erfc(x)`` otherwise."""
+def _erf_sum(x):
+    """``(1 + erf(x), |x| clamped to ERFC_XMAX)`` of a float64 ``x``: ``erfc(-x)`` for x < 0
+    (no cancellation), ``2 - erfc(x)`` otherwise, and 0 below -ERFC_XMAX (as 1 + erf(x) is
+    there, so that GELU(-inf) is NaN as in C's formula)."""
     always_inline()
-    zz = np.float64(z)
-    x = zz * _INV_SQRT2
     a = abs(x)
     a = ERFC_XMAX if a > ERFC_XMAX else a
     t, p = _erfc_parts(a)
     e = t * _exp(p - a * a)
     c = e if x < 0 else 2.0 - e
-    # 0 past the range (as 1 + erf(x) is there), so that GELU(-inf) is NaN as in C's formula.
-    c = 0.0 if x < -ERFC_XMAX else c
+    return (0.0 if x < -ERFC_XMAX else c), a
+
+
+@dated_njit(error_model="numpy")
+def _gelu_float32(z):
+    """GELU of a float32 ``z`` in float64 arithmetic: ``z / 2 (1 + erf(z / sqrt 2))``."""
+    always_inline()
+    zz = np.float64(z)
+    c, _ = _erf_sum(zz * _INV_SQRT2)
     return 0.5 * zz * c
 
 
@@ -274,13 +280,8 @@ def _gelu_derivative_float32(z):
     always_inline()
     zz = np.float64(z)
     x = zz * _INV_SQRT2
-    a = abs(x)
-    a = ERFC_XMAX if a > ERFC_XMAX else a
-    t, p = _erfc_parts(a)
-    e = t * _exp(p - a * a)
+    c, a = _erf_sum(x)
     gauss = _exp(-a * a)
-    c = e if x < 0 else 2.0 - e
-    c = 0.0 if x < -ERFC_XMAX else c
     # 0 past the range, so that the infinities give inf * 0 = NaN as C's formula does.
     gauss = 0.0 if abs(x) > ERFC_XMAX else gauss
     return 0.5 * c + zz * _INV_SQRT_2PI * gauss
@@ -379,29 +380,9 @@ def elu(z):
     of it vectorizes), float64 by libm's ``math.expm1`` below 0 only."""
 
 
-@overload(elu, jit_options={"cache": True}, inline="always")
-def _elu_ol(z):
-    if _float32(z):
-        def elu_float32(z):
-            m = ELU_ALPHA * _expm1_nonpositive(np.float64(z))
-            return z if not z < 0 else m
-        return elu_float32
-    return lambda z: z if not z < 0 else ELU_ALPHA * math.expm1(z)
-
-
 def selu(z):
     """SELU of a float scalar: ``SELU_SCALE z`` at and above 0, ``SELU_SCALE SELU_ALPHA
     (e^z - 1)`` below (as :func:`elu`)."""
-
-
-@overload(selu, jit_options={"cache": True}, inline="always")
-def _selu_ol(z):
-    if _float32(z):
-        def selu_float32(z):
-            m = SELU_SCALE * SELU_ALPHA * _expm1_nonpositive(np.float64(z))
-            return SELU_SCALE * z if not z < 0 else m
-        return selu_float32
-    return lambda z: SELU_SCALE * z if not z < 0 else SELU_SCALE * SELU_ALPHA * math.expm1(z)
 
 
 def elu_derivative(z):
@@ -409,30 +390,38 @@ def elu_derivative(z):
     NaN for NaN (float32 by :func:`_exp_nonpositive`, as :func:`elu`)."""
 
 
-@overload(elu_derivative, jit_options={"cache": True}, inline="always")
-def _elu_derivative_ol(z):
-    if _float32(z):
-        def elu_derivative_float32(z):
-            e = ELU_ALPHA * _exp_nonpositive(np.float64(z))
-            return 1.0 if z > 0 else (e if z <= 0 else np.float64(z))
-        return elu_derivative_float32
-    return lambda z: 1.0 if z > 0 else (ELU_ALPHA * math.exp(z) if z <= 0 else z)
-
-
 def selu_derivative(z):
     """SELU's derivative at a float scalar ``z``: ``SELU_SCALE`` above 0, ``SELU_SCALE
     SELU_ALPHA e^z`` at and below it, NaN for NaN (as :func:`elu_derivative`)."""
 
 
-@overload(selu_derivative, jit_options={"cache": True}, inline="always")
-def _selu_derivative_ol(z):
-    if _float32(z):
-        def selu_derivative_float32(z):
-            e = SELU_SCALE * SELU_ALPHA * _exp_nonpositive(np.float64(z))
-            return SELU_SCALE if z > 0 else (e if z <= 0 else np.float64(z))
-        return selu_derivative_float32
-    return lambda z: (SELU_SCALE if z > 0
-                      else (SELU_SCALE * SELU_ALPHA * math.exp(z) if z <= 0 else z))
+def _scaled_elu_overloads(values, derivative, scale, alpha):
+    """Register the overloads of ``values`` and ``derivative`` for ``scale * ELU_alpha`` (ELU:
+    scale 1, SELU: Keras' constants).  ``scale * alpha`` is one constant, as it was written
+    out per activation; ``scale * z`` with a scale of 1 is ``z`` exactly."""
+    below = scale * alpha
+
+    @overload(values, jit_options={"cache": True}, inline="always")
+    def _values_ol(z):
+        if _float32(z):
+            def values_float32(z):
+                m = below * _expm1_nonpositive(np.float64(z))
+                return scale * z if not z < 0 else m
+            return values_float32
+        return lambda z: scale * z if not z < 0 else below * math.expm1(z)
+
+    @overload(derivative, jit_options={"cache": True}, inline="always")
+    def _derivative_ol(z):
+        if _float32(z):
+            def derivative_float32(z):
+                e = below * _exp_nonpositive(np.float64(z))
+                return scale if z > 0 else (e if z <= 0 else np.float64(z))
+            return derivative_float32
+        return lambda z: scale if z > 0 else (below * math.exp(z) if z <= 0 else z)
+
+
+_scaled_elu_overloads(elu, elu_derivative, 1.0, ELU_ALPHA)
+_scaled_elu_overloads(selu, selu_derivative, SELU_SCALE, SELU_ALPHA)
 
 
 def softplus(z):
