@@ -4,8 +4,10 @@ within cache lines."""
 from __future__ import annotations
 
 import numpy as np
+from numba import njit
 
 from fastdense import Dense
+from fastdense.kernels import activation as kact
 from fastdense.kernels.memory import CACHE_LINE, aligned_empty_2d
 from fastdense.reference import NumpyDense
 from tests.bounds import gamma, matmul_bound, unit_roundoff
@@ -124,3 +126,21 @@ def backprop_bounds(x, z, y, g, w, activation, dtype):
     db_err = (twice * gamma(x.shape[0] + 1, dtype) * np.abs(dz).sum(axis=0)
               + dz_err.sum(axis=0))
     return dz, dw_err, db_err, dx_err
+
+
+def assert_same_bits(a, b):
+    """Assert that the float arrays ``a`` and ``b`` hold the same bits (NaN payloads, signed
+    zeros)."""
+    view = np.uint32 if a.dtype == np.float32 else np.uint64
+    np.testing.assert_array_equal(a.view(view), b.view(view))
+
+
+# Not cached: Numba would date a cached copy by this file alone, and keep the formulas of
+# ``act.derivative`` from before an edit of the package.
+@njit
+def generic_derivative(g, z, y, code, dz):
+    """``dz = g * act'(z, y)`` element by element through the generic
+    :func:`fastdense.kernels.activation.derivative` (the reference for the kernels' loops)."""
+    for i in range(g.shape[0]):
+        for j in range(g.shape[1]):
+            dz[i, j] = g[i, j] * kact.derivative(code, z[i, j], y[i, j])

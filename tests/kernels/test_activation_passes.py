@@ -13,6 +13,7 @@ from fastdense.kernels import activation as act
 from fastdense.kernels import activation_passes as passes
 from fastdense.kernels import dense as kdense
 from fastdense.kernels.pack import dz_rows
+from tests.helpers import assert_same_bits, generic_derivative
 
 CODES = sorted(passes.CODES_WITH_PASSES)
 
@@ -23,18 +24,6 @@ def _generic_values(y, i0, rows, j0, ncols, code):
     for i in range(i0, i0 + rows):
         for j in range(j0, j0 + ncols):
             y[i, j] = act.apply(code, y[i, j])
-
-
-@njit
-def _generic_derivative(g, z, y, code, dz):
-    for i in range(g.shape[0]):
-        for j in range(g.shape[1]):
-            dz[i, j] = g[i, j] * act.derivative(code, z[i, j], y[i, j])
-
-
-def _same_bits(a, b):
-    view = np.uint32 if a.dtype == np.float32 else np.uint64
-    np.testing.assert_array_equal(a.view(view), b.view(view))
 
 
 def _values(dtype, code, m=23, n=67):
@@ -71,7 +60,7 @@ def test_values_pass_gives_the_generic_bits_on_its_block_only(dtype, code):
     values = passes.values_pass(code)
     values.compile(sig)
     values(y, 3, 11, 5, 50)
-    _same_bits(y, want)
+    assert_same_bits(y, want)
 
 
 @pytest.mark.parametrize("code", CODES)
@@ -81,12 +70,12 @@ def test_derivative_pass_gives_the_generic_bits_on_its_block_only(dtype, code):
     _generic_values(y, 0, y.shape[0], 0, y.shape[1], code)
     g = np.random.default_rng(1).standard_normal(z.shape).astype(dtype)
     want = np.full((30, 60), 7.0, dtype)
-    _generic_derivative(g[4:15, 6:40], z[4:15, 6:40], y[4:15, 6:40], code, want[2:13, 9:43])
+    generic_derivative(g[4:15, 6:40], z[4:15, 6:40], y[4:15, 6:40], code, want[2:13, 9:43])
     got = np.full_like(want, 7.0)
     derivative = passes.derivative_pass(code)
     derivative.compile(passes.derivative_signature(from_dtype(np.dtype(dtype))))
     derivative(g, z, y, 4, 11, 6, 34, got, 2, 9)
-    _same_bits(got, want)
+    assert_same_bits(got, want)
 
 
 def _forward(x, w, code):
@@ -107,7 +96,7 @@ def test_product_kernels_call_the_pass_in_the_table(dtype):
     gelu = _forward(x, w, act.GELU)
     assert not np.array_equal(tanh, gelu)
     with _entry(passes.VALUES, dtype, act.GELU, _address(passes.VALUES, dtype, act.TANH)):
-        _same_bits(_forward(x, w, act.GELU), tanh)
+        assert_same_bits(_forward(x, w, act.GELU), tanh)
 
 
 @pytest.mark.parametrize("kind", [passes.VALUES, passes.DERIVATIVE])

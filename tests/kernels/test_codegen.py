@@ -23,6 +23,7 @@ from fastdense.kernels._codegen import (
     strided_view,
     transpose8,
 )
+from tests.helpers import assert_same_bits
 
 SPECIAL = [0.0, -0.0, np.nan, np.inf, -np.inf, -1.5, 2.25, 1e-40, -1e-40]
 
@@ -54,18 +55,13 @@ def _data(dtype, n, seed):
     return rng.permutation(v)
 
 
-def _same_bits(a, b):
-    view = np.uint32 if a.dtype == np.float32 else np.uint64
-    np.testing.assert_array_equal(a.view(view), b.view(view))
-
-
 def test_add_n_at_offsets(dtype):
     dst = _data(dtype, 40, 0)
     src = _data(dtype, 40, 1)
     want = dst.copy()
     want[5:21] = want[5:21] + src[19:35]
     _add16(dst, 5, src, 19)
-    _same_bits(dst, want)
+    assert_same_bits(dst, want)
 
 
 @pytest.mark.parametrize(("si", "sstride", "di", "dstride"), [(0, 8, 0, 8), (3, 29, 7, 32),
@@ -79,7 +75,7 @@ def test_transpose8_moves_each_bit_and_nothing_else(dtype, si, sstride, di, dstr
     for c in range(8):
         want[di + c * dstride:di + c * dstride + 8] = block[:, c]
     _transpose8(dst, di, dstride, src, si, sstride)
-    _same_bits(dst, want)
+    assert_same_bits(dst, want)
 
 
 def test_relu_n_matches_the_activation(dtype):
@@ -90,7 +86,7 @@ def test_relu_n_matches_the_activation(dtype):
     seg = src[11:27]
     # The activation's rule: v < 0 gives zero; NaN, -0.0 and everything else pass through.
     want[3:19] = np.where(seg < 0, dtype(0), seg)
-    _same_bits(dst, want)
+    assert_same_bits(dst, want)
     assert np.isnan(dst[3:19]).sum() == np.isnan(seg).sum()
 
 
@@ -98,7 +94,7 @@ def test_relu_n_in_place(dtype):
     v = _data(dtype, 16, 3)
     want = np.where(v < 0, dtype(0), v)
     _relu16(v, 0, v, 0)
-    _same_bits(v, want)
+    assert_same_bits(v, want)
 
 
 @pytest.mark.parametrize("lr", [1e-3, 0.1, 3.0])
@@ -109,7 +105,7 @@ def test_sgd_n_rounds_like_the_scalar_loop(dtype, lr):
     # Scalar semantics: ``w[j] -= lr * g[j]`` in float64, rounded to w's dtype.
     want[8:24] = (want[8:24].astype(np.float64) - lr * g[2:18].astype(np.float64)).astype(dtype)
     _sgd16(w, 8, g, 2, lr)
-    _same_bits(w, want)
+    assert_same_bits(w, want)
 
 
 def test_typing_rejects_mixed_dtypes():
@@ -156,7 +152,7 @@ def test_bias_act_n_is_add_then_activation(dtype, relu):
     want = np.full(40, 7.0, dtype=dtype)
     v = src[9:25] + bias[21:37]
     want[4:20] = np.where(v < 0, dtype(0), v) if relu else v
-    _same_bits(dst, want)
+    assert_same_bits(dst, want)
 
 
 # A package of two kernel modules: ``b.run`` links ``a.count`` and calls ``a.fill`` by symbol.

@@ -1,29 +1,21 @@
-"""``pack.dz_rows``, the activation derivative of the backward pass: its loops written out per
-activation give the bits of the generic :func:`fastdense.kernels.activation.derivative`, for
-every activation, special values included, through every caller's split of the rows.  And
+"""``pack.dz_rows``, the activation derivative of the backward pass: its ReLU loop and the
+activations' derivative passes give the bits of the generic
+:func:`fastdense.kernels.activation.derivative`, for every activation, special values included,
+through every caller's split of the rows.  And
 ``pack.pack_b_rows``, which writes :func:`~fastdense.kernels.pack.pack_b`'s layout by rows."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from numba import njit
 
 from fastdense.kernels import activation as act
 from fastdense.kernels import dense as kd
 from fastdense.kernels._tiles import BLOCKING
 from fastdense.kernels.pack import dz_rows, pack_b, pack_b_rows
+from tests.helpers import assert_same_bits, generic_derivative
 
 CODES = [c for c in range(act.SOFTPLUS + 1) if c not in (act.LINEAR, act.SOFTMAX)]
-
-
-# Not cached: Numba would date a cached copy by this file alone, and keep the formulas of
-# ``act.derivative`` from before an edit of the package.
-@njit
-def _generic(g, z, y, code, dz):
-    for i in range(g.shape[0]):
-        for j in range(g.shape[1]):
-            dz[i, j] = g[i, j] * act.derivative(code, z[i, j], y[i, j])
 
 
 def _inputs(dtype, code, m=37, n=53):
@@ -37,29 +29,24 @@ def _inputs(dtype, code, m=37, n=53):
     return g, z, y
 
 
-def _same_bits(a, b):
-    view = np.uint32 if a.dtype == np.float32 else np.uint64
-    np.testing.assert_array_equal(a.view(view), b.view(view))
-
-
 @pytest.mark.parametrize("code", CODES)
 def test_dz_rows_matches_the_generic_derivative(dtype, code):
     g, z, y = _inputs(dtype, code)
     want = np.empty_like(g)
-    _generic(g, z, y, code, want)
+    generic_derivative(g, z, y, code, want)
     got = np.full_like(g, 7.0)
     dz_rows(g, z, y, code, 0, g.shape[0], 0, g.shape[1], got, 0, 0)
-    _same_bits(got, want)
+    assert_same_bits(got, want)
 
 
 @pytest.mark.parametrize("code", CODES)
 def test_dz_rows_writes_only_its_block(dtype, code):
     g, z, y = _inputs(dtype, code)
     want = np.full_like(g, 7.0)
-    _generic(g[5:20, 8:40], z[5:20, 8:40], y[5:20, 8:40], code, want[5:20, 8:40])
+    generic_derivative(g[5:20, 8:40], z[5:20, 8:40], y[5:20, 8:40], code, want[5:20, 8:40])
     got = np.full_like(g, 7.0)
     dz_rows(g, z, y, code, 5, 15, 8, 32, got, 5, 8)
-    _same_bits(got, want)
+    assert_same_bits(got, want)
 
 
 @pytest.mark.parametrize("code", CODES)
@@ -67,21 +54,21 @@ def test_dz_rows_writes_a_block_elsewhere(dtype, code):
     """A block of rows and steps written at another place of ``dz`` (a panel's scratch)."""
     g, z, y = _inputs(dtype, code)
     want = np.full((20, 40), 7.0, dtype)
-    _generic(g[5:20, 8:40], z[5:20, 8:40], y[5:20, 8:40], code, want[2:17, 1:33])
+    generic_derivative(g[5:20, 8:40], z[5:20, 8:40], y[5:20, 8:40], code, want[2:17, 1:33])
     got = np.full((20, 40), 7.0, dtype)
     dz_rows(g, z, y, code, 5, 15, 8, 32, got, 2, 1)
-    _same_bits(got, want)
+    assert_same_bits(got, want)
 
 
 @pytest.mark.parametrize("code", CODES)
 def test_activation_grad_serial_and_parallel(dtype, code):
     g, z, y = _inputs(dtype, code, m=131)
     want = np.empty_like(g)
-    _generic(g, z, y, code, want)
+    generic_derivative(g, z, y, code, want)
     for fn in (kd.activation_grad, kd._activation_grad_serial):
         got = np.empty_like(g)
         fn(g, z, y, code, got)
-        _same_bits(got, want)
+        assert_same_bits(got, want)
 
 
 @pytest.mark.parametrize("nc", [1, 40, 64, 100])  # partial panel only, partial last, full
@@ -98,4 +85,4 @@ def test_pack_b_rows_writes_pack_b_layout(dtype, nc, splits):
     got = np.full(panels, np.nan, dtype)
     for t in range(splits):
         pack_b_rows(b, 5, kc, kc * t // splits, kc * (t + 1) // splits, 3, nc, got)
-    _same_bits(got, want)
+    assert_same_bits(got, want)
