@@ -213,7 +213,10 @@ def _derivative_ol(code, z, y):
 @functools.cache
 def values_pass(code: int):
     """The values pass of activation ``code``: ``y[i0:i0 + rows, j0:j0 + ncols] =
-    act(y[...])`` in place (a kernel; its constant ``code`` is part of Numba's cache key)."""
+    act(y[...])`` in place (a kernel; its constant ``code`` is part of Numba's cache key).
+
+    In place, one array: a loop from one array into another vectorizes behind a runtime check
+    that the two do not overlap, which fails when they are the same."""
 
     @kernel(nrt=False, error_model="numpy")
     def values(y, i0, rows, j0, ncols):
