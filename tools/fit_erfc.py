@@ -1,6 +1,7 @@
-"""Polynomial coefficients of the float32 GELU's complementary error function.
+"""Polynomial coefficients of the GELU's complementary error function.
 
-Usage: ``python tools/fit_erfc.py [degree]`` (default 16; needs ``mpmath``).
+Usage: ``python tools/fit_erfc.py [degree]`` (float32: default 16) or ``python
+tools/fit_erfc.py --float64 [degree]`` (default 26); needs ``mpmath``.
 
 ``fastdense.kernels.activation`` evaluates ``erfc(x)`` for ``0 <= x <= ERFC_XMAX`` as
 ``t * exp(P(t) - x^2)`` with ``t = 1 / (1 + x / 2)``: ``P`` (the logarithm of ``erfc(x) e^(x^2)
@@ -10,6 +11,11 @@ the Chebyshev nodes in 40-digit arithmetic, converts the series to powers of ``u
 coefficients stay below 1 here: no cancellation), prints them to paste into ``_ERFC_POLY``,
 and the largest relative error of ``erfc`` they give on a grid of x (the polynomial evaluated
 in float64, the rest exactly).
+
+``--float64`` fits the same ``P`` on ``[0, ERFC_XMAX_FLOAT64]``, where float64's erfc reaches
+0, for ``_ERFC_POLY_FLOAT64``: in 60-digit arithmetic throughout (``tools/chebyshev.py``),
+since float64 needs ``P`` to about 1e-16, and prints the largest absolute error of ``P`` (the
+coefficients rounded to float64, the rest exact), which is the relative error it gives erfc.
 """
 
 from __future__ import annotations
@@ -18,9 +24,11 @@ import sys
 
 import mpmath as mp
 import numpy as np
+from chebyshev import power_coefficients
 
 ERFC_XMAX = 10.4  # as in fastdense.kernels.activation
 T_MIN = 1.0 / (1.0 + ERFC_XMAX / 2.0)
+ERFC_XMAX_FLOAT64 = 27.3  # likewise
 
 
 def _log_scaled_erfc(t: mp.mpf) -> mp.mpf:
@@ -49,7 +57,39 @@ def worst_relative_error(coefficients: np.ndarray, points: int = 3001) -> float:
     return worst
 
 
+def fit_float64(degree: int) -> list[float]:
+    """Coefficients of ``P`` on ``[0, ERFC_XMAX_FLOAT64]`` in powers of ``u``, lowest first."""
+    t_min = 1 / (1 + mp.mpf(ERFC_XMAX_FLOAT64) / 2)
+    return [float(c) for c in power_coefficients(
+        lambda u: _log_scaled_erfc(t_min + (u + 1) * (1 - t_min) / 2), degree)]
+
+
+def worst_absolute_error_float64(coefficients: list[float], points: int = 1501) -> mp.mpf:
+    t_min = 1 / (1 + mp.mpf(ERFC_XMAX_FLOAT64) / 2)
+    worst = mp.mpf(0)
+    for x in np.linspace(0.0, ERFC_XMAX_FLOAT64, points):
+        t = 1 / (1 + mp.mpf(float(x)) / 2)
+        u = 2 * (t - t_min) / (1 - t_min) - 1
+        approx = mp.fsum(mp.mpf(c) * u ** i for i, c in enumerate(coefficients))
+        worst = max(worst, abs(approx - _log_scaled_erfc(t)))
+    return worst
+
+
+def main_float64(degree: int) -> None:
+    mp.mp.dps = 60
+    coefficients = fit_float64(degree)
+    print("_ERFC_POLY_FLOAT64 = (")
+    for c in coefficients:
+        print(f"    {c!r},")
+    print(")")
+    worst = worst_absolute_error_float64(coefficients)
+    print(f"# largest absolute error of P: {mp.nstr(worst, 3)}")
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["--float64"]:
+        main_float64(int(sys.argv[2]) if len(sys.argv) > 2 else 26)
+        return
     mp.mp.dps = 40
     degree = int(sys.argv[1]) if len(sys.argv) > 1 else 16
     coefficients = fit(degree)

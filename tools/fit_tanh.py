@@ -6,10 +6,10 @@ Usage: ``python tools/fit_tanh.py [degree]`` (default 11; needs ``mpmath``).
 ``x (1 + x^2 P(x^2))``: ``P(y) = (tanh(sqrt y) - sqrt y) / y^(3/2)`` is analytic on ``y`` in
 ``[0, TANH_SMALL_FLOAT64^2]`` (its nearest singularity is at ``y = -pi^2 / 4``), so a Chebyshev
 series in ``y`` (mapped onto ``u`` in ``[-1, 1]``) converges geometrically.  This
-interpolates ``P`` at the Chebyshev nodes and converts the series to powers of ``u``, both in
-50-digit arithmetic, prints the coefficients to paste into ``_TANH_POLY``, and the largest
-relative error of ``P`` they give on a grid (the coefficients rounded to float64, the rest
-exact).
+interpolates ``P`` at the Chebyshev nodes and converts the series to powers of ``u``
+(``tools/chebyshev.py``, 50-digit arithmetic), prints the coefficients to paste into
+``_TANH_POLY``, and the largest relative error of ``P`` they give on a grid (the coefficients
+rounded to float64, the rest exact).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import sys
 
 import mpmath as mp
 import numpy as np
+from chebyshev import power_coefficients
 
 TANH_SMALL_FLOAT64 = 0.55  # as in fastdense.kernels.activation
 
@@ -33,26 +34,7 @@ def fit(degree: int) -> list[mp.mpf]:
     """Coefficients of ``P`` in powers of ``u = 2 y / TANH_SMALL_FLOAT64^2 - 1``, lowest
     first."""
     top = mp.mpf(TANH_SMALL_FLOAT64) ** 2
-    count = degree + 1
-    nodes = [mp.cos(mp.pi * (k + mp.mpf(1) / 2) / count) for k in range(count)]
-    values = [_p((u + 1) * top / 2) for u in nodes]
-    series = [2 * mp.fsum(v * mp.chebyt(j, u) for v, u in zip(values, nodes, strict=True))
-              / count for j in range(count)]
-    series[0] /= 2
-    # T_j in powers of u by T_j = 2 u T_(j-1) - T_(j-2).
-    chebyshev = [[mp.mpf(1)], [mp.mpf(0), mp.mpf(1)]]
-    for j in range(2, count):
-        t = [mp.mpf(0)] * (j + 1)
-        for i, c in enumerate(chebyshev[j - 1]):
-            t[i + 1] += 2 * c
-        for i, c in enumerate(chebyshev[j - 2]):
-            t[i] -= c
-        chebyshev.append(t)
-    powers = [mp.mpf(0)] * count
-    for j in range(count):
-        for i, c in enumerate(chebyshev[j]):
-            powers[i] += series[j] * c
-    return powers
+    return power_coefficients(lambda u: _p((u + 1) * top / 2), degree)
 
 
 def worst_relative_error(coefficients: list[float], points: int = 2001) -> mp.mpf:

@@ -221,9 +221,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _peer_warning(activation: str) -> str | None:
     """A warning when the NumPy peer's activation is not what a NumPy user would run."""
-    if activation == "gelu" and not reference.VECTORIZED_ERF:
-        return ("SciPy is not installed: the NumPy peer's GELU calls math.erf element by "
-                "element, far slower than with scipy.special.erf (pip install scipy)")
+    if activation == "gelu" and not reference.VECTORIZED_ERFC:
+        return ("SciPy is not installed: the NumPy peer's GELU calls math.erfc element by "
+                "element, far slower than with scipy.special.erfc (pip install scipy)")
     return None
 
 

@@ -173,8 +173,8 @@ def test_an_unknown_activation_is_a_usage_error() -> None:
 def test_a_gelu_peer_without_scipy_is_announced(monkeypatch: pytest.MonkeyPatch) -> None:
     from fastdense import reference
 
-    monkeypatch.setattr(reference, "VECTORIZED_ERF", False)
+    monkeypatch.setattr(reference, "VECTORIZED_ERFC", False)
     assert "SciPy is not installed" in cli._peer_warning("gelu")
     assert cli._peer_warning("tanh") is None
-    monkeypatch.setattr(reference, "VECTORIZED_ERF", True)
+    monkeypatch.setattr(reference, "VECTORIZED_ERFC", True)
     assert cli._peer_warning("gelu") is None
