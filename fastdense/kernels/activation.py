@@ -146,7 +146,8 @@ def _scaled_float64(r, q, k):
     the second)."""
     always_inline()
     s = fma(r * r, q, r)
-    half = math.floor(0.5 * (k - _ROUNDER))
+    # np.floor stays a float (math.floor is an integer: scalar conversions in a vector loop).
+    half = np.floor(0.5 * (k - _ROUNDER))
     return ((1.0 + s) * _pow2(half + _ROUNDER)) * _pow2(k - half)
 
 
