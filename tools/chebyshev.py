@@ -3,6 +3,7 @@
 ``power_coefficients(f, degree)`` interpolates ``f`` on ``[-1, 1]`` at the Chebyshev nodes and
 converts the series to powers of ``u``, both in mpmath's working precision (set by the caller),
 so that the only rounding left is that of the coefficients to float64.
+``print_coefficients`` prints them as the Python tuple the kernels hold.
 """
 
 from __future__ import annotations
@@ -35,3 +36,11 @@ def power_coefficients(f: Callable[[mp.mpf], mp.mpf], degree: int) -> list[mp.mp
         for i, c in enumerate(chebyshev[j]):
             powers[i] += series[j] * c
     return powers
+
+
+def print_coefficients(name: str, coefficients: list) -> None:
+    """Print ``name = (...)`` with each coefficient as the float64 it rounds to."""
+    print(f"{name} = (")
+    for c in coefficients:
+        print(f"    {float(c)!r},")
+    print(")")

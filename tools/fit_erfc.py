@@ -24,7 +24,7 @@ import sys
 
 import mpmath as mp
 import numpy as np
-from chebyshev import power_coefficients
+from chebyshev import power_coefficients, print_coefficients
 
 ERFC_XMAX = 10.4  # as in fastdense.kernels.activation
 T_MIN = 1.0 / (1.0 + ERFC_XMAX / 2.0)
@@ -78,10 +78,7 @@ def worst_absolute_error_float64(coefficients: list[float], points: int = 1501) 
 def main_float64(degree: int) -> None:
     mp.mp.dps = 60
     coefficients = fit_float64(degree)
-    print("_ERFC_POLY_FLOAT64 = (")
-    for c in coefficients:
-        print(f"    {c!r},")
-    print(")")
+    print_coefficients("_ERFC_POLY_FLOAT64", coefficients)
     worst = worst_absolute_error_float64(coefficients)
     print(f"# largest absolute error of P: {mp.nstr(worst, 3)}")
 
@@ -93,10 +90,7 @@ def main() -> None:
     mp.mp.dps = 40
     degree = int(sys.argv[1]) if len(sys.argv) > 1 else 16
     coefficients = fit(degree)
-    print("_ERFC_POLY = (")
-    for c in coefficients:
-        print(f"    {float(c)!r},")
-    print(")")
+    print_coefficients("_ERFC_POLY", coefficients)
     print(f"# largest relative error of erfc: {worst_relative_error(coefficients):.2e}")
 
 

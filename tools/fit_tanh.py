@@ -18,7 +18,7 @@ import sys
 
 import mpmath as mp
 import numpy as np
-from chebyshev import power_coefficients
+from chebyshev import power_coefficients, print_coefficients
 
 TANH_SMALL_FLOAT64 = 0.55  # as in fastdense.kernels.activation
 
@@ -52,10 +52,7 @@ def main() -> None:
     mp.mp.dps = 50
     degree = int(sys.argv[1]) if len(sys.argv) > 1 else 11
     coefficients = [float(c) for c in fit(degree)]
-    print("_TANH_POLY = (")
-    for c in coefficients:
-        print(f"    {c!r},")
-    print(")")
+    print_coefficients("_TANH_POLY", coefficients)
     print(f"# largest relative error of P: {mp.nstr(worst_relative_error(coefficients), 3)}")
 
 
