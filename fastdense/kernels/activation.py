@@ -74,6 +74,14 @@ _EXP_TAYLOR = tuple(1.0 / math.factorial(k) for k in range(14))
 
 
 @dated_njit(error_model="numpy")
+def _estrin4(c, i, u, u2):
+    """``c[i] + c[i+1] u + c[i+2] u^2 + c[i+3] u^3`` by Estrin's scheme (``u2 = u^2``): the
+    building block of the polynomials below (``i`` a constant, folded where it is inlined)."""
+    always_inline()
+    return fma(fma(c[i + 3], u, c[i + 2]), u2, fma(c[i + 1], u, c[i]))
+
+
+@dated_njit(error_model="numpy")
 def _exp_series(r):
     """``Q(r) = sum_{j >= 2} r^(j - 2) / j!`` to r^13, so that ``e^r = 1 + r + r^2 Q(r)``, by
     Estrin's scheme (four multiplications deep)."""
@@ -82,9 +90,9 @@ def _exp_series(r):
     r2 = r * r
     r4 = r2 * r2
     r8 = r4 * r4
-    q0 = fma(fma(c[5], r, c[4]), r2, fma(c[3], r, c[2]))
-    q1 = fma(fma(c[9], r, c[8]), r2, fma(c[7], r, c[6]))
-    q2 = fma(fma(c[13], r, c[12]), r2, fma(c[11], r, c[10]))
+    q0 = _estrin4(c, 2, r, r2)
+    q1 = _estrin4(c, 6, r, r2)
+    q2 = _estrin4(c, 10, r, r2)
     return fma(q2, r8, fma(q1, r4, q0))
 
 
@@ -311,9 +319,9 @@ def _tanh_float64(z):
     c = _TANH_POLY
     u2 = u * u
     u4 = u2 * u2
-    p0 = fma(fma(c[3], u, c[2]), u2, fma(c[1], u, c[0]))
-    p1 = fma(fma(c[7], u, c[6]), u2, fma(c[5], u, c[4]))
-    p2 = fma(fma(c[11], u, c[10]), u2, fma(c[9], u, c[8]))
+    p0 = _estrin4(c, 0, u, u2)
+    p1 = _estrin4(c, 4, u, u2)
+    p2 = _estrin4(c, 8, u, u2)
     small = fma(a * a2, fma(fma(p2, u4, p1), u4, p0), a)
     em = _expm1(-2.0 * a)
     d = 2.0 + em
@@ -388,10 +396,10 @@ def _erfc_parts(a):
     u2 = u * u
     u4 = u2 * u2
     u8 = u4 * u4
-    q0 = fma(fma(c[3], u, c[2]), u2, fma(c[1], u, c[0]))
-    q1 = fma(fma(c[7], u, c[6]), u2, fma(c[5], u, c[4]))
-    q2 = fma(fma(c[11], u, c[10]), u2, fma(c[9], u, c[8]))
-    q3 = fma(fma(c[15], u, c[14]), u2, fma(c[13], u, c[12]))
+    q0 = _estrin4(c, 0, u, u2)
+    q1 = _estrin4(c, 4, u, u2)
+    q2 = _estrin4(c, 8, u, u2)
+    q3 = _estrin4(c, 12, u, u2)
     r = fma(fma(q3, u4, q2), u8, fma(q1, u4, q0))
     return t, fma(c[16] * u8, u8, r)
 
@@ -494,12 +502,12 @@ def _erfc_over_sqrt2(a):
     u4 = u2 * u2
     u8 = u4 * u4
     u16 = u8 * u8
-    g0 = fma(fma(c[3], u, c[2]), u2, fma(c[1], u, c[0]))
-    g1 = fma(fma(c[7], u, c[6]), u2, fma(c[5], u, c[4]))
-    g2 = fma(fma(c[11], u, c[10]), u2, fma(c[9], u, c[8]))
-    g3 = fma(fma(c[15], u, c[14]), u2, fma(c[13], u, c[12]))
-    g4 = fma(fma(c[19], u, c[18]), u2, fma(c[17], u, c[16]))
-    g5 = fma(fma(c[23], u, c[22]), u2, fma(c[21], u, c[20]))
+    g0 = _estrin4(c, 0, u, u2)
+    g1 = _estrin4(c, 4, u, u2)
+    g2 = _estrin4(c, 8, u, u2)
+    g3 = _estrin4(c, 12, u, u2)
+    g4 = _estrin4(c, 16, u, u2)
+    g5 = _estrin4(c, 20, u, u2)
     g6 = fma(fma(c[26], u, c[25]), u, c[24])
     high = fma(g6, u8, fma(g5, u4, g4))
     p = fma(high, u16, fma(fma(g3, u4, g2), u8, fma(g1, u4, g0)))
