@@ -82,6 +82,14 @@ def _estrin4(c, i, u, u2):
 
 
 @dated_njit(error_model="numpy")
+def _estrin16(c, i, u, u2, u4, u8):
+    """``sum_{j < 16} c[i + j] u^j`` by Estrin's scheme (the powers of ``u`` given)."""
+    always_inline()
+    low = fma(_estrin4(c, i + 4, u, u2), u4, _estrin4(c, i, u, u2))
+    return fma(fma(_estrin4(c, i + 12, u, u2), u4, _estrin4(c, i + 8, u, u2)), u8, low)
+
+
+@dated_njit(error_model="numpy")
 def _exp_series(r):
     """``Q(r) = sum_{j >= 2} r^(j - 2) / j!`` to r^13, so that ``e^r = 1 + r + r^2 Q(r)``, by
     Estrin's scheme (four multiplications deep)."""
@@ -396,12 +404,7 @@ def _erfc_parts(a):
     u2 = u * u
     u4 = u2 * u2
     u8 = u4 * u4
-    q0 = _estrin4(c, 0, u, u2)
-    q1 = _estrin4(c, 4, u, u2)
-    q2 = _estrin4(c, 8, u, u2)
-    q3 = _estrin4(c, 12, u, u2)
-    r = fma(fma(q3, u4, q2), u8, fma(q1, u4, q0))
-    return t, fma(c[16] * u8, u8, r)
+    return t, fma(c[16] * u8, u8, _estrin16(c, 0, u, u2, u4, u8))
 
 
 @dated_njit(error_model="numpy")
@@ -502,15 +505,9 @@ def _erfc_over_sqrt2(a):
     u4 = u2 * u2
     u8 = u4 * u4
     u16 = u8 * u8
-    g0 = _estrin4(c, 0, u, u2)
-    g1 = _estrin4(c, 4, u, u2)
-    g2 = _estrin4(c, 8, u, u2)
-    g3 = _estrin4(c, 12, u, u2)
-    g4 = _estrin4(c, 16, u, u2)
-    g5 = _estrin4(c, 20, u, u2)
     g6 = fma(fma(c[26], u, c[25]), u, c[24])
-    high = fma(g6, u8, fma(g5, u4, g4))
-    p = fma(high, u16, fma(fma(g3, u4, g2), u8, fma(g1, u4, g0)))
+    high = fma(g6, u8, fma(_estrin4(c, 20, u, u2), u4, _estrin4(c, 16, u, u2)))
+    p = fma(high, u16, _estrin16(c, 0, u, u2, u4, u8))
     hi = b * b
     lo = fma(b, b, -hi)
     r, q, k = _exp_reduced_sum(-0.5 * hi, p, -0.5 * lo)
