@@ -143,8 +143,8 @@ def _exp(t):
     """``e^t`` of a float64 ``|t| <= 700`` (the float32 formulas, which clamp)."""
     always_inline()
     r, q, k = _exp_reduced(t)
-    # 1 + r rounds apart from the series, off its chain of dependencies: within 2 ulp (1.5
-    # measured), as fast as a series starting at 1.
+    # 1 + r rounds apart from the series, off its chain of dependencies: within 2 ulp (an ulp
+    # from NumPy's at most, on 2.2 million values), as fast as a series starting at 1.
     return fma(r * r, q, 1.0 + r) * _pow2(k)
 
 
@@ -184,8 +184,8 @@ EXPM1_FLOOR = -40.0
 
 @dated_njit(error_model="numpy")
 def _expm1(t):
-    """``e^t - 1`` of a float64 ``t <= 0`` (within 1.2 ulp measured against mpmath; -1 below
-    EXPM1_FLOOR, NaN for NaN), as ``2^n s + (2^n - 1)`` with one rounding."""
+    """``e^t - 1`` of a float64 ``t <= 0`` (within 1.25 ulp, 1.07 measured against mpmath; -1
+    below EXPM1_FLOOR, NaN for NaN), as ``2^n s + (2^n - 1)`` with one rounding."""
     always_inline()
     c = EXPM1_FLOOR if t < EXPM1_FLOOR else t
     c = 0.0 if c > 0 else c
@@ -245,7 +245,7 @@ def _sigmoid_float64(z):
 def sigmoid(z):
     """The logistic function of a float scalar, without overflow for any ``z``:
     :func:`_sigmoid_float32` for float32, :func:`_sigmoid_float64` for float64 (the C
-    library's scalar ``exp`` took 6 ns a value in a loop, against 3.5 ns vectorized)."""
+    library's scalar ``exp`` took 6 ns a value in a loop, against 3.0 ns vectorized)."""
 
 
 @overload(sigmoid, jit_options={"cache": True}, inline="always")
@@ -343,7 +343,7 @@ def _tanh_float64(z):
 def tanh(z):
     """tanh of a float scalar: :func:`_tanh_float32` for float32 (NumPy's own float32 tanh
     is up to 1.4 ulp off, libm's scalar tanh took 19 ns a value here against 2.7 ns
-    vectorized), :func:`_tanh_float64` for float64 (libm's 15 ns a value, against 4.8 ns)."""
+    vectorized), :func:`_tanh_float64` for float64 (libm's 15 ns a value, against 4.4 ns)."""
 
 
 @overload(tanh, jit_options={"cache": True}, inline="always")
@@ -517,8 +517,9 @@ def _erfc_over_sqrt2(a):
 
 @dated_njit(error_model="numpy")
 def _gelu_float64(z):
-    """GELU of a float64 ``z``, ``z / 2 erfc(-z / sqrt 2)``, within 6 ulp (5.5 measured against
-    mpmath) wherever the result is normal; NaN stays NaN, GELU(-inf) is NaN (C's formula)."""
+    """GELU of a float64 ``z``, ``z / 2 erfc(-z / sqrt 2)``, within 6 ulp (5.4 measured against
+    mpmath) from z = -37 on (below, erfc(|z| / sqrt 2) is subnormal); NaN stays NaN, GELU(-inf)
+    is NaN (C's formula)."""
     always_inline()
     e, _, _, _ = _erfc_over_sqrt2(abs(z))
     return 0.5 * z * (e if z < 0 else 2.0 - e)
@@ -606,7 +607,7 @@ def _softplus_float64(z):
 def gelu(z):
     """GELU of a float scalar, ``z / 2 (1 + erf(z / sqrt 2))``: :func:`_gelu_float32` for
     float32, :func:`_gelu_float64` for float64 (the C library's erf took 15 ns a value in a
-    loop, against 7.3 ns)."""
+    loop, against 6.9 ns)."""
 
 
 @overload(gelu, jit_options={"cache": True}, inline="always")
