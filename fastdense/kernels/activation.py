@@ -495,8 +495,8 @@ _ERFC_POLY_FLOAT64 = (
 
 @dated_njit(error_model="numpy")
 def _erfc_over_sqrt2(a):
-    """``(erfc(a / sqrt 2), a clamped, a^2 in two parts)`` of a float64 ``a >= 0`` (0 past
-    _GELU_ZMAX_FLOAT64; NaN for NaN)."""
+    """``erfc(a / sqrt 2)`` of a float64 ``a >= 0`` (0 past _GELU_ZMAX_FLOAT64; NaN for
+    NaN)."""
     always_inline()
     b = _GELU_ZMAX_FLOAT64 if a > _GELU_ZMAX_FLOAT64 else a
     # x = b / sqrt 2 in two parts, so that t_exact is t of the exact x: its rounding, through
@@ -526,7 +526,7 @@ def _erfc_over_sqrt2(a):
     lo = fma(b, b, -hi)
     r, q, k = _exp_reduced_sum(-0.5 * hi, p_hi, p_lo - 0.5 * lo)
     e = t_exact * _scaled_float64(r, q, k)
-    return (0.0 if a > _GELU_ZMAX_FLOAT64 else e), b, hi, lo
+    return 0.0 if a > _GELU_ZMAX_FLOAT64 else e
 
 
 @dated_njit(error_model="numpy")
@@ -535,7 +535,7 @@ def _gelu_float64(z):
     mpmath) from z = -37 on (below, erfc(|z| / sqrt 2) is subnormal); NaN stays NaN, GELU(-inf)
     is NaN (C's formula)."""
     always_inline()
-    e, _, _, _ = _erfc_over_sqrt2(abs(z))
+    e = _erfc_over_sqrt2(abs(z))
     return 0.5 * z * (e if z < 0 else 2.0 - e)
 
 
@@ -545,10 +545,13 @@ def _gelu_derivative_float64(z):
     sqrt(2 pi)``, the Gaussian's exponent exact as erfc's."""
     always_inline()
     a = abs(z)
-    e, _, hi, lo = _erfc_over_sqrt2(a)
-    r, q, k = _exp_reduced_sum(-0.5 * hi, 0.0, -0.5 * lo)
+    e = _erfc_over_sqrt2(a)
+    b = _GELU_ZMAX_FLOAT64 if a > _GELU_ZMAX_FLOAT64 else a
+    hi = b * b
+    r, q, k = _exp_reduced_sum(-0.5 * hi, 0.0, -0.5 * fma(b, b, -hi))
+    gauss = _scaled_float64(r, q, k)
     # 0 past the range, so that the infinities give inf * 0 = NaN as C's formula does.
-    gauss = 0.0 if a > _GELU_ZMAX_FLOAT64 else _scaled_float64(r, q, k)
+    gauss = 0.0 if a > _GELU_ZMAX_FLOAT64 else gauss
     return 0.5 * (e if z < 0 else 2.0 - e) + z * _INV_SQRT_2PI * gauss
 
 
