@@ -221,13 +221,31 @@ def _float32(z):
     return isinstance(z, types.Float) and z.bitwidth == 32
 
 
+def _by_dtype(stub, float32_fn, float64_fn) -> None:
+    """Implement the element-wise function ``stub`` by ``float32_fn`` for a float32 argument
+    and ``float64_fn`` otherwise (chosen at compile time, inlined)."""
+
+    @overload(stub, jit_options={"cache": True}, inline="always")
+    def _ol(z):
+        fn = float32_fn if _float32(z) else float64_fn
+        return lambda z: fn(z)
+
+
+@dated_njit(error_model="numpy")
+def _division_error(q, num, d, d_err):
+    """``num / (d + d_err) - q`` to first order, for ``q = num / d`` rounded and ``d``'s own
+    rounding error ``d_err`` (exact): the correction of both roundings (float64)."""
+    always_inline()
+    return (fma(-q, d, num) - q * d_err) / d
+
+
 @dated_njit(error_model="numpy")
 def _quotient(num, d, d_err):
     """``num / (d + d_err)`` with the division's rounding and ``d``'s own (``d_err``, exact)
     corrected: one rounding, of the result (float64)."""
     always_inline()
     q = num / d
-    return q + (fma(-q, d, num) - q * d_err) / d
+    return q + _division_error(q, num, d, d_err)
 
 
 @dated_njit(error_model="numpy")
@@ -248,11 +266,7 @@ def sigmoid(z):
     library's scalar ``exp`` took 6 ns a value in a loop, against 3.0 ns vectorized)."""
 
 
-@overload(sigmoid, jit_options={"cache": True}, inline="always")
-def _sigmoid_ol(z):
-    if _float32(z):
-        return lambda z: _sigmoid_float32(z)
-    return lambda z: _sigmoid_float64(z)
+_by_dtype(sigmoid, _sigmoid_float32, _sigmoid_float64)
 
 
 # float32 tanh, evaluated in float64 (see :func:`tanh`).  Below TANH_SMALL, the odd Taylor series
@@ -346,11 +360,7 @@ def tanh(z):
     vectorized), :func:`_tanh_float64` for float64 (libm's 15 ns a value, against 4.4 ns)."""
 
 
-@overload(tanh, jit_options={"cache": True}, inline="always")
-def _tanh_ol(z):
-    if _float32(z):
-        return lambda z: _tanh_float32(z)
-    return lambda z: _tanh_float64(z)
+_by_dtype(tanh, _tanh_float32, _tanh_float64)
 
 
 # float32 GELU, ELU, SELU and softplus, and the derivatives that need an exponential, in float64
@@ -495,8 +505,9 @@ _ERFC_POLY_FLOAT64 = (
 
 @dated_njit(error_model="numpy")
 def _erfc_over_sqrt2(a):
-    """``erfc(a / sqrt 2)`` of a float64 ``a >= 0`` (0 past _GELU_ZMAX_FLOAT64; NaN for
-    NaN)."""
+    """``(erfc(a / sqrt 2), hi, lo)`` of a float64 ``a >= 0`` (0 past _GELU_ZMAX_FLOAT64; NaN
+    for NaN), with ``hi + lo`` the clamped ``a``'s square exactly (for the Gaussian of GELU's
+    derivative)."""
     always_inline()
     b = _GELU_ZMAX_FLOAT64 if a > _GELU_ZMAX_FLOAT64 else a
     # x = b / sqrt 2 in two parts, so that t_exact is t of the exact x: its rounding, through
@@ -505,7 +516,7 @@ def _erfc_over_sqrt2(a):
     x_lo = fma(b, _INV_SQRT2, -x) + b * _INV_SQRT2_LO
     d = 1.0 + 0.5 * x
     t = 1.0 / d
-    t_exact = t + (fma(-t, d, 1.0) - t * ((0.5 * x - (d - 1.0)) + 0.5 * x_lo)) / d
+    t_exact = t + _division_error(t, 1.0, d, (0.5 * x - (d - 1.0)) + 0.5 * x_lo)
     u = fma(t - _ERFC_T_MIN_FLOAT64, _ERFC_U_SCALE_FLOAT64, -1.0)
     c = _ERFC_POLY_FLOAT64
     # P = c0 + c1 u + u^2 Q(u) in two parts: c0 + c1 u is near 1 in magnitude, and its roundings
@@ -526,7 +537,7 @@ def _erfc_over_sqrt2(a):
     lo = fma(b, b, -hi)
     r, q, k = _exp_reduced_sum(-0.5 * hi, p_hi, p_lo - 0.5 * lo)
     e = t_exact * _scaled_float64(r, q, k)
-    return 0.0 if a > _GELU_ZMAX_FLOAT64 else e
+    return (0.0 if a > _GELU_ZMAX_FLOAT64 else e), hi, lo
 
 
 @dated_njit(error_model="numpy")
@@ -535,7 +546,7 @@ def _gelu_float64(z):
     mpmath) from z = -37 on (below, erfc(|z| / sqrt 2) is subnormal); NaN stays NaN, GELU(-inf)
     is NaN (C's formula)."""
     always_inline()
-    e = _erfc_over_sqrt2(abs(z))
+    e, _, _ = _erfc_over_sqrt2(abs(z))
     return 0.5 * z * (e if z < 0 else 2.0 - e)
 
 
@@ -545,10 +556,8 @@ def _gelu_derivative_float64(z):
     sqrt(2 pi)``, the Gaussian's exponent exact as erfc's."""
     always_inline()
     a = abs(z)
-    e = _erfc_over_sqrt2(a)
-    b = _GELU_ZMAX_FLOAT64 if a > _GELU_ZMAX_FLOAT64 else a
-    hi = b * b
-    r, q, k = _exp_reduced_sum(-0.5 * hi, 0.0, -0.5 * fma(b, b, -hi))
+    e, hi, lo = _erfc_over_sqrt2(a)
+    r, q, k = _exp_reduced_sum(-0.5 * hi, 0.0, -0.5 * lo)
     gauss = _scaled_float64(r, q, k)
     # 0 past the range, so that the infinities give inf * 0 = NaN as C's formula does.
     gauss = 0.0 if a > _GELU_ZMAX_FLOAT64 else gauss
@@ -612,7 +621,7 @@ def _softplus_float64(z):
     u = _exp_float64(-abs(z))
     d = 2.0 + u
     w = u / d
-    w_err = (fma(-w, d, u) - w * (u - (d - 2.0))) / d
+    w_err = _division_error(w, u, d, u - (d - 2.0))
     w2 = w * w
     lp = 2.0 * w + 2.0 * fma(w * w2, _atanh_series(w2, _LOG1P_ODD_FLOAT64), w_err)
     # Subnormal u: log(1 + u) is u (the series' u / 2 would round).
@@ -627,11 +636,7 @@ def gelu(z):
     loop, against 6.3 ns)."""
 
 
-@overload(gelu, jit_options={"cache": True}, inline="always")
-def _gelu_ol(z):
-    if _float32(z):
-        return lambda z: _gelu_float32(z)
-    return lambda z: _gelu_float64(z)
+_by_dtype(gelu, _gelu_float32, _gelu_float64)
 
 
 def gelu_derivative(z):
@@ -639,11 +644,7 @@ def gelu_derivative(z):
     :func:`_gelu_derivative_float64` for float64."""
 
 
-@overload(gelu_derivative, jit_options={"cache": True}, inline="always")
-def _gelu_derivative_ol(z):
-    if _float32(z):
-        return lambda z: _gelu_derivative_float32(z)
-    return lambda z: _gelu_derivative_float64(z)
+_by_dtype(gelu_derivative, _gelu_derivative_float32, _gelu_derivative_float64)
 
 
 def elu(z):
@@ -701,11 +702,7 @@ def softplus(z):
     float64."""
 
 
-@overload(softplus, jit_options={"cache": True}, inline="always")
-def _softplus_ol(z):
-    if _float32(z):
-        return lambda z: _softplus_float32(z)
-    return lambda z: _softplus_float64(z)
+_by_dtype(softplus, _softplus_float32, _softplus_float64)
 
 
 @dated_njit(inline="always")
