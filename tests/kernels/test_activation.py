@@ -9,10 +9,22 @@ import pytest
 from fastdense.kernels import activation as act
 
 
-@numba.njit(error_model="numpy")
-def _tanh_all(z, out):
-    for j in range(z.shape[0]):
-        out[j] = act.tanh(z[j])
+def _elementwise(fn):
+    """A loop ``out[j] = fn(z[j])`` over 1-D arrays (compiled for the types it is called with)."""
+
+    @numba.njit(error_model="numpy")
+    def run(z, out):
+        for j in range(z.shape[0]):
+            out[j] = fn(z[j])
+
+    return run
+
+
+_tanh_all = _elementwise(act.tanh)
+_sigmoid_all = _elementwise(act.sigmoid)
+_exp_all = _elementwise(act._exp)
+_exp_float64_all = _elementwise(act._exp_float64)
+_expm1_all = _elementwise(act._expm1)
 
 
 def _ulps(y, truth):
@@ -52,12 +64,6 @@ def test_float32_tanh_special_values():
     assert np.signbit(y[1]) and not np.signbit(y[0])
     assert np.isnan(y[4])
     np.testing.assert_array_equal(y[5:], [*z[5:8].tolist(), 1.0, -1.0])
-
-
-@numba.njit(error_model="numpy")
-def _sigmoid_all(z, out):
-    for j in range(z.shape[0]):
-        out[j] = act.sigmoid(z[j])
 
 
 def _sigmoid_truth(z):
@@ -135,17 +141,6 @@ _TRUTH = {
 _ULPS = {"gelu": 0.5 + 2e-5, "softplus": 0.5 + 2e-5}
 
 
-def _all(name):
-    fn = getattr(act, name)
-
-    @numba.njit(error_model="numpy")
-    def run(z, out):
-        for j in range(z.shape[0]):
-            out[j] = fn(z[j])
-
-    return run
-
-
 def _wide_float32_inputs():
     rng = np.random.default_rng(5)
     return np.concatenate([rng.standard_normal(200_000) * 4, np.linspace(-20, 20, 400_001),
@@ -159,7 +154,7 @@ def _wide_float32_inputs():
 def test_float32_exponential_family_is_correctly_rounded(name):
     z = _wide_float32_inputs()
     y = np.empty(z.shape, np.float64)  # the float64 value before the float32 rounding
-    _all(name)(z, y)
+    _elementwise(getattr(act, name))(z, y)
     truth = _TRUTH[name](z.astype(np.float64))
     normal = np.abs(truth) >= np.finfo(np.float32).tiny
     ulps = _ulps(y[normal].astype(np.float32), truth[normal])
@@ -174,7 +169,7 @@ def test_float32_gelu_derivative_is_within_its_bound():
     is half an ulp of the result plus the terms' own errors."""
     z = _wide_float32_inputs()
     y = np.empty(z.shape, np.float64)
-    _all("gelu_derivative")(z, y)
+    _elementwise(act.gelu_derivative)(z, y)
     zz = z.astype(np.float64)
     half = 0.5 * _erfc_sum(zz)
     gauss = zz * np.exp(-0.5 * zz * zz) / np.sqrt(2.0 * np.pi)
@@ -197,15 +192,9 @@ def test_float32_exponential_family_special_values(name, want):
     NaN (inf * 0), the others' limits exact."""
     z = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, 200.0, -200.0], np.float32)
     y = np.empty(z.shape, np.float64)
-    _all(name)(z, y)
+    _elementwise(getattr(act, name))(z, y)
     np.testing.assert_array_equal(y.astype(np.float32), np.array(want, np.float32))
     assert np.signbit(y[1]) == np.signbit(np.float32(want[1]))
-
-
-@numba.njit(error_model="numpy")
-def _exp_all(t, out):
-    for j in range(t.shape[0]):
-        out[j] = act._exp(t[j])
 
 
 def test_exp_is_within_two_ulps():
@@ -219,12 +208,6 @@ def test_exp_is_within_two_ulps():
     want = np.exp(t)
     ulps = np.abs(got - want) / np.spacing(want)
     assert ulps.max() <= 2.0, (ulps.max(), t[ulps.argmax()])
-
-
-@numba.njit(error_model="numpy")
-def _exp_float64_all(t, out):
-    for j in range(t.shape[0]):
-        out[j] = act._exp_float64(t[j])
 
 
 def test_float64_exp_is_within_an_ulp_on_its_whole_range():
@@ -308,7 +291,7 @@ def test_float64_activation_accuracy_against_mpmath(name):
                         np.geomspace(1e-300, 1.0, 300) * rng.choice([-1.0, 1.0], 300)])
     z = z[(z >= lo) & (z <= hi)]
     got = np.empty_like(z)
-    _all_float64(_float64_fn(name))(z, got)
+    _elementwise(_float64_fn(name))(z, got)
     mpmath.mp.prec = 200
     exact = [_MP[name](mpmath.mpf(float(v))) for v in z]
     truth = np.array([float(e) for e in exact])
@@ -322,15 +305,6 @@ def test_float64_activation_accuracy_against_mpmath(name):
     tiny = ~normal
     if tiny.any():
         assert np.all(np.abs(got[tiny] - truth[tiny]) <= 4 * np.abs(truth[tiny]) * 1e-10 + 5e-324)
-
-
-def _all_float64(fn):
-    @numba.njit(error_model="numpy")
-    def run(z, out):
-        for j in range(z.shape[0]):
-            out[j] = fn(z[j])
-
-    return run
 
 
 @pytest.mark.parametrize("name, want", [
@@ -348,7 +322,7 @@ def test_float64_activation_special_values(name, want):
     kept, swish(-inf) = -inf * 0 = NaN."""
     z = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, 800.0, -800.0])
     y = np.empty_like(z)
-    _all_float64(getattr(act, name))(z, y)
+    _elementwise(getattr(act, name))(z, y)
     np.testing.assert_array_equal(y, want)
     assert np.signbit(y[1]) == np.signbit(want[1])
 
@@ -359,7 +333,7 @@ def test_float64_gelu_keeps_its_negative_tail():
     cancels (every digit from z = -8.3, where it rounds to 0)."""
     z = np.array([-3.0, -10.0, -20.0, -30.0])
     y = np.empty_like(z)
-    _all_float64(act.gelu)(z, y)
+    _elementwise(act.gelu)(z, y)
     mpmath.mp.prec = 200
     want = [float(v / 2 * mpmath.erfc(-mpmath.mpf(v) / mpmath.sqrt(2))) for v in z]
     np.testing.assert_allclose(y, want, rtol=4 * np.finfo(np.float64).eps / 2, atol=0)
@@ -371,7 +345,7 @@ def test_float64_gelu_at_its_hard_points():
     4.9 and 4.5 ulp off; with x = z / sqrt 2 rounded, -1.33 was 4.7."""
     z = np.array([-34.74318109935852, -27.076163889666198, -1.3345482822623773])
     y = np.empty_like(z)
-    _all_float64(act.gelu)(z, y)
+    _elementwise(act.gelu)(z, y)
     mpmath.mp.prec = 200
     for v, got in zip(z, y, strict=True):
         exact = mpmath.mpf(v) / 2 * mpmath.erfc(-mpmath.mpf(v) / mpmath.sqrt(2))
@@ -386,7 +360,7 @@ def test_float64_gelu_derivative_is_within_its_bound():
     rng = np.random.default_rng(11)
     z = np.concatenate([rng.uniform(-37.0, 10.0, 3000), rng.standard_normal(3000) * 2])
     got = np.empty_like(z)
-    _all_float64(act.gelu_derivative)(z, got)
+    _elementwise(act.gelu_derivative)(z, got)
     mpmath.mp.prec = 200
     worst = 0.0
     for v, g in zip(z, got, strict=True):
@@ -402,14 +376,8 @@ def test_float64_gelu_derivative_is_within_its_bound():
 def test_float64_tanh_of_tiny_and_subnormal_values_is_the_value():
     z = np.array([1e-300, -1e-300, 5e-324, -5e-324, 1e-20, -1e-20, 2.0 ** -30])
     y = np.empty_like(z)
-    _all_float64(act.tanh)(z, y)
+    _tanh_all(z, y)
     np.testing.assert_array_equal(y, z)
-
-
-@numba.njit(error_model="numpy")
-def _expm1_all(t, out):
-    for j in range(t.shape[0]):
-        out[j] = act._expm1(t[j])
 
 
 def test_expm1_of_nonpositive_values_is_float64_accurate():
