@@ -151,11 +151,19 @@ DIRECT_B_BYTES = 2 << 20
 # Bench forward pass, processes alternating, best of each run (2 threads unless said):
 # float32 24 x 1024->1024 312-364 -> 266-295 us, 32 x 1024->1024 403-439 -> 358-414 us (one
 # thread 775-824 -> 667-701 us); float64 32 x 784->512 329-349 -> 262-328 us (one thread
-# 583-602 -> 500-529 us), 16 x 784->512 205-213 -> 134-182 us.  Not larger B: at 8 MiB,
-# float32 32 x 2048->1024 went from 1.88-2.27 to 2.54-3.58 ms on one thread and 64 x
-# 2048->1024 from 1.48-1.62 to 2.09-2.20 ms on two; float64 32 x 1024->1024 was mixed.
+# 583-602 -> 500-529 us), 16 x 784->512 205-213 -> 134-182 us.  That was on the Xeon, where
+# 8 MiB was slower (float32 32 x 2048->1024 1.88-2.27 -> 2.54-3.58 ms on one thread) and 4 MiB
+# the limit.  On a Zen 4 core (AVX-512, 1 MiB L2, 32 MiB L3) 8 MiB reads faster in place than
+# packed, both dtypes, Dense forward (``linear``), processes alternating, best of each, 4 -> 8
+# MiB: two threads, float64 32 x 1024->1024 785-920 -> 698-816 us (NumPy 772-871), 16 rows
+# 462-562 -> 348-412, 24 x 2048->512 624-699 -> 517-664; float32 16 x 2048->1024 451-603 ->
+# 349-414, 32 x 2048->1024 765-800 -> 693-844, 32 x 1024->2048 792-819 -> 672-922; one thread,
+# float64 32 x 1024->1024 1494-1571 -> 1396-1404 us (NumPy 1452-1503), 24 rows 1196-1239 ->
+# 1021-1043; float32 16 x 2048->1024 869-938 -> 705-856, 32 x 2048->1024 1525-1679 ->
+# 1355-1854.  16 MiB (float32 32 x 4096->1024) gained nothing there: 1740-1854 against
+# 1772-2252 us.
 DIRECT_SKINNY_ROWS = 32
-DIRECT_SKINNY_B_BYTES = 4 << 20
+DIRECT_SKINNY_B_BYTES = 8 << 20
 # Those were measured with the AVX-512 tiles.  With the AVX2 tiles (a B panel of 16 float32 or 8
 # float64 columns: one cache line a step, at the row stride), reading B in place was mostly
 # slower, so there B is read in place only in float32, for up to DIRECT_SKINNY_ROWS rows and up

@@ -55,11 +55,13 @@ SHAPES = [
     (200, 3, 2),
     # A row-major B between DIRECT_B_BYTES and DIRECT_SKINNY_B_BYTES, read in place for up to
     # DIRECT_SKINNY_ROWS rows with the AVX-512 tiles (packed with the AVX2 ones, which read in
-    # place only float32 B of up to DIRECT_B_BYTES, as in the shapes above): float32 (2.4 MB;
-    # float64 packed) and float64 (2.9 MB), partial
-    # last panels, row tiles and KC blocks.
+    # place only float32 B of up to DIRECT_B_BYTES, as in the shapes above): float32 (2.4 MB)
+    # and float64 (4.8 MB; 2.9 MB), partial last panels, row tiles and KC blocks.
     (20, 601, 1000),
     (31, 600, 601),
+    # ... and over DIRECT_SKINNY_B_BYTES, packed by the tasks (``own_b``) in float32 (9 MB) and
+    # by rows in float64 (18 MB, over OWN_B_BYTES).
+    (24, 1500, 1500),
     # A row-major B over DIRECT_B_BYTES with few rows: each task packs its own B panels
     # (``own_b``); two row blocks, edge panels, two KC blocks, and two NC blocks in float64.
     (70, 1030, 530),
@@ -94,8 +96,9 @@ SHAPES = [
     (300, 20, 400),
 ]
 assert ALIASED_A_BYTES in (4096, 32 << 10)
-assert DIRECT_B_BYTES < 601 * 1000 * 4 <= DIRECT_SKINNY_B_BYTES < 601 * 1000 * 8
+assert DIRECT_B_BYTES < 601 * 1000 * 4 < 601 * 1000 * 8 <= DIRECT_SKINNY_B_BYTES
 assert DIRECT_B_BYTES < 601 * 600 * 8 <= DIRECT_SKINNY_B_BYTES and 31 <= DIRECT_SKINNY_ROWS
+assert DIRECT_SKINNY_B_BYTES < 1500 * 1500 * 4 < OWN_B_BYTES < 1500 * 1500 * 8
 assert 1000 * 4300 * 4 > OWN_B_BYTES
 assert 2100 * 2100 * 4 > OWN_B_BYTES and 2100 > NC_F32 and 37 <= PIPELINE_BLOCKS * MC_F64
 assert 4096 * 1024 * 4 == OWN_B_BYTES
