@@ -288,9 +288,11 @@ class Dense:
         keep_z = self.training and act.needs_z and not act.is_custom
         z = self._buffer("z", (n, self.units)) if keep_z else y
         bias = self.bias if self.use_bias else _k.empty_bias(self.dtype)
-        ws = self._kernel_workspace()
+        rows = uses_rows(n, self.units, in_dim)
+        narrow = not rows and _k.uses_narrow(n, in_dim, self.units, self.dtype)
+        ws = self._narrow_workspace(n) if narrow else self._kernel_workspace()
         act.prepare(self.dtype)
-        forward = _k.forward_for(act.code, uses_rows(n, self.units, in_dim))
+        forward = _k.forward_for(act.code, rows, narrow)
         forward(x2, self.weight, bias, act.code, z, y, ws)
         if act.is_custom:
             z = y.copy() if self.training else y
@@ -392,9 +394,11 @@ class Dense:
         dx_rows = n if compute_input_grad else 0
         dx = self._buffer("dx", (dx_rows, self.input_dim), self._reuse_outputs)
         bias = self.bias if self.use_bias else _k.empty_bias(self.dtype)
-        ws = self._kernel_workspace()
-        backward = _k.backward_rows if uses_rows(n, self.units, self.input_dim) \
-            else _k.backward
+        rows = uses_rows(n, self.units, self.input_dim)
+        narrow = not rows and _k.uses_narrow(n, self.input_dim, self.units, self.dtype)
+        ws = self._narrow_workspace(n) if narrow else self._kernel_workspace()
+        backward = (_k.backward_rows if rows else _k.backward_narrow if narrow
+                    else _k.backward)
         dz_first = _k.dz_over_threads(n, self.input_dim, self.units, act.code,
                                       compute_input_grad)
         self._backward_and_update(backward, x2, z, y, g2, dz, dw, db, dx, bias, ws, optimizer,
@@ -465,6 +469,15 @@ class Dense:
         if ws is None:
             size = _k.workspace_size(self.input_dim, self.units, self.dtype)
             ws = self._buffer("ws", (size,))
+        return ws
+
+    def _narrow_workspace(self, batch: int) -> np.ndarray:
+        """The workspace of a layer of few units (``kernels.dense.uses_narrow``) for a batch
+        of ``batch``: grown to the largest batch so far, never shrunk."""
+        size = _k.narrow_workspace_size(batch, self.input_dim, self.units, self.dtype)
+        ws = self._workspace.get("ws_narrow")
+        if ws is None or ws.shape[0] < size:
+            ws = self._workspace["ws_narrow"] = _aligned.empty((size,), self.dtype)
         return ws
 
     def _buffer(self, key: str, shape: tuple[int, ...], reuse: bool = True) -> np.ndarray:

@@ -134,8 +134,12 @@ def linear(x: Any, kernel: Any, bias: Any = None, activation: Any = None) -> np.
     x2 = np.ascontiguousarray(x.reshape(-1, x.shape[-1]), dtype=dt)
     w = np.ascontiguousarray(kernel, dtype=dt)
     y = _aligned.product_output(x2.shape[0], w.shape[0], w)
-    ws = _workspace(_dense.workspace_size(w.shape[0], units, dt), dt)
+    m, n_in = x2.shape
+    rows = uses_rows(m, units, n_in)
+    narrow = not rows and _dense.uses_narrow(m, n_in, units, dt)
+    ws = _workspace(_dense.narrow_workspace_size(m, n_in, units, dt) if narrow
+                    else _dense.workspace_size(n_in, units, dt), dt)
     act.prepare(x2.dtype)
-    forward = _dense.forward_for(act.code, uses_rows(x2.shape[0], units, w.shape[0]))
+    forward = _dense.forward_for(act.code, rows, narrow)
     forward(x2, w, b, act.code, y, y, ws)
     return y.reshape((*x.shape[:-1], units))

@@ -13,10 +13,11 @@ import time
 
 import numpy as np
 
-#: ``(batch, in, units)`` of the layers run: a small shape (the direct path) and one large
-#: enough for the packed, threaded path and for outputs allocated on cache lines
+#: ``(batch, in, units)`` of the layers run: a small shape (the direct path), one of few units,
+#: whose products run transposed (``kernels.dense.uses_narrow``) with every tile set, and one
+#: large enough for the packed, threaded path and for outputs allocated on cache lines
 #: (``_aligned.OUTPUT_BYTES``) in both dtypes.
-LAYER_SHAPES = ((1, 3, 2), (40, 120, 110))
+LAYER_SHAPES = ((1, 3, 2), (40, 120, 3), (40, 120, 110))
 #: Rows of a product whose output is allocated in phase with B (``_aligned.reads_b_in_place``
 #: for the larger shape).
 FEW_ROWS = 32

@@ -755,3 +755,34 @@ def test_a_large_dz_over_the_threads_gives_the_kernel_bits(activation):
                          0.0, True, ws)
         np.testing.assert_array_equal(layer.weight, w)
         np.testing.assert_array_equal(layer.bias, b)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_a_layer_of_few_units_gives_the_bits_of_the_untransposed_products(dtype, monkeypatch):
+    """A layer of 3 units runs its products transposed (``kernels.dense.uses_narrow``), with a
+    workspace for its batch: through replays, batch changes (the workspace grows, and is kept
+    when the batch shrinks), both optimizer paths and softmax, it returns the bits of a twin
+    that runs them untransposed."""
+    rng = np.random.default_rng(21)
+    n_in, units = 100, 3
+    assert all(kernels.uses_narrow(batch, n_in, units, dtype) for batch in (64, 200))
+    narrow_uses = kernels.uses_narrow
+    for activation in ("relu", "softmax"):
+        a, b = (Dense(units, activation=activation, dtype=dtype, seed=2,
+                      bias_initializer="random_normal") for _ in range(2))
+        opts = [fd.SGD(0.05), fd.SGD(0.05)]
+        for step, batch in enumerate((64, 64, 200, 64)):
+            if step == 3:
+                opts = [fd.Adam(0.01), fd.Adam(0.01)]
+            x = _data(rng, (batch, n_in), dtype)
+            g = _data(rng, (batch, units), dtype)
+            outs = []
+            for layer, opt, narrow in ((a, opts[0], True), (b, opts[1], False)):
+                monkeypatch.setattr(kernels, "uses_narrow", narrow_uses if narrow
+                                    else lambda *args: False)
+                outs.append((layer(x).copy(), layer.backprop(g, opt).copy()))
+            for u, v in zip(*outs, strict=True):
+                np.testing.assert_array_equal(u, v)
+            np.testing.assert_array_equal(a.weight, b.weight)
+            np.testing.assert_array_equal(a.bias, b.bias)
+        assert "ws_narrow" in a._workspace and "ws_narrow" not in b._workspace

@@ -7,6 +7,7 @@ import pytest
 
 from fastdense.__main__ import main as cli
 from fastdense._aligned import aligns_output, reads_b_in_place
+from fastdense.kernels import dense as kdense
 from fastdense.kernels.memory import aligned_empty_2d, empty_2d_in_phase
 from fastdense.warmup import FEW_ROWS, LAYER_SHAPES
 from fastdense.warmup import main as warmup
@@ -19,9 +20,14 @@ def test_warmup_compiles_and_reports(capsys):
     # Among what it compiles: the allocators of large outputs (see fastdense._aligned).
     assert any(sig[2].dtype == numba.float64 for sig in aligned_empty_2d.signatures)
     assert any(sig[2].dtype == numba.float64 for sig in empty_2d_in_phase.signatures)
+    # ... and the transposed products of layers of few units.
+    assert any(sig[0].dtype == numba.float64 for sig in kdense.forward_narrow.signatures)
+    assert any(sig[0].dtype == numba.float64 for sig in kdense.backward_narrow.signatures)
 
 
-def test_warmup_shapes_reach_the_aligned_outputs():
+def test_warmup_shapes_reach_the_aligned_outputs_and_few_units():
+    assert all(any(kdense.uses_narrow(*shape, dtype) for shape in LAYER_SHAPES)
+               for dtype in ("float32", "float64"))
     batch, n_in, units = LAYER_SHAPES[-1]
     assert aligns_output((batch, units), 4) and aligns_output((batch, units), 8)
     assert FEW_ROWS < batch and reads_b_in_place(FEW_ROWS, units, n_in)

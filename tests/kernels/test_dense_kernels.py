@@ -434,3 +434,96 @@ def test_rows_backward_four_rows_or_one_give_the_same_bits(batch, fuse_sgd, l2, 
         assert np.array_equal(w, w0)
         assert np.all(np.abs(dw[p0:p1] - grad) <= grad_tol)
         assert np.isnan(dw[:p0]).all() and np.isnan(dw[p1:]).all()
+
+
+# Layers of few units (``kd.is_narrow``: at most half the tile's columns) run their forward
+# product and weight gradient transposed.  Shapes: units of one partial row panel (3, 5) and of
+# a whole and a partial one (10), 16 (float32 only: half the AVX-512 tile's columns); batches
+# of partial column panels, one over KC (the weight gradient's reduction in two KC blocks) and
+# rows of 4 KiB (the transposing passes' blocks); inputs over KC (the forward reduction in two
+# blocks) and of a partial last block.  Units above half the tile's columns (float64: 8 with
+# the AVX-512 tiles, 4 with the AVX2 ones) are cut to that half.
+NARROW_SHAPES = [(37, 70, 3), (130, 300, 5), (600, 40, 10), (64, 1030, 10), (1024, 33, 16),
+                 (3, 200, 5)]
+
+
+@pytest.mark.parametrize("use_bias", [True, False], ids=["bias", "no-bias"])
+@pytest.mark.parametrize("fuse_sgd, l2", [(True, 0.0), (True, 0.01), (False, 0.0)],
+                         ids=["sgd", "sgd-l2", "grads"])
+@pytest.mark.parametrize("name", ["linear", "relu", "softmax", "gelu"])
+@pytest.mark.parametrize("shape", NARROW_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_narrow_entry_points_give_the_bits_of_the_general_ones(shape, name, fuse_sgd, l2,
+                                                               use_bias, dtype):
+    """``forward_narrow`` and ``backward_narrow`` (products transposed) give the very bits of
+    ``forward`` and ``backward``: outputs, input gradient, weight update or gradient, bias
+    gradient; on one thread and on all."""
+    batch, n_in, units = shape
+    units = min(units, kd.BLOCKING[np.dtype(dtype).name][1] // 2)
+    assert kd.is_narrow(units, dtype)
+    act_ = activations.get(name)
+    act_.prepare(dtype)
+    code = act_.code
+    rng = np.random.default_rng(batch + units)
+    x, w0, b0 = _layer(rng, batch, n_in, units, dtype, use_bias)
+    g = rng.standard_normal((batch, units)).astype(dtype)
+    ws = np.empty(kd.narrow_workspace_size(batch, n_in, units, dtype), dtype)
+    before = numba.get_num_threads()
+    results = []
+    try:
+        for threads, narrow in ((1, False), (1, True), (numba.config.NUMBA_NUM_THREADS, True)):
+            numba.set_num_threads(threads)
+            w, b = w0.copy(), b0.copy()
+            z, y = np.full((batch, units), np.nan, dtype), np.full((batch, units), np.nan, dtype)
+            kd.forward_for(code, narrow=narrow)(x, w, b, code, z, y, ws)
+            dz, dw, db, dx = (np.empty_like(g), np.full_like(w, np.nan), np.empty_like(b),
+                              np.empty_like(x))
+            backward = kd.backward_narrow if narrow else kd.backward
+            backward(x, w, b, z, y, g, code, dz, dw, db, dx, 0.01, 0.0, l2, 0.0, 0.0, fuse_sgd,
+                     ws)
+            results.append((z, y, dx, w if fuse_sgd else dw, b if fuse_sgd else db))
+    finally:
+        numba.set_num_threads(before)
+    for other in results[1:]:
+        for a, c in zip(results[0], other, strict=True):
+            assert np.array_equal(a, c)
+    zref = _z_reference(x, w0, b0)
+    tol = product_tolerance(x, w0, dtype) + 4 * np.finfo(dtype).eps * np.abs(zref)
+    assert np.all(np.abs(results[1][0] - zref) <= tol)
+
+
+def test_narrow_rule():
+    """Few units run transposed: at most half of the tile's columns, and products that take
+    the packed path both ways (not 1 or 2 units, rows or inputs)."""
+    for dtype in (np.float32, np.float64):
+        nr = kd.BLOCKING[np.dtype(dtype).name][1]
+        assert kd.is_narrow(nr // 2, dtype) and not kd.is_narrow(nr // 2 + 1, dtype)
+        assert not kd.is_narrow(0, dtype)
+        assert kd.uses_narrow(1024, 784, 3, dtype)
+        assert not kd.uses_narrow(1024, 784, 2, dtype)
+        assert not kd.uses_narrow(2, 784, 3, dtype)
+        assert not kd.uses_narrow(1024, 2, 3, dtype)
+        assert not kd.uses_narrow(4, 4, 3, dtype)  # the direct path's work
+    assert kd.uses_narrow(1024, 784, 10, np.float32) == (kd.BLOCKING["float32"][1] >= 20)
+
+
+def test_narrow_entry_points_with_a_short_workspace(dtype):
+    """A workspace too short for the transposed result still gives the bits (the kernels then
+    allocate it)."""
+    batch, n_in, units = 70, 130, 3
+    code = act.RELU
+    rng = np.random.default_rng(4)
+    x, w0, b0 = _layer(rng, batch, n_in, units, dtype)
+    g = rng.standard_normal((batch, units)).astype(dtype)
+    outs = []
+    for ws in (np.empty(kd.narrow_workspace_size(batch, n_in, units, dtype), dtype),
+               np.empty(8, dtype)):
+        w, b = w0.copy(), b0.copy()
+        z = np.empty((batch, units), dtype)
+        kd.forward_narrow(x, w, b, code, z, z, ws)
+        dz, dw, db, dx = (np.empty_like(g), np.empty_like(w), np.empty_like(b),
+                          np.empty_like(x))
+        kd.backward_narrow(x, w, b, z, z, g, code, dz, dw, db, dx, 0.1, 0.0, 0.0, 0.0, 0.0,
+                           True, ws)
+        outs.append((z, dx, w, b))
+    for a, c in zip(*outs, strict=True):
+        assert np.array_equal(a, c)
