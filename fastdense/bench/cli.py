@@ -70,10 +70,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write a PNG of GFLOP/s vs problem size (needs matplotlib)")
     p.add_argument("--no-torch", action="store_true", help="skip PyTorch even if installed")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
-    # Test and expert knobs, hidden from --help: a custom grid and timing effort.
+    p.add_argument("--shapes", metavar="B:IN:OUT,...",
+                   help="layer shapes to run instead of the grid's (batch:inputs:units, comma "
+                        "separated; e.g. 32:784:10,1024:784:10)")
+    p.add_argument("--square", metavar="N,...",
+                   help="square GEMM sizes to run instead of the grid's (with --shapes: "
+                        "besides those; gemm only)")
+    # Test and expert knobs, hidden from --help: timing effort.
     hidden = argparse.SUPPRESS
-    p.add_argument("--shapes", help=hidden)
-    p.add_argument("--square", help=hidden)
     p.add_argument("--blocks", type=int, help=hidden)
     p.add_argument("--block-time", type=float, help=hidden)
     p.add_argument("--no-peak", action="store_true", help=hidden)

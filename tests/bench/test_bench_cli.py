@@ -178,3 +178,12 @@ def test_a_gelu_peer_without_scipy_is_announced(monkeypatch: pytest.MonkeyPatch)
     assert cli._peer_warning("tanh") is None
     monkeypatch.setattr(reference, "VECTORIZED_ERFC", True)
     assert cli._peer_warning("gelu") is None
+
+
+def test_help_documents_custom_shapes(capsys: pytest.CaptureFixture[str]) -> None:
+    """``--shapes`` and ``--square`` are user options (a layer of 10 units, say), not hidden."""
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["--help"])
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    assert "--shapes B:IN:OUT,..." in text and "--square N,..." in text
