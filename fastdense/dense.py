@@ -399,8 +399,9 @@ class Dense:
         ws = self._narrow_workspace(n) if narrow else self._kernel_workspace()
         backward = (_k.backward_rows if rows else _k.backward_narrow if narrow
                     else _k.backward)
+        # (A layer of few units computes dz apart whatever the input gradient.)
         dz_first = _k.dz_over_threads(n, self.input_dim, self.units, act.code,
-                                      compute_input_grad)
+                                      compute_input_grad and not narrow)
         self._backward_and_update(backward, x2, z, y, g2, dz, dw, db, dx, bias, ws, optimizer,
                                   fusable, dz_first)
         plannable = (not act.is_custom and g is dLdy and g.ndim == 2

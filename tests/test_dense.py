@@ -786,3 +786,31 @@ def test_a_layer_of_few_units_gives_the_bits_of_the_untransposed_products(dtype,
             np.testing.assert_array_equal(a.weight, b.weight)
             np.testing.assert_array_equal(a.bias, b.bias)
         assert "ws_narrow" in a._workspace and "ws_narrow" not in b._workspace
+
+
+@pytest.mark.parametrize("activation", ["tanh", "softmax"])
+def test_a_large_dz_of_few_units_over_the_threads_gives_the_kernel_bits(activation):
+    """A layer of few units takes its dz apart (``kernels.dense.backward_narrow``), over the
+    threads from DZ_THREADS_MIN elements, input gradient or not: the bits of the untransposed
+    kernel, which computes it on one thread (or fuses it into its packing)."""
+    rng = np.random.default_rng(22)
+    batch, n_in, units = 8200, 40, 8
+    assert batch * units >= kernels.DZ_THREADS_MIN
+    x = rng.standard_normal((batch, n_in)).astype(np.float32)
+    layer = Dense(units, activation=activation, seed=0, bias_initializer="random_normal")
+    assert kernels.uses_narrow(batch, n_in, units, np.float32)
+    code = layer.activation.code
+    layer.build(n_in)
+    w, b = layer.weight.copy(), layer.bias.copy()
+    ws = np.empty(kernels.workspace_size(n_in, units, np.float32), np.float32)
+    layer(x)
+    _, z, y, _ = layer._cache
+    z, y = z.copy(), y.copy()
+    g = rng.standard_normal((batch, units)).astype(np.float32)
+    dx = layer.backprop(g, fd.SGD(0.1))
+    dx_k = np.empty_like(x)
+    kernels.backward(x, w, b, z, y, g, code, np.empty_like(g), np.empty_like(w),
+                     np.empty_like(b), dx_k, 0.1, 0.0, 0.0, 0.0, 0.0, True, ws)
+    np.testing.assert_array_equal(dx, dx_k)
+    np.testing.assert_array_equal(layer.weight, w)
+    np.testing.assert_array_equal(layer.bias, b)

@@ -159,8 +159,8 @@ def forward_for(code: int, rows: bool = False, narrow: bool = False):
 # reduction's KC blocks are the same), so the bits are those of the untransposed products.
 # The input gradient ``dz @ w.T`` keeps its orientation (its reduction is over the units).
 # Two threads, float32 1024 x 784->10, products alone (Zen 4): z 286 -> 190 us (NumPy 187),
-# dw 265 -> 144 us (NumPy 192).  Not float64 at 10 units (8 x 16 tiles: 16 of 16 columns
-# against 16 of 16 rows, and the transposed x is packed: z 270 -> 349 us).
+# dw 265 -> 144 us (NumPy 192).  Not float64 at 10 units (8 x 16 tiles: 10 of 16 columns
+# against 10 of 16 rows, and the transposed x is packed: z 270 -> 349 us).
 #: Columns a transposing pass takes from each row of a transposed result at a time: a cache
 #: line's worth, so that each row's line is read once even when the rows are a multiple of
 #: 4 KiB apart (all in one set of the L1).
@@ -271,9 +271,8 @@ def forward_narrow(x, w, bias, code, z, y, ws):
     (:func:`is_narrow`), same arguments and bits, with ``ws`` of
     :func:`narrow_workspace_size` for this batch: ``z.T = w.T @ x.T``, then the epilogue as it
     is transposed into ``z`` and ``y``."""
+    require_passes(code, y)
     softmax = code == act.SOFTMAX
-    if not softmax:
-        require_passes(code, y)
     m, n = z.shape
     if m == 0 or n == 0:
         return
