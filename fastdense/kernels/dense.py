@@ -26,6 +26,7 @@ from fastdense.kernels.gemm import (
     EP_SGD,
     EP_STORE,
     ROWS_MAX,
+    SERIAL_WORK,
     SHORT_WORKSPACE,
     _activate_rows,
     _activated_apart,
@@ -38,6 +39,7 @@ from fastdense.kernels.gemm import (
     double_buffers_b,
     is_small,
     rows_ws_len,
+    strips,
     thread_blocks,
     vector_matrix,
 )
@@ -571,6 +573,48 @@ def backward(x, w, bias, z, y, g, code, dz, dw, db, dx, lr, l1w, l2w, l1b, l2b, 
 
 
 @kernel(nrt=False)
+def _transpose_into(src, dst):
+    """``dst = src.T`` (``dst`` C-contiguous, ``src.shape[1] x src.shape[0]``), a block of
+    TRANSPOSE_BLOCK rows of ``src`` at a time."""
+    n, units = src.shape
+    for p0 in range(0, n, TRANSPOSE_BLOCK):
+        p1 = min(n, p0 + TRANSPOSE_BLOCK)
+        for j in range(units):
+            out = dst[j]
+            for p in range(p0, p1):
+                out[p] = src[p, j]
+
+
+@kernel(parallel=True, nrt=False)
+def _input_grad_by_rows(d, wt, dx, ctr):
+    """``dx = d @ wt`` (``wt`` the weights transposed, ``units x in``) row by row, each row of
+    ``dx`` by register strips over the few rows of ``wt`` (``gemm.strips``: the FMA chain of
+    the packed product, whose reduction of so few steps is one KC block) and stored once;
+    contiguous runs of rows over the threads.  ``ctr[0]`` counts the workers that started
+    (:mod:`._placement`).
+
+    The packed product of so short a reduction stores a tile every few FMAs, a column of tiles
+    at a time, and its time varied by up to 3x from one output to another.  Two threads,
+    float32 (Zen 4), ``dz @ w.T`` alone, packed / by rows (NumPy), several processes: 1024 x
+    784->10 191-524 / 149-180 us (116-147), 1024 x 1024->10 615-677 / 217-286 us, 512 x
+    1024->10 130 / 104 us; float64 1024 x 784->8 381 / 291 us (190).  At 128 rows, 28 / 32 us:
+    hence only above DIRECT_ROWS rows."""
+    m = d.shape[0]
+    nthreads = min(_iget_num_threads(), m)
+    if nthreads == 1 or m * wt.shape[0] * wt.shape[1] < SERIAL_WORK:
+        for i in range(m):
+            strips(d[i], wt, dx[i])
+        return
+    caller_cpu = region_opens(ctr, 0)
+    for t in prange(nthreads):
+        worker_arrives(ctr, 0, caller_cpu)
+        r0, r1 = thread_blocks(m, t, nthreads)
+        for i in range(r0, r1):
+            strips(d[i], wt, dx[i])
+        caller_waits(ctr, 0, nthreads)
+
+
+@kernel(nrt=False)
 def _transposed_update(dwt, w, dw, fuse_sgd, lr, l1, l2, block):
     """The weight gradient ``dwt.T`` (``dwt`` is ``units x in``) applied to ``w`` by SGD, row
     by row as the tile stores of the untransposed product apply it (``sgd_step``), or written
@@ -607,7 +651,11 @@ def backward_narrow(x, w, bias, z, y, g, code, dz, dw, db, dx, lr, l1w, l2w, l1b
         d = dz
         _activation_grad_serial(g, z, y, code, dz)
     # dx first: it must see the weights before any update.
-    if batch > 0 and dx.shape[0] > 0:
+    if batch > DIRECT_ROWS and dx.shape[0] > 0:
+        # The weights transposed, where dw.T goes next.
+        _transpose_into(w, dwt)
+        _input_grad_by_rows(d, dwt, dx, block)
+    elif batch > 0 and dx.shape[0] > 0:
         e1 = db[:0]
         if is_small(batch, n_in, units):
             _small(d, w, dx, False, True, EP_STORE, e1, act.LINEAR, dx, dx, 0.0, 0.0, 0.0,

@@ -972,24 +972,33 @@ def _vecmat(ai, b, j0, j1, acc, deep):
 
 
 @kernel(nrt=False)
-def _row_product(ai, b, acc, deep):
-    """``acc[j] = ai @ b[:, j]`` for every column ``j`` of ``b``: register strips, then
-    :func:`_vecmat` for the columns left over (the same FMA chain per element either way;
-    ``deep`` as there)."""
+def strips(ai, b, acc):
+    """``acc[j] = ai @ b[:, j]`` for every column ``j`` of ``b`` by register strips (each
+    strip's sums stay in registers while the rows of ``b`` pass), then :func:`_vecmat` for the
+    columns left over: the same FMA chain per element either way."""
     n = b.shape[1]
     sw = _strip_width(acc)
-    jf = 0
+    jf = (n // sw) * sw
+    for j in range(0, jf, sw):
+        _strip(ai, b, j, acc)
+    if n - jf >= sw // 2:
+        _half_strip(ai, b, jf, acc)
+        jf += sw // 2
+    if jf < n:
+        _vecmat(ai, b, jf, n, acc, False)
+
+
+@kernel(nrt=False)
+def _row_product(ai, b, acc, deep):
+    """``acc[j] = ai @ b[:, j]`` for every column ``j`` of ``b``: by :func:`strips`, or
+    :func:`_vecmat` (``deep`` as there) for long rows (the same FMA chain per element)."""
+    n = b.shape[1]
     if n <= _strip_columns(acc):
         # Short rows: a strip walks down ``b`` nearly sequentially.  Longer rows would make it
         # a strided walk, slower than _vecmat's streaming of whole rows (measured 1.4x).
-        jf = (n // sw) * sw
-        for j in range(0, jf, sw):
-            _strip(ai, b, j, acc)
-        if n - jf >= sw // 2:
-            _half_strip(ai, b, jf, acc)
-            jf += sw // 2
-    if jf < n:
-        _vecmat(ai, b, jf, n, acc, deep)
+        strips(ai, b, acc)
+    else:
+        _vecmat(ai, b, 0, n, acc, deep)
 
 
 #: The error of a kernel compiled without Numba's runtime (which cannot allocate) given a
