@@ -14,7 +14,6 @@ import numpy as np
 from fastdense import _aligned, activations, initializers, regularizers
 from fastdense.kernels import dense as _k
 from fastdense.kernels.activation import LINEAR
-from fastdense.kernels.gemm import uses_rows
 from fastdense.kernels.memory import aligned_empty_2d
 from fastdense.optimizers import apply_update, learning_rate_of, plain_sgd_rate
 
@@ -288,9 +287,8 @@ class Dense:
         keep_z = self.training and act.needs_z and not act.is_custom
         z = self._buffer("z", (n, self.units)) if keep_z else y
         bias = self.bias if self.use_bias else _k.empty_bias(self.dtype)
-        rows = uses_rows(n, self.units, in_dim)
-        narrow = not rows and _k.uses_narrow(n, in_dim, self.units, self.dtype)
-        ws = self._narrow_workspace(n) if narrow else self._kernel_workspace()
+        rows, narrow = _k.product_paths(n, in_dim, self.units, self.dtype)
+        ws = self._kernel_workspace(n, narrow)
         act.prepare(self.dtype)
         forward = _k.forward_for(act.code, rows, narrow)
         forward(x2, self.weight, bias, act.code, z, y, ws)
@@ -394,9 +392,8 @@ class Dense:
         dx_rows = n if compute_input_grad else 0
         dx = self._buffer("dx", (dx_rows, self.input_dim), self._reuse_outputs)
         bias = self.bias if self.use_bias else _k.empty_bias(self.dtype)
-        rows = uses_rows(n, self.units, self.input_dim)
-        narrow = not rows and _k.uses_narrow(n, self.input_dim, self.units, self.dtype)
-        ws = self._narrow_workspace(n) if narrow else self._kernel_workspace()
+        rows, narrow = _k.product_paths(n, self.input_dim, self.units, self.dtype)
+        ws = self._kernel_workspace(n, narrow)
         backward = (_k.backward_rows if rows else _k.backward_narrow if narrow
                     else _k.backward)
         # (A layer of few units computes dz apart whatever the input gradient.)
@@ -464,21 +461,20 @@ class Dense:
                                   fusable, dz_first)
         return True, (dx if want_dx else None)
 
-    def _kernel_workspace(self) -> np.ndarray:
-        """The kernels' packing workspace, sized once per layer shape (sizing costs µs)."""
+    def _kernel_workspace(self, batch: int, narrow: bool) -> np.ndarray:
+        """The kernels' packing workspace: one per layer shape (sizing costs µs), or for a
+        layer of few units (``narrow``, see ``kernels.dense.uses_narrow``) one for ``batch``,
+        grown to the largest batch so far and never shrunk."""
+        if narrow:
+            size = _k.narrow_workspace_size(batch, self.input_dim, self.units, self.dtype)
+            ws = self._workspace.get("ws_narrow")
+            if ws is None or ws.shape[0] < size:
+                ws = self._workspace["ws_narrow"] = _aligned.empty((size,), self.dtype)
+            return ws
         ws = self._workspace.get("ws")
         if ws is None:
             size = _k.workspace_size(self.input_dim, self.units, self.dtype)
             ws = self._buffer("ws", (size,))
-        return ws
-
-    def _narrow_workspace(self, batch: int) -> np.ndarray:
-        """The workspace of a layer of few units (``kernels.dense.uses_narrow``) for a batch
-        of ``batch``: grown to the largest batch so far, never shrunk."""
-        size = _k.narrow_workspace_size(batch, self.input_dim, self.units, self.dtype)
-        ws = self._workspace.get("ws_narrow")
-        if ws is None or ws.shape[0] < size:
-            ws = self._workspace["ws_narrow"] = _aligned.empty((size,), self.dtype)
         return ws
 
     def _buffer(self, key: str, shape: tuple[int, ...], reuse: bool = True) -> np.ndarray:

@@ -9,7 +9,7 @@ import numpy as np
 
 from fastdense import _aligned, activations
 from fastdense.kernels import dense as _dense
-from fastdense.kernels.gemm import ROWS_MAX, gemm, gemm_rows, uses_rows, workspace_size
+from fastdense.kernels.gemm import ROWS_MAX, gemm, gemm_rows, workspace_size
 
 # Kernel workspaces (packing buffers) kept between calls, one per dtype and Python thread,
 # grown to the largest size asked for: repeated calls then allocate only their result.
@@ -135,8 +135,7 @@ def linear(x: Any, kernel: Any, bias: Any = None, activation: Any = None) -> np.
     w = np.ascontiguousarray(kernel, dtype=dt)
     y = _aligned.product_output(x2.shape[0], w.shape[0], w)
     m, n_in = x2.shape
-    rows = uses_rows(m, units, n_in)
-    narrow = not rows and _dense.uses_narrow(m, n_in, units, dt)
+    rows, narrow = _dense.product_paths(m, n_in, units, dt)
     ws = _workspace(_dense.narrow_workspace_size(m, n_in, units, dt) if narrow
                     else _dense.workspace_size(n_in, units, dt), dt)
     act.prepare(x2.dtype)

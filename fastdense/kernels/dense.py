@@ -41,6 +41,7 @@ from fastdense.kernels.gemm import (
     rows_ws_len,
     strips,
     thread_blocks,
+    uses_rows,
     vector_matrix,
 )
 from fastdense.kernels.gemm import workspace_size as product_workspace_size
@@ -184,6 +185,14 @@ def uses_narrow(batch: int, n_in: int, units: int, dtype) -> bool:
     ``gemm.ROWS_MAX`` units, rows and inputs, and more work than the direct path's)."""
     return (is_narrow(units, dtype) and batch > ROWS_MAX
             and not is_small(units, batch, n_in) and not is_small(units, n_in, batch))
+
+
+def product_paths(batch: int, n_in: int, units: int, dtype) -> tuple[bool, bool]:
+    """``(rows, narrow)``: whether a layer's products for a batch of ``batch`` take the row
+    entry points (``gemm.uses_rows``: :func:`forward_rows`, :func:`backward_rows`) or the
+    transposed ones (:func:`uses_narrow`); neither means :func:`forward` and :func:`backward`."""
+    rows = uses_rows(batch, units, n_in)
+    return rows, not rows and uses_narrow(batch, n_in, units, dtype)
 
 
 def narrow_workspace_size(batch: int, n_in: int, units: int, dtype) -> int:
