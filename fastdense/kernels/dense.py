@@ -38,6 +38,7 @@ from fastdense.kernels.gemm import (
     _ws_len,
     double_buffers_b,
     is_small,
+    product,
     rows_ws_len,
     strips,
     thread_blocks,
@@ -226,32 +227,10 @@ def _narrow_split(ws, rows, cols, out):
     return ws[:start], t, ws[start + rows * cols:]
 
 
-@register_jitable
-def _scratch(ws, n, out):
-    """The first ``n`` elements of ``ws``, or a new array when it is shorter."""
-    return ws[:n] if ws.shape[0] >= n else np.empty(n, dtype=out.dtype)
-
-
-@register_jitable
-def _transposed_product(a, b, out, trans_b, ws):
-    """``out = a.T @ op(b)`` (``b.T`` with ``trans_b``) by the direct or the packed path, as
-    ``gemm.product`` chooses, with no epilogue."""
-    m, n = out.shape
-    k = a.shape[0]
-    e1 = out[0, :0]
-    if k == 0 or is_small(m, n, k):
-        _small(a, b, out, True, trans_b, EP_STORE, e1, act.LINEAR, out, out, 0.0, 0.0, 0.0,
-               _scratch(ws, n, out))
-    else:
-        e2 = out[:0]
-        _packed(a, b, out, True, trans_b, EP_STORE, e1, act.LINEAR, out, out, 0.0, 0.0, 0.0,
-                act.LINEAR, e2, e2, e2, False, e1, ws)
-
-
 @kernel(nrt=False)
 def _transposed_block(t, c0, cnt, block):
     """``block[q * rows + j] = t[j, c0 + q]`` for ``q < cnt``: columns of ``t`` as rows, a
-    line of each row of ``t`` read once."""
+    line of each row of ``t`` read once (all of them: ``t.T`` flattened)."""
     rows = t.shape[0]
     for j in range(rows):
         src = t[j, c0:c0 + cnt]
@@ -288,7 +267,7 @@ def forward_narrow(x, w, bias, code, z, y, ws):
     if m == 0 or n == 0:
         return
     head, zt, block = _narrow_split(ws, n, m, z)
-    _transposed_product(w, x, zt, True, head)
+    product(w, x, zt, True, True, EP_STORE, bias[:0], act.LINEAR, zt, zt, 0.0, 0.0, 0.0, head)
     _transposed_epilogue(zt, bias, act.LINEAR if softmax else code, z, y, block)
     if softmax:
         if m * n < 16384:
@@ -581,19 +560,6 @@ def backward(x, w, bias, z, y, g, code, dz, dw, db, dx, lr, l1w, l2w, l1b, l2b, 
         sgd_step(bias, db, lr, l1b, l2b)
 
 
-@kernel(nrt=False)
-def _transpose_into(src, dst):
-    """``dst = src.T`` (``dst`` C-contiguous, ``src.shape[1] x src.shape[0]``), a block of
-    TRANSPOSE_BLOCK rows of ``src`` at a time."""
-    n, units = src.shape
-    for p0 in range(0, n, TRANSPOSE_BLOCK):
-        p1 = min(n, p0 + TRANSPOSE_BLOCK)
-        for j in range(units):
-            out = dst[j]
-            for p in range(p0, p1):
-                out[p] = src[p, j]
-
-
 @kernel(parallel=True, nrt=False)
 def _input_grad_by_rows(d, wt, dx, ctr):
     """``dx = d @ wt`` (``wt`` the weights transposed, ``units x in``) row by row, each row of
@@ -659,22 +625,17 @@ def backward_narrow(x, w, bias, z, y, g, code, dz, dw, db, dx, lr, l1w, l2w, l1b
     if code != act.LINEAR:
         d = dz
         _activation_grad_serial(g, z, y, code, dz)
+    e1 = db[:0]
     # dx first: it must see the weights before any update.
     if batch > DIRECT_ROWS and dx.shape[0] > 0:
         # The weights transposed, where dw.T goes next.
-        _transpose_into(w, dwt)
+        _transposed_block(w, 0, units, dwt.reshape(units * n_in))
         _input_grad_by_rows(d, dwt, dx, block)
-    elif batch > 0 and dx.shape[0] > 0:
-        e1 = db[:0]
-        if is_small(batch, n_in, units):
-            _small(d, w, dx, False, True, EP_STORE, e1, act.LINEAR, dx, dx, 0.0, 0.0, 0.0,
-                   _scratch(head, n_in, dx))
-        else:
-            _packed(d, w, dx, False, True, EP_STORE, e1, act.LINEAR, dx, dx, 0.0, 0.0, 0.0,
-                    act.LINEAR, dx[:0], dx[:0], dx[:0], False, e1, head)
+    elif dx.shape[0] > 0:
+        product(d, w, dx, False, True, EP_STORE, e1, act.LINEAR, dx, dx, 0.0, 0.0, 0.0, head)
     if db.shape[0] > 0:
         _column_sums_serial(d, db)
-    _transposed_product(d, x, dwt, False, head)
+    product(d, x, dwt, True, False, EP_STORE, e1, act.LINEAR, dwt, dwt, 0.0, 0.0, 0.0, head)
     _transposed_update(dwt, w, dw, fuse_sgd, lr, l1w, l2w, block)
     if fuse_sgd and db.shape[0] > 0:
         sgd_step(bias, db, lr, l1b, l2b)
