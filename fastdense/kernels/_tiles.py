@@ -125,6 +125,42 @@ def _blocking_ol(a):
     return lambda a: blocking
 
 
+# Products with few output columns (``narrow.narrow_product``: a layer of at most 16 float32 or
+# 8 float64 units) use one tile whatever the set: the AVX2 set's 6 x 16 float32 and 6 x 8
+# float64 tiles, whose rows are one 512-bit vector (or two of 256 bits), so that a layer of
+# 10 units computes 16 columns, not 32.  Same KC, so the same bits.
+_NARROW_UKERNELS = {"float32": ukernel_6x16, "float64": ukernel_6x8}
+#: ``(MR, NR)`` of the tiles of products with few columns, by dtype name.
+NARROW_TILES = {"float32": (MR_F32_AVX2, NR_F32_AVX2), "float64": (MR_F64_AVX2, NR_F64_AVX2)}
+
+
+def _narrow_ukernel(kc, a3, bp, bo, bps, tile, out, i0, j0, mode, lr, bias, y, relu):
+    """Dispatch to the dtype's micro-kernel for products with few columns (resolved at compile
+    time)."""
+
+
+@overload(_narrow_ukernel, jit_options={"cache": True})
+def _narrow_ukernel_ol(kc, a3, bp, bo, bps, tile, out, i0, j0, mode, lr, bias, y, relu):
+    fn = _NARROW_UKERNELS[_dtype_name(a3)]
+
+    def impl(kc, a3, bp, bo, bps, tile, out, i0, j0, mode, lr, bias, y, relu):
+        return fn(kc, a3, bp, bo, bps, tile, out, i0, j0, mode, lr, bias, y, relu)
+
+    return impl
+
+
+def _narrow_blocking(a):
+    """``(MR, NR, KC)`` of products with few columns for ``a``'s dtype (compile-time
+    constants)."""
+
+
+@overload(_narrow_blocking, jit_options={"cache": True})
+def _narrow_blocking_ol(a):
+    name = _dtype_name(a)
+    blocking = NARROW_TILES[name] + (BLOCKING[name][2],)
+    return lambda a: blocking
+
+
 def _strip(x, b, j0, out):
     """Dispatch to the dtype's vector-matrix strip (resolved at compile time)."""
 

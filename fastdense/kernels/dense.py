@@ -18,7 +18,7 @@ from fastdense.kernels import activation as act
 from fastdense.kernels._codegen import fma, kernel, wide_vectors
 from fastdense.kernels._microkernels import DOT_LANES, DOT_ROWS, dots_1, dots_4
 from fastdense.kernels._placement import caller_waits, region_opens, worker_arrives
-from fastdense.kernels._tiles import BLOCKING, _blocking
+from fastdense.kernels._tiles import BLOCKING, NARROW_TILES, _blocking, _narrow_blocking
 from fastdense.kernels.activation_passes import require_passes
 from fastdense.kernels.gemm import (
     DIRECT_ROWS,
@@ -46,6 +46,7 @@ from fastdense.kernels.gemm import (
     vector_matrix,
 )
 from fastdense.kernels.gemm import workspace_size as product_workspace_size
+from fastdense.kernels.narrow import narrow_product, narrow_ws_len
 from fastdense.kernels.pack import dz_rows
 from fastdense.kernels.update import sgd_step, sgd_value
 
@@ -156,15 +157,18 @@ def forward_for(code: int, rows: bool = False, narrow: bool = False):
 
 # Layers of few units (a classifier's output layer: 10 units) fill a fraction of the register
 # tile's NR columns (10 of 32 in float32 with the AVX-512 tiles), so most of the tile's FMAs
-# are spent on zero padding.  Their products run transposed instead, with the units as the
-# tile's rows (MR = 8: 10 units are 16 rows, not 32 columns): ``z.T = w.T @ x.T`` and
-# ``dw.T = dz.T @ x``, then a pass transposes the result as it applies the epilogue.  Each
-# element is the same FMA chain either way (``fma(a, b, c)`` is ``fma(b, a, c)``, and the
+# are spent on zero padding.  Their forward product runs by narrower row tiles that read both
+# operands in place (``narrow.narrow_product``: 6 x 16 float32, 6 x 8 float64), or transposed
+# (ROW_TILES_PADDING says which); the weight gradient transposed, with the units as the tile's
+# rows (MR = 8: 10 units are 16 rows, not 32 columns): ``dw.T = dz.T @ x`` (and ``z.T = w.T @
+# x.T``), then a pass transposes the result as it applies the SGD step (or the epilogue).  Each
+# element is the same FMA chain every way (``fma(a, b, c)`` is ``fma(b, a, c)``, and the
 # reduction's KC blocks are the same), so the bits are those of the untransposed products.
 # The input gradient ``dz @ w.T`` keeps its orientation (its reduction is over the units).
-# Two threads, float32 1024 x 784->10, products alone (Zen 4): z 286 -> 190 us (NumPy 187),
-# dw 265 -> 144 us (NumPy 192).  Not float64 at 10 units (8 x 16 tiles: 10 of 16 columns
-# against 10 of 16 rows, and the transposed x is packed: z 270 -> 349 us).
+# Two threads, float32 1024 x 784->10, products alone (Zen 4): z 286 -> 190 us transposed
+# (NumPy 187), dw 265 -> 144 us (NumPy 192).  Forward, two threads, untransposed / transposed /
+# row tiles (NumPy): float32 6 x 784->10 10.1 / 24.4 / 2.4 us (5.3), 32 x 784->10 18.2 / 13.8
+# / 8.3 (11.8), 128 x 784->10 36.0 / 30.9 / 23.4 (31.9), 1024 x 784->10 290 / 205 / 150 (207).
 #: Columns a transposing pass takes from each row of a transposed result at a time: a cache
 #: line's worth, so that each row's line is read once even when the rows are a multiple of
 #: 4 KiB apart (all in one set of the L1).
@@ -200,11 +204,36 @@ def narrow_workspace_size(batch: int, n_in: int, units: int, dtype) -> int:
     """Length of the workspace :func:`forward_narrow` and :func:`backward_narrow` need for a
     batch of ``batch``: the products' packing buffers (as :func:`workspace_size`, for the
     transposed shapes), then the transposed result and a block for the transposing pass."""
+    name = np.dtype(dtype).name
     head = max(workspace_size(n_in, units, dtype),
                product_workspace_size(units, batch, n_in, dtype),
                product_workspace_size(units, n_in, batch, dtype),
                product_workspace_size(batch, n_in, units, dtype))
-    return head + _narrow_tail(batch, n_in, units)
+    return max(head + _narrow_tail(batch, n_in, units),
+               narrow_ws_len(*NARROW_TILES[name], BLOCKING[name][2],
+                             numba.config.NUMBA_NUM_THREADS))
+
+
+# A layer of few units runs its forward product by the row tiles of ``narrow.narrow_product``
+# (the units padded to the narrow tile's NR columns, the batch to six-row panels), or transposed
+# (the units padded to MR-row panels, the batch to NR columns, and ``x.T`` packed), whichever
+# pads less, the row tiles up to 5/2 times the padded elements of the transposed product.
+# Two threads, forward product alone, row tiles / transposed (NumPy's forward): AVX-512 tiles,
+# float32 32 x 784->8 8.2 / 8.4 us (8.5), 128 x 784->8 22.6 / 20.3 (20.7), 1024 x 784->8 139 /
+# 138 (158), 256 x 64->5 9.4 / 12.0 (8.8), 1024 x 784->4 140 / 142 (118); float64 32 x 784->4
+# 10.6 / 17.7 (8.5), 1024 x 784->8 177 / 335 (367): with these tiles, always row tiles (at
+# most 2.25 times the padding).  AVX2 tiles (compiled for Zen 3, run on the Zen 4): float32
+# 6 x 784->8 2.2 / 10.5 (5.3), 128 x 784->8 23.6 / 26.2 (20.8), 1024 x 784->4 160 / 126 (129),
+# 32 x 784->4 9.2 / 7.8 (6.3); float64 1024 x 784->4 153 / 214 (253).
+ROW_TILES_PADDING = 5 / 2
+
+
+@register_jitable
+def row_tiles_pay(batch, units, MR, NR, NMR, NNR):
+    """Whether a few-unit layer's forward product runs by row tiles (``narrow.narrow_product``,
+    ``NMR x NNR`` tiles) rather than transposed (``MR x NR`` tiles): see ROW_TILES_PADDING."""
+    transposed = -(-units // MR) * MR * (-(-batch // NR) * NR)
+    return -(-batch // NMR) * NMR * NNR <= ROW_TILES_PADDING * transposed
 
 
 @register_jitable
@@ -256,19 +285,36 @@ def _transposed_epilogue(zt, bias, code, z, y, block):
 
 
 @kernel
+def _forward_transposed(x, w, bias, code, z, y, ws):
+    """:func:`forward_narrow`'s product transposed, for an element-wise ``code`` (softmax
+    is applied by the caller): ``z.T = w.T @ x.T``, then the epilogue as it is transposed into
+    ``z`` and ``y``."""
+    m, n = z.shape
+    head, zt, block = _narrow_split(ws, n, m, z)
+    product(w, x, zt, True, True, EP_STORE, bias[:0], act.LINEAR, zt, zt, 0.0, 0.0, 0.0, head)
+    _transposed_epilogue(zt, bias, code, z, y, block)
+
+
+@kernel
 def forward_narrow(x, w, bias, code, z, y, ws):
     """:func:`forward` (and :func:`forward_softmax`) for a layer of few units
     (:func:`is_narrow`), same arguments and bits, with ``ws`` of
-    :func:`narrow_workspace_size` for this batch: ``z.T = w.T @ x.T``, then the epilogue as it
-    is transposed into ``z`` and ``y``."""
+    :func:`narrow_workspace_size` for this batch: by row tiles (``narrow.narrow_product``) or
+    transposed (:func:`_forward_transposed`), as :func:`row_tiles_pay` says."""
     require_passes(code, y)
     softmax = code == act.SOFTMAX
     m, n = z.shape
     if m == 0 or n == 0:
         return
-    head, zt, block = _narrow_split(ws, n, m, z)
-    product(w, x, zt, True, True, EP_STORE, bias[:0], act.LINEAR, zt, zt, 0.0, 0.0, 0.0, head)
-    _transposed_epilogue(zt, bias, act.LINEAR if softmax else code, z, y, block)
+    elementwise = act.LINEAR if softmax else code
+    MR, NR = _blocking(z)[:2]
+    NMR, NNR, KC = _narrow_blocking(z)
+    if row_tiles_pay(m, n, MR, NR, NMR, NNR):
+        need = narrow_ws_len(NMR, NNR, KC, _iget_num_threads())
+        buf = ws if ws.shape[0] >= need else np.empty(need, dtype=z.dtype)
+        narrow_product(x, w, z, EP_BIAS_ACT, bias, elementwise, y, z, 0.0, 0.0, 0.0, buf)
+    else:
+        _forward_transposed(x, w, bias, elementwise, z, y, ws)
     if softmax:
         if m * n < 16384:
             _softmax_rows_serial(z, y)
@@ -609,12 +655,24 @@ def _transposed_update(dwt, w, dw, fuse_sgd, lr, l1, l2, block):
 
 
 @kernel
+def _weight_grad_transposed(x, w, d, dw, fuse_sgd, lr, l1, l2, ws):
+    """:func:`backward_narrow`'s weight gradient transposed: ``dw.T = d.T @ x`` (the bits of
+    ``x.T @ d``), applied to ``w`` by SGD or written to ``dw`` as it is transposed."""
+    units = d.shape[1]
+    head, dwt, block = _narrow_split(ws, units, x.shape[1], dw)
+    product(d, x, dwt, True, False, EP_STORE, dw[0, :0], act.LINEAR, dwt, dwt, 0.0, 0.0, 0.0,
+            head)
+    _transposed_update(dwt, w, dw, fuse_sgd, lr, l1, l2, block)
+
+
+@kernel
 def backward_narrow(x, w, bias, z, y, g, code, dz, dw, db, dx, lr, l1w, l2w, l1b, l2b,
                     fuse_sgd, ws):
     """:func:`backward` for a layer of few units (:func:`is_narrow`), same arguments and
     contract, with ``ws`` of :func:`narrow_workspace_size` for this batch: ``dz`` in a pass
-    apart, ``dx = dz @ w.T`` as there, and ``dw.T = dz.T @ x`` (the bits of ``x.T @ dz``),
-    applied by SGD or written as it is transposed."""
+    apart, ``dx = dz @ w.T`` as there, and ``dw = x.T @ dz`` by row tiles
+    (``narrow.narrow_product``) or transposed (:func:`_weight_grad_transposed`), as
+    :func:`row_tiles_pay` says for ``in`` rows, applied by SGD or written."""
     batch, units = g.shape
     n_in = x.shape[1]
     require_passes(code, dz)
@@ -635,8 +693,15 @@ def backward_narrow(x, w, bias, z, y, g, code, dz, dw, db, dx, lr, l1w, l2w, l1b
         product(d, w, dx, False, True, EP_STORE, e1, act.LINEAR, dx, dx, 0.0, 0.0, 0.0, head)
     if db.shape[0] > 0:
         _column_sums_serial(d, db)
-    product(d, x, dwt, True, False, EP_STORE, e1, act.LINEAR, dwt, dwt, 0.0, 0.0, 0.0, head)
-    _transposed_update(dwt, w, dw, fuse_sgd, lr, l1w, l2w, block)
+    MR, NR = _blocking(dw)[:2]
+    NMR, NNR, KC = _narrow_blocking(dw)
+    if row_tiles_pay(n_in, units, MR, NR, NMR, NNR):
+        need = narrow_ws_len(NMR, NNR, KC, _iget_num_threads())
+        buf = ws if ws.shape[0] >= need else np.empty(need, dtype=dw.dtype)
+        narrow_product(x.T, d, dw, EP_SGD if fuse_sgd else EP_STORE, e1, act.LINEAR, dw, w,
+                       lr if fuse_sgd else 0.0, l1w, l2w, buf)
+    else:
+        _weight_grad_transposed(x, w, d, dw, fuse_sgd, lr, l1w, l2w, ws)
     if fuse_sgd and db.shape[0] > 0:
         sgd_step(bias, db, lr, l1b, l2b)
 

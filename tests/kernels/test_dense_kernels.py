@@ -491,6 +491,73 @@ def test_narrow_entry_points_give_the_bits_of_the_general_ones(shape, name, fuse
     assert np.all(np.abs(results[1][0] - zref) <= tol)
 
 
+@pytest.mark.parametrize("name", ["linear", "relu", "gelu"])
+@pytest.mark.parametrize("shape", NARROW_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_transposed_forward_gives_the_bits_of_the_general_one(shape, name, dtype):
+    """``forward_narrow``'s transposed way (``z.T = w.T @ x.T``), which ``row_tiles_pay`` picks
+    only with the AVX2 tiles, gives ``forward``'s bits whatever the tile set."""
+    batch, n_in, units = shape
+    units = min(units, kd.BLOCKING[np.dtype(dtype).name][1] // 2)
+    act_ = activations.get(name)
+    act_.prepare(dtype)
+    code = act_.code
+    x, w, b = _layer(np.random.default_rng(batch + units), batch, n_in, units, dtype)
+    outs = []
+    for fn, ws in ((kd.forward, None),
+                   (kd._forward_transposed,
+                    np.empty(kd.narrow_workspace_size(batch, n_in, units, dtype), dtype))):
+        z, y = np.full((batch, units), np.nan, dtype), np.full((batch, units), np.nan, dtype)
+        fn(x, w, b, code, z, y, ws)
+        outs.append((z, y))
+    for a, c in zip(*outs, strict=True):
+        assert np.array_equal(a, c)
+
+
+@pytest.mark.parametrize("fuse_sgd, l2", [(True, 0.0), (True, 0.01), (False, 0.0)],
+                         ids=["sgd", "sgd-l2", "grads"])
+@pytest.mark.parametrize("shape", NARROW_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_transposed_weight_gradient_gives_the_bits_of_the_general_one(shape, fuse_sgd, l2,
+                                                                      dtype):
+    """``backward_narrow``'s transposed weight gradient (``dw.T = dz.T @ x``), which
+    ``row_tiles_pay`` picks only with the AVX2 tiles, gives ``backward``'s weights or
+    gradient whatever the tile set."""
+    batch, n_in, units = shape
+    units = min(units, kd.BLOCKING[np.dtype(dtype).name][1] // 2)
+    rng = np.random.default_rng(batch + units)
+    x, w0, b = _layer(rng, batch, n_in, units, dtype)
+    g = rng.standard_normal((batch, units)).astype(dtype)
+    outs = []
+    for transposed in (False, True):
+        w, dw = w0.copy(), np.full_like(w0, np.nan)
+        if transposed:
+            ws = np.empty(kd.narrow_workspace_size(batch, n_in, units, dtype), dtype)
+            kd._weight_grad_transposed(x, w, g, dw, fuse_sgd, 0.01, 0.0, l2, ws)
+        else:
+            z = np.empty_like(g)
+            kd.backward(x, w, b, z, z, g, act.LINEAR, np.empty_like(g), dw, np.empty_like(b),
+                        np.empty((0, n_in), dtype), 0.01, 0.0, l2, 0.0, 0.0, fuse_sgd)
+        outs.append(w if fuse_sgd else dw)
+    assert np.array_equal(*outs)
+
+
+def test_row_tiles_rule():
+    """A few-unit layer's forward runs by row tiles unless they pad more than 5/2 times the
+    elements of the transposed product: with the AVX-512 tiles always, with the AVX2 ones not
+    for a float32 layer of 4 units and a batch of more than 12 rows."""
+    avx512_f32, avx2_f32 = (8, 32, 6, 16), (6, 16, 6, 16)
+    avx512_f64, avx2_f64 = (8, 16, 6, 8), (6, 8, 6, 8)
+    for batch in (3, 6, 7, 32, 128, 1000, 4096):
+        for units in range(1, 17):
+            assert kd.row_tiles_pay(batch, units, *avx512_f32)
+            assert kd.row_tiles_pay(batch, min(units, 8), *avx512_f64)
+        assert kd.row_tiles_pay(batch, 8, *avx2_f32)
+        assert kd.row_tiles_pay(batch, 4, *avx2_f64)
+        assert kd.row_tiles_pay(batch, 4, *avx2_f32) == (batch <= 12)
+    # 1024 x 6 padded to 1026 x 16 = 16416 against 6 x 1024 x 5/2 = 15360.
+    assert not kd.row_tiles_pay(1024, 6, *avx2_f32)
+    assert kd.row_tiles_pay(1024, 7, *avx2_f32)
+
+
 def test_narrow_rule():
     """Few units run transposed: at most half of the tile's columns, and products that take
     the packed path both ways (not 1 or 2 units, rows or inputs)."""

@@ -1,0 +1,177 @@
+"""Products with few output columns, ``out = act(a @ b + bias)`` for a ``b`` of at most a narrow
+tile's width: the forward product of a layer of few units (a classifier's output layer).
+
+The packed product (:mod:`.gemm`) computes whole tiles of NR columns, 32 in float32 with the
+AVX-512 tiles, of which a layer of 10 units uses 10; transposed (``dense.forward_narrow``'s
+other way) the units fill the tile's MR rows, but ``x.T`` must then be packed, and the batch
+fills NR columns: a batch of 6 is a tile of 32 columns.  Here the tiles are as wide as the
+narrow tile (16 float32 or 8 float64 columns, ``_tiles.NARROW_TILES``: the AVX2 set's tiles,
+one 512-bit vector a row), both operands are read in place, ``a`` six rows at a time, and each
+tile is stored with its epilogue.  Each element is the same FMA chain over the same
+KC blocks as in the packed product, so the bits are the same.
+"""
+
+from numba import prange
+from numba.extending import register_jitable
+from numba.np.ufunc.parallel import _iget_num_threads
+
+from fastdense.kernels import activation as act
+from fastdense.kernels._codegen import copy_n, fetch_add, kernel, strided_view
+from fastdense.kernels._placement import caller_waits, region_opens, worker_arrives
+from fastdense.kernels._tiles import _narrow_blocking, _narrow_ukernel
+from fastdense.kernels.gemm import (
+    EP_BIAS_ACT,
+    SERIAL_WORK,
+    SHORT_WORKSPACE,
+    _activate_rows,
+    _activated_apart,
+    _store_tile,
+)
+
+# Workspace elements before the threads' own: the check-in count of the parallel region
+# (``._placement``) and the task counter, each on a cache line of its own.
+_COUNTER = 16
+_HEAD = 32
+#: The error of :func:`narrow_product` given a ``b`` wider than its tiles.
+TOO_WIDE = "narrow_product takes a b of at most the narrow tile's columns"
+# Tasks (runs of row panels) per thread.
+_TASKS_PER_THREAD = 8
+
+
+@register_jitable
+def _per_thread(MR, NR, KC):
+    """Workspace elements of each thread: its tile, a zero-padded panel of the last rows, and
+    a copy of the end of ``b`` (:func:`_copy_end`), rounded up to whole cache lines (of
+    float32)."""
+    return ((MR * NR + KC * MR + (KC + NR) * NR + NR + 15) // 16) * 16
+
+
+@register_jitable
+def _copied_from(k, n, KC, NR):
+    """The first step of ``b`` (``k x n``) read from the copy of its end: the start of the KC
+    block of the first step whose NR elements from the start of its row pass ``b``'s end."""
+    unsafe = max(0, k - (NR - 1) // n)
+    return (min(unsafe, k - 1) // KC) * KC
+
+
+@register_jitable
+def narrow_ws_len(MR, NR, KC, threads):
+    """Workspace length of :func:`narrow_product` for up to ``threads`` threads, with tiles of
+    ``MR x NR`` (``_tiles.NARROW_TILES``) and blocks of ``KC`` steps."""
+    return _HEAD + threads * _per_thread(MR, NR, KC)
+
+
+@kernel(nrt=False)
+def _copy_end(b, KC, NR, tail):
+    """``b`` (C-contiguous, flattened) from the step :func:`_copied_from` says into ``tail``,
+    then NR zeros, so that its last rows can be read NR elements at a time (at most KC + NR - 1
+    rows: a whole block and fewer than NR steps after it)."""
+    k, n = b.shape
+    start = _copied_from(k, n, KC, NR)
+    cnt = (k - start) * n
+    copy_n(tail, 0, b.reshape(k * n), start * n, cnt)
+    for j in range(NR):
+        tail[cnt + j] = 0
+
+
+@kernel(nrt=False)
+def _row_panels(a, b, out, q0, q1, ep, bias, code, y, w, lr, l1, l2, tile, abuf, tail):
+    """Row panels ``q0:q1`` (MR rows each) of ``out = a @ b`` and the epilogue ``ep`` (as
+    ``gemm._store_tile``: bias and ReLU or the identity, other activations being left to the
+    caller; or the SGD step on ``w``).  ``tile`` holds a tile, ``abuf`` the zero-padded panel
+    of the last rows when fewer than MR, ``tail`` the end of ``b`` (:func:`_copy_end`).
+
+    The tiles read ``b`` (C-contiguous) in place, NR elements from the start of each row: the
+    elements past the row's ``n`` are those of the next rows, and only feed tile columns that
+    are never stored.  A padded copy of ``b`` made by one thread cost the other more than the
+    product (each of its lines fetched from the first core's cache: float32 128 x 784->10, two
+    threads, 41 against 23 us with the copy made once)."""
+    MR, NR, KC = _narrow_blocking(out)
+    m, k = a.shape
+    n = out.shape[1]
+    s0, s1 = a.strides
+    size = a.itemsize
+    bf = b.reshape(k * n)
+    start = _copied_from(k, n, KC, NR)
+    row_code = act.RELU if code == act.RELU else act.LINEAR
+    for q in range(q0, q1):
+        i0 = q * MR
+        mr = min(MR, m - i0)
+        for pc in range(0, k, KC):
+            kc = min(KC, k - pc)
+            if mr == MR:
+                a3 = strided_view(a[i0:, pc:], (1, kc, MR), (MR * s0, s1, s0))
+            else:
+                for p in range(kc):
+                    for i in range(MR):
+                        abuf[p * MR + i] = a[i0 + i, pc + p] if i < mr else 0
+                a3 = strided_view(abuf, (1, kc, MR), (MR * kc * size, MR * size, size))
+            # Mode 0: the tile stays in ``tile``, for a store of the ``n`` columns only.
+            if pc >= start:
+                _narrow_ukernel(kc, a3, tail, (pc - start) * n, n, tile, out, i0, 0, 0, 0.0, bias,
+                                y, False)
+            else:
+                _narrow_ukernel(kc, a3, bf, pc * n, n, tile, out, i0, 0, 0, 0.0, bias, y, False)
+            _store_tile(tile, NR, out, i0, mr, 0, n, pc == 0, pc + kc >= k, ep, bias, row_code,
+                        y, w, lr, l1, l2)
+
+
+@kernel(parallel=True, nrt=False)
+def narrow_product(a, b, out, ep, bias, code, y, w, lr, l1, l2, ws):
+    """``out = a @ b`` with an epilogue as ``gemm.product``'s (same arguments): ``EP_STORE``;
+    ``EP_BIAS_ACT``, ``out += bias`` (an empty ``bias`` being none) and ``y = act(out)`` for an
+    element-wise activation ``code``; or ``EP_SGD``, the SGD step with rate ``lr`` and penalty
+    factors ``l1``, ``l2`` applied to ``w`` (``out`` holding the running sum of KC blocks).  For
+    ``b`` (C-contiguous) of at most the narrow tile's NR columns and ``a`` of any strides,
+    ``ws`` of at least :func:`narrow_ws_len` elements for the threads.
+
+    Row panels in contiguous runs over the threads, unless the work (padded to NR columns) is
+    below ``gemm.SERIAL_WORK``: the same bits either way."""
+    MR, NR, KC = _narrow_blocking(out)
+    m, k = a.shape
+    n = out.shape[1]
+    if m == 0 or n == 0:
+        return
+    if n > NR:
+        raise ValueError(TOO_WIDE)
+    npan = (m + MR - 1) // MR
+    nthreads = min(_iget_num_threads(), npan)
+    if m * k * NR < SERIAL_WORK:
+        nthreads = 1
+    per = _per_thread(MR, NR, KC)
+    if ws.shape[0] < narrow_ws_len(MR, NR, KC, nthreads):
+        raise ValueError(SHORT_WORKSPACE)
+    apart = ep == EP_BIAS_ACT and _activated_apart(code)
+    scratch = ws[_HEAD:]
+    tile_end = MR * NR
+    abuf_end = tile_end + KC * MR
+    if nthreads == 1:
+        own = scratch[:per]
+        _copy_end(b, KC, NR, own[abuf_end:])
+        _row_panels(a, b, out, 0, npan, ep, bias, code, y, w, lr, l1, l2, own[:tile_end],
+                    own[tile_end:abuf_end], own[abuf_end:])
+        if apart:
+            _activate_rows(y, 0, m, 0, n, code)
+        return
+    # Threads take runs of panels from a shared counter as they become free: a worker woken
+    # late, or a core another process holds, does less of the work.
+    ntasks = min(npan, _TASKS_PER_THREAD * nthreads)
+    ws[_COUNTER] = 0
+    caller_cpu = region_opens(ws, 0)
+    for t in prange(nthreads):
+        worker_arrives(ws, 0, caller_cpu)
+        own = scratch[t * per:(t + 1) * per]
+        # (Each thread its own copy: see _row_panels.)
+        _copy_end(b, KC, NR, own[abuf_end:])
+        while True:
+            task = fetch_add(ws, _COUNTER, 1)
+            if task >= ntasks:
+                break
+            q0 = (npan * task) // ntasks
+            q1 = (npan * (task + 1)) // ntasks
+            _row_panels(a, b, out, q0, q1, ep, bias, code, y, w, lr, l1, l2, own[:tile_end],
+                        own[tile_end:abuf_end], own[abuf_end:])
+            if apart:
+                r0 = q0 * MR
+                _activate_rows(y, r0, min(m, q1 * MR) - r0, 0, n, code)
+        caller_waits(ws, 0, nthreads)

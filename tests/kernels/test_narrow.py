@@ -1,0 +1,181 @@
+"""Products with few columns (``narrow.narrow_product``) against the packed product's bits."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import numba
+import numpy as np
+import pytest
+
+from fastdense import activations
+from fastdense.kernels import activation as act
+from fastdense.kernels import dense as kd
+from fastdense.kernels import narrow as kn
+from fastdense.kernels._tiles import BLOCKING, NARROW_TILES
+from fastdense.kernels.gemm import EP_BIAS_ACT, EP_STORE, SHORT_WORKSPACE
+from tests.kernels.conftest import product_tolerance
+
+KC = BLOCKING["float32"][2]
+# (rows, steps, columns; 0 columns, or more than the narrow tile's: its width): a single
+# partial panel, tiny
+# ``b`` (fewer elements than a tile row: all of it read from the copy of its last block), whole
+# panels over exactly KC steps, two KC blocks with a last one of one step, three blocks with
+# partial panels and a few columns (the copy serves rows that read past ``b``'s end), and
+# enough rows for the threads, with a short reduction.
+SHAPES = [(5, 7, 3), (1, 1, 1), (2, 2, 2), (12, KC, 0), (13, KC + 1, 10), (100, 2 * KC + 1, 3),
+          (250, 64, 0), (97, 784, 10)]
+ELEMENTWISE = ["linear", "relu", "sigmoid", "gelu", "leaky_relu", "softplus"]
+
+
+def _operands(rng, m, k, n, dtype, use_bias=True):
+    a = rng.standard_normal((m, k)).astype(dtype)
+    b = (rng.standard_normal((k, n)) / np.sqrt(k)).astype(dtype)
+    bias = (rng.standard_normal(n) * 0.1).astype(dtype) if use_bias else kd.empty_bias(dtype)
+    return a, b, bias
+
+
+def _width(n, dtype):
+    """``n`` columns, at most the narrow tile's (0: all of them)."""
+    nr = NARROW_TILES[np.dtype(dtype).name][1]
+    return min(n, nr) if n else nr
+
+
+def _ws(dtype, threads=None):
+    name = np.dtype(dtype).name
+    mr, nr = NARROW_TILES[name]
+    return np.empty(kn.narrow_ws_len(mr, nr, BLOCKING[name][2],
+                                     threads or numba.config.NUMBA_NUM_THREADS), dtype)
+
+
+def _on_threads(threads, fn):
+    before = numba.get_num_threads()
+    numba.set_num_threads(threads)
+    try:
+        return fn()
+    finally:
+        numba.set_num_threads(before)
+
+
+@pytest.mark.parametrize("use_bias", [True, False], ids=["bias", "no-bias"])
+@pytest.mark.parametrize("name", ELEMENTWISE)
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_bits_of_the_packed_product_on_one_thread_and_all(shape, name, use_bias, dtype):
+    """``act(a @ b + bias)`` by row tiles has the very bits of ``dense.forward`` (the packed or
+    direct product with the same KC blocks), whatever the thread count, and is within the
+    reduction's error bound of the float64 product."""
+    m, k, n = shape
+    n = _width(n, dtype)
+    act_ = activations.get(name)
+    act_.prepare(dtype)
+    code = act_.code
+    a, b, bias = _operands(np.random.default_rng(m + k + n), m, k, n, dtype, use_bias)
+    z_ref, y_ref = np.empty((m, n), dtype), np.empty((m, n), dtype)
+    kd.forward(a, b, bias, code, z_ref, y_ref)
+    for threads in (1, numba.config.NUMBA_NUM_THREADS):
+        z, y = np.full((m, n), np.nan, dtype), np.full((m, n), np.nan, dtype)
+        _on_threads(threads, lambda z=z, y=y: kn.narrow_product(a, b, z, EP_BIAS_ACT, bias,
+                                                                 code, y, z, 0.0, 0.0, 0.0,
+                                                                 _ws(dtype)))
+        assert np.array_equal(z, z_ref)
+        assert np.array_equal(y, y_ref)
+    exact = a.astype(np.float64) @ b.astype(np.float64)
+    if use_bias:
+        exact += bias
+    assert np.all(np.abs(z - exact) <= product_tolerance(a, b, dtype) + 4 * np.finfo(dtype).eps
+                  * np.abs(exact))
+
+
+def test_plain_store_and_strided_rows(dtype):
+    """``EP_STORE`` writes the product alone; ``a`` may be any strided view (read in place)."""
+    rng = np.random.default_rng(5)
+    m, k, n = 40, 300, 7
+    wide = rng.standard_normal((m, 2 * k)).astype(dtype)
+    a = wide[:, ::2]
+    b = rng.standard_normal((k, n)).astype(dtype)
+    out = np.full((m, n), np.nan, dtype)
+    kn.narrow_product(a, b, out, EP_STORE, kd.empty_bias(dtype), act.LINEAR, out, out, 0.0, 0.0,
+                      0.0, _ws(dtype))
+    ref = np.empty((m, n), dtype)
+    kd.forward(np.ascontiguousarray(a), b, kd.empty_bias(dtype), act.LINEAR, ref, ref)
+    assert np.array_equal(out, ref)
+
+
+def test_nan_and_inf_propagate(dtype):
+    """A NaN or an infinity in ``a`` reaches its row of the output and no other."""
+    rng = np.random.default_rng(6)
+    a, b, bias = _operands(rng, 20, 50, 7, dtype)
+    a[3, 7] = np.nan
+    a[11, 0] = np.inf
+    b[0] = np.abs(b[0]) + 1
+    z = np.empty((20, 7), dtype)
+    kn.narrow_product(a, b, z, EP_BIAS_ACT, bias, act.LINEAR, z, z, 0.0, 0.0, 0.0, _ws(dtype))
+    assert np.all(np.isnan(z[3]))
+    assert np.all(np.isposinf(z[11]))
+    assert np.all(np.isfinite(np.delete(z, [3, 11], axis=0)))
+
+
+def test_a_short_workspace_is_refused(dtype):
+    a, b, bias = _operands(np.random.default_rng(7), 8, 10, 3, dtype)
+    z = np.zeros((8, 3), dtype)
+    with pytest.raises(ValueError, match="workspace is too short"):
+        kn.narrow_product(a, b, z, EP_BIAS_ACT, bias, act.LINEAR, z, z, 0.0, 0.0, 0.0,
+                          np.empty(8, dtype))
+    assert SHORT_WORKSPACE.startswith("the workspace is too short")
+    assert not z.any()
+
+
+@pytest.mark.parametrize("dtype_name", ["float32", "float64"])
+def test_never_reads_past_the_end_of_b(dtype_name, tmp_path):
+    """The tiles read ``b``'s rows past their end (into the next rows) but never past the end
+    of ``b``: here ``b`` ends where an unreadable page begins, and a read there would kill the
+    process."""
+    script = textwrap.dedent(f"""
+        import ctypes, mmap
+        import numpy as np
+        from fastdense.kernels import activation as act, narrow as kn, dense as kd
+        from fastdense.kernels._tiles import BLOCKING, NARROW_TILES
+        from fastdense.kernels.gemm import EP_STORE
+        dt = np.dtype("{dtype_name}")
+        page = mmap.PAGESIZE
+        end = 8 * page
+        buf = mmap.mmap(-1, end + page)
+        base = ctypes.addressof(ctypes.c_char.from_buffer(buf))
+        libc = ctypes.CDLL(None)
+        libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+        assert libc.mprotect(base + end, page, 0) == 0
+        mr, nr = NARROW_TILES[dt.name]
+        ws = np.empty(kn.narrow_ws_len(mr, nr, BLOCKING[dt.name][2], 8), dt)
+        for k, n in ((1, 1), (3, 2), (100, 3), (513, 5), (40, nr - 1), (1025, 1), (520, 2)):
+            count = k * n
+            b = np.frombuffer(buf, dt, count, end - count * dt.itemsize).reshape(k, n)
+            b[...] = 1
+            a = np.ones((7, k), dt)
+            out = np.empty((7, n), dt)
+            kn.narrow_product(a, b, out, EP_STORE, kd.empty_bias(dt), act.LINEAR, out, out, 0.0,
+                              0.0, 0.0, ws)
+            assert np.all(out == k), (k, n)
+        print("ok")
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "ok"
+
+
+def test_a_wider_b_is_refused(dtype):
+    nr = NARROW_TILES[np.dtype(dtype).name][1]
+    a, b, bias = _operands(np.random.default_rng(8), 8, 10, nr + 1, dtype)
+    z = np.zeros((8, nr + 1), dtype)
+    with pytest.raises(ValueError, match="at most the narrow tile's columns"):
+        kn.narrow_product(a, b, z, EP_BIAS_ACT, bias, act.LINEAR, z, z, 0.0, 0.0, 0.0, _ws(dtype))
+    assert not z.any()
+
+
+def test_workspace_length_grows_with_the_threads():
+    mr, nr = NARROW_TILES["float32"]
+    one = kn.narrow_ws_len(mr, nr, KC, 1)
+    assert kn.narrow_ws_len(mr, nr, KC, 2) - one == one - kn.narrow_ws_len(mr, nr, KC, 0)
+    assert one >= mr * nr + KC * mr + (KC + nr) * nr + nr
