@@ -15,7 +15,7 @@ from fastdense.kernels import activation as act
 from fastdense.kernels import dense as kd
 from fastdense.kernels import narrow as kn
 from fastdense.kernels._tiles import BLOCKING, NARROW_TILES
-from fastdense.kernels.gemm import EP_BIAS_ACT, EP_STORE, SHORT_WORKSPACE
+from fastdense.kernels.gemm import EP_BIAS_ACT, EP_SGD, EP_STORE, SHORT_WORKSPACE, product
 from tests.kernels.conftest import product_tolerance
 
 KC = BLOCKING["float32"][2]
@@ -86,6 +86,33 @@ def test_bits_of_the_packed_product_on_one_thread_and_all(shape, name, use_bias,
         exact += bias
     assert np.all(np.abs(z - exact) <= product_tolerance(a, b, dtype) + 4 * np.finfo(dtype).eps
                   * np.abs(exact))
+
+
+@pytest.mark.parametrize("l1, l2", [(0.0, 0.0), (0.001, 0.01)], ids=["plain", "penalties"])
+@pytest.mark.parametrize("shape", [(130, 6, 10), (97, 2 * KC + 3, 5), (40, 300, 0)],
+                         ids=lambda s: "x".join(map(str, s)))
+def test_sgd_epilogue_gives_the_bits_of_the_packed_product(shape, l1, l2, dtype):
+    """The weight gradient ``x.T @ d`` by row tiles (``a`` transposed in place) applied by SGD
+    as it is stored, over one KC block or a running sum of several, updates ``w`` to the bits
+    of ``gemm.product``'s fused step; the plain store writes the gradient's bits."""
+    n_in, batch, units = shape
+    units = _width(units, dtype)
+    rng = np.random.default_rng(n_in + batch)
+    x = rng.standard_normal((batch, n_in)).astype(dtype)
+    d = rng.standard_normal((batch, units)).astype(dtype)
+    w0 = rng.standard_normal((n_in, units)).astype(dtype)
+    ws = np.empty(kd.workspace_size(n_in, units, dtype) * 4, dtype)
+    e = kd.empty_bias(dtype)
+    outs = []
+    for ep in (EP_SGD, EP_STORE):
+        w_ref, dw_ref = w0.copy(), np.empty_like(w0)
+        product(x, d, dw_ref, True, False, ep, e, act.LINEAR, dw_ref, w_ref, 0.01, l1, l2, ws)
+        w, dw = w0.copy(), np.empty_like(w0)
+        kn.narrow_product(x.T, d, dw, ep, e, act.LINEAR, dw, w, 0.01, l1, l2, _ws(dtype))
+        outs.append((w, w_ref) if ep == EP_SGD else (dw, dw_ref))
+    for got, ref in outs:
+        assert np.array_equal(got, ref)
+    assert not np.array_equal(outs[0][0], w0)
 
 
 def test_plain_store_and_strided_rows(dtype):
