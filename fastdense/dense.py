@@ -461,7 +461,7 @@ class Dense:
                                   fusable, dz_first)
         return True, (dx if want_dx else None)
 
-    def _kernel_workspace(self, batch: int, narrow: bool) -> np.ndarray:
+    def _kernel_workspace(self, batch: int, narrow: str) -> np.ndarray:
         """The kernels' packing workspace: one per layer shape (sizing costs µs), or for a
         layer of few units (``narrow``, see ``kernels.dense.uses_narrow``) one for ``batch``,
         grown to the largest batch so far and never shrunk."""

@@ -13,11 +13,12 @@ import time
 
 import numpy as np
 
-#: ``(batch, in, units)`` of the layers run: a small shape (the direct path), one of few units,
-#: whose products run transposed (``kernels.dense.uses_narrow``) with every tile set, and one
-#: large enough for the packed, threaded path and for outputs allocated on cache lines
-#: (``_aligned.OUTPUT_BYTES``) in both dtypes.
-LAYER_SHAPES = ((1, 3, 2), (40, 120, 3), (40, 120, 110))
+#: ``(batch, in, units)`` of the layers run: a small shape (the direct path), two of few units
+#: (``kernels.dense.uses_narrow``), whose forward products run by row tiles and, with the AVX2
+#: tiles, transposed for the second (``kernels.dense.product_paths``), and one large enough for
+#: the packed, threaded path and for outputs allocated on cache lines (``_aligned.OUTPUT_BYTES``)
+#: in both dtypes.
+LAYER_SHAPES = ((1, 3, 2), (40, 120, 3), (64, 120, 4), (40, 120, 110))
 #: Rows of a product whose output is allocated in phase with B (``_aligned.reads_b_in_place``
 #: for the larger shape).
 FEW_ROWS = 32

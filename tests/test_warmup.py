@@ -28,6 +28,13 @@ def test_warmup_compiles_and_reports(capsys):
 def test_warmup_shapes_reach_the_aligned_outputs_and_few_units():
     assert all(any(kdense.uses_narrow(*shape, dtype) for shape in LAYER_SHAPES)
                for dtype in ("float32", "float64"))
+    # Both ways of a few-unit layer's forward product, with either tile set's constants
+    # (the AVX2 set's float32 tiles, 6 x 16, and the narrow ones, 6 x 16).
+    narrow = [(batch, units) for batch, n_in, units in LAYER_SHAPES
+              if kdense.uses_narrow(batch, n_in, units, "float32")]
+    assert {kdense.row_tiles_pay(batch, units, 6, 16, 6, 16) for batch, units in narrow} == {
+        True, False}
+    assert all(kdense.row_tiles_pay(batch, units, 8, 32, 6, 16) for batch, units in narrow)
     batch, n_in, units = LAYER_SHAPES[-1]
     assert aligns_output((batch, units), 4) and aligns_output((batch, units), 8)
     assert FEW_ROWS < batch and reads_b_in_place(FEW_ROWS, units, n_in)

@@ -15,7 +15,7 @@ from numba.extending import register_jitable
 from numba.np.ufunc.parallel import _iget_num_threads
 
 from fastdense.kernels import activation as act
-from fastdense.kernels._codegen import fma, kernel, wide_vectors
+from fastdense.kernels._codegen import fma, kernel, strided_view, wide_vectors
 from fastdense.kernels._microkernels import DOT_LANES, DOT_ROWS, dots_1, dots_4
 from fastdense.kernels._placement import caller_waits, region_opens, worker_arrives
 from fastdense.kernels._tiles import BLOCKING, NARROW_TILES, _blocking, _narrow_blocking
@@ -136,6 +136,12 @@ def forward_softmax(x, w, bias, code, z, y, ws=None):
     same arguments): ``z = x @ w + bias`` by :func:`forward`'s product, then ``y = softmax(z)``
     over whole rows."""
     forward(x, w, bias, act.LINEAR, z, y, ws)
+    _softmax_pass(z, y)
+
+
+@kernel
+def _softmax_pass(z, y):
+    """``y = softmax(z)`` over whole rows, on the threads from 16384 elements."""
     m, n = z.shape
     if m * n < 16384:
         _softmax_rows_serial(z, y)
@@ -143,13 +149,16 @@ def forward_softmax(x, w, bias, code, z, y, ws=None):
         _softmax_rows(z, y)
 
 
-def forward_for(code: int, rows: bool = False, narrow: bool = False):
+def forward_for(code: int, rows: bool = False, narrow: str = ""):
     """The forward kernel for activation ``code``: :func:`forward` and for softmax
     :func:`forward_softmax`, or with ``rows`` (a batch of one or two, ``gemm.uses_rows``)
-    :func:`forward_rows` and :func:`forward_rows_softmax`, or with ``narrow`` (few units,
-    :func:`is_narrow`) :func:`forward_narrow`, for every activation."""
+    :func:`forward_rows` and :func:`forward_rows_softmax`, or with ``narrow`` (few units, as
+    :func:`product_paths` says) :func:`forward_narrow` or, for TRANSPOSED,
+    :func:`forward_transposed`, for every activation."""
     if rows:
         return forward_rows_softmax if code == act.SOFTMAX else forward_rows
+    if narrow == TRANSPOSED:
+        return forward_transposed
     if narrow:
         return forward_narrow
     return forward_softmax if code == act.SOFTMAX else forward
@@ -192,12 +201,26 @@ def uses_narrow(batch: int, n_in: int, units: int, dtype) -> bool:
             and not is_small(units, batch, n_in) and not is_small(units, n_in, batch))
 
 
-def product_paths(batch: int, n_in: int, units: int, dtype) -> tuple[bool, bool]:
+#: :func:`product_paths`'s ``narrow`` for a few-unit layer whose forward product runs by row
+#: tiles (:func:`forward_narrow`) or transposed (:func:`forward_transposed`).
+ROW_TILES = "row tiles"
+TRANSPOSED = "transposed"
+
+
+def product_paths(batch: int, n_in: int, units: int, dtype) -> tuple[bool, str]:
     """``(rows, narrow)``: whether a layer's products for a batch of ``batch`` take the row
-    entry points (``gemm.uses_rows``: :func:`forward_rows`, :func:`backward_rows`) or the
-    transposed ones (:func:`uses_narrow`); neither means :func:`forward` and :func:`backward`."""
+    entry points (``gemm.uses_rows``: :func:`forward_rows`, :func:`backward_rows`), or, for
+    few units (:func:`uses_narrow`), how its forward product runs (ROW_TILES or TRANSPOSED, as
+    :func:`row_tiles_pay` says; its backward is :func:`backward_narrow`); neither (``False,
+    ""``) means :func:`forward` and :func:`backward`.  Decided in Python, so that only the
+    kernels a program uses are compiled."""
     rows = uses_rows(batch, units, n_in)
-    return rows, not rows and uses_narrow(batch, n_in, units, dtype)
+    if rows or not uses_narrow(batch, n_in, units, dtype):
+        return rows, ""
+    name = np.dtype(dtype).name
+    if row_tiles_pay(batch, units, *BLOCKING[name][:2], *NARROW_TILES[name]):
+        return False, ROW_TILES
+    return False, TRANSPOSED
 
 
 def narrow_workspace_size(batch: int, n_in: int, units: int, dtype) -> int:
@@ -285,41 +308,39 @@ def _transposed_epilogue(zt, bias, code, z, y, block):
 
 
 @kernel
-def _forward_transposed(x, w, bias, code, z, y, ws):
-    """:func:`forward_narrow`'s product transposed, for an element-wise ``code`` (softmax
-    is applied by the caller): ``z.T = w.T @ x.T``, then the epilogue as it is transposed into
-    ``z`` and ``y``."""
-    m, n = z.shape
-    head, zt, block = _narrow_split(ws, n, m, z)
-    product(w, x, zt, True, True, EP_STORE, bias[:0], act.LINEAR, zt, zt, 0.0, 0.0, 0.0, head)
-    _transposed_epilogue(zt, bias, code, z, y, block)
-
-
-@kernel
 def forward_narrow(x, w, bias, code, z, y, ws):
     """:func:`forward` (and :func:`forward_softmax`) for a layer of few units
     (:func:`is_narrow`), same arguments and bits, with ``ws`` of
-    :func:`narrow_workspace_size` for this batch: by row tiles (``narrow.narrow_product``) or
-    transposed (:func:`_forward_transposed`), as :func:`row_tiles_pay` says."""
+    :func:`narrow_workspace_size` for this batch: by row tiles (``narrow.narrow_product``)."""
     require_passes(code, y)
     softmax = code == act.SOFTMAX
     m, n = z.shape
     if m == 0 or n == 0:
         return
-    elementwise = act.LINEAR if softmax else code
-    MR, NR = _blocking(z)[:2]
     NMR, NNR, KC = _narrow_blocking(z)
-    if row_tiles_pay(m, n, MR, NR, NMR, NNR):
-        need = narrow_ws_len(NMR, NNR, KC, _iget_num_threads())
-        buf = ws if ws.shape[0] >= need else np.empty(need, dtype=z.dtype)
-        narrow_product(x, w, z, EP_BIAS_ACT, bias, elementwise, y, z, 0.0, 0.0, 0.0, buf)
-    else:
-        _forward_transposed(x, w, bias, elementwise, z, y, ws)
+    need = narrow_ws_len(NMR, NNR, KC, _iget_num_threads())
+    buf = ws if ws.shape[0] >= need else np.empty(need, dtype=z.dtype)
+    # (``x`` as a view of layout "A": the weight gradient's call compiles the same product.)
+    narrow_product(strided_view(x, x.shape, x.strides), w, z, EP_BIAS_ACT, bias,
+                   act.LINEAR if softmax else code, y, z, 0.0, 0.0, 0.0, buf)
     if softmax:
-        if m * n < 16384:
-            _softmax_rows_serial(z, y)
-        else:
-            _softmax_rows(z, y)
+        _softmax_pass(z, y)
+
+
+@kernel
+def forward_transposed(x, w, bias, code, z, y, ws):
+    """:func:`forward_narrow` by the transposed product, where :func:`row_tiles_pay` says so:
+    ``z.T = w.T @ x.T``, then the epilogue as it is transposed into ``z`` and ``y``."""
+    require_passes(code, y)
+    softmax = code == act.SOFTMAX
+    m, n = z.shape
+    if m == 0 or n == 0:
+        return
+    head, zt, block = _narrow_split(ws, n, m, z)
+    product(w, x, zt, True, True, EP_STORE, bias[:0], act.LINEAR, zt, zt, 0.0, 0.0, 0.0, head)
+    _transposed_epilogue(zt, bias, act.LINEAR if softmax else code, z, y, block)
+    if softmax:
+        _softmax_pass(z, y)
 
 
 # Batches of one or two (``gemm.uses_rows``) have their own entry points, forward_rows and
@@ -698,7 +719,9 @@ def backward_narrow(x, w, bias, z, y, g, code, dz, dw, db, dx, lr, l1w, l2w, l1b
     if row_tiles_pay(n_in, units, MR, NR, NMR, NNR):
         need = narrow_ws_len(NMR, NNR, KC, _iget_num_threads())
         buf = ws if ws.shape[0] >= need else np.empty(need, dtype=dw.dtype)
-        narrow_product(x.T, d, dw, EP_SGD if fuse_sgd else EP_STORE, e1, act.LINEAR, dw, w,
+        xt = x.T
+        narrow_product(strided_view(xt, xt.shape, xt.strides), d, dw,
+                       EP_SGD if fuse_sgd else EP_STORE, e1, act.LINEAR, dw, w,
                        lr if fuse_sgd else 0.0, l1w, l2w, buf)
     else:
         _weight_grad_transposed(x, w, d, dw, fuse_sgd, lr, l1w, l2w, ws)

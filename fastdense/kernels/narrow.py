@@ -107,7 +107,10 @@ def _store_rows(tile, NR, out, i0, mr, n, first, last, ep, bias, relu, y, w, lr,
                 o[j] = t[j]
 
 
-@kernel(nrt=False)
+# Not linked into its caller (see ``kernel(link=False)``), so that one compiled copy of it and of
+# its micro-kernel serves the forward product and the weight gradient (``dense`` passes ``a`` to
+# both as a view of layout "A").
+@kernel(nrt=False, link=False)
 def _row_panels(a, b, out, q0, q1, ep, bias, code, y, w, lr, l1, l2, tile, abuf, tail):
     """Row panels ``q0:q1`` (MR rows each) of ``out = a @ b`` and the epilogue ``ep`` (as
     ``gemm._store_tile``: bias and ReLU or the identity, other activations being left to the
@@ -149,7 +152,8 @@ def _row_panels(a, b, out, q0, q1, ep, bias, code, y, w, lr, l1, l2, tile, abuf,
                         code == act.RELU, y, w, lr, l1, l2)
 
 
-@kernel(parallel=True, nrt=False)
+# (One compiled copy for the forward and backward passes, as _row_panels.)
+@kernel(parallel=True, nrt=False, link=False)
 def narrow_product(a, b, out, ep, bias, code, y, w, lr, l1, l2, ws):
     """``out = a @ b`` with an epilogue as ``gemm.product``'s (same arguments): ``EP_STORE``;
     ``EP_BIAS_ACT``, ``out += bias`` (an empty ``bias`` being none) and ``y = act(out)`` for an

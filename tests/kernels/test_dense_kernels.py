@@ -454,9 +454,9 @@ NARROW_SHAPES = [(37, 70, 3), (130, 300, 5), (600, 40, 10), (64, 1030, 10), (102
 @pytest.mark.parametrize("shape", NARROW_SHAPES, ids=lambda s: "x".join(map(str, s)))
 def test_narrow_entry_points_give_the_bits_of_the_general_ones(shape, name, fuse_sgd, l2,
                                                                use_bias, dtype):
-    """``forward_narrow`` and ``backward_narrow`` (products transposed) give the very bits of
-    ``forward`` and ``backward``: outputs, input gradient, weight update or gradient, bias
-    gradient; on one thread and on all."""
+    """``forward_narrow`` (row tiles), ``forward_transposed`` and ``backward_narrow`` give the
+    very bits of ``forward`` and ``backward``: outputs, input gradient, weight update or
+    gradient, bias gradient; on one thread and on all."""
     batch, n_in, units = shape
     units = min(units, kd.BLOCKING[np.dtype(dtype).name][1] // 2)
     assert kd.is_narrow(units, dtype)
@@ -470,7 +470,9 @@ def test_narrow_entry_points_give_the_bits_of_the_general_ones(shape, name, fuse
     before = numba.get_num_threads()
     results = []
     try:
-        for threads, narrow in ((1, False), (1, True), (numba.config.NUMBA_NUM_THREADS, True)):
+        all_threads = numba.config.NUMBA_NUM_THREADS
+        for threads, narrow in ((1, ""), (1, kd.ROW_TILES), (all_threads, kd.ROW_TILES),
+                                (all_threads, kd.TRANSPOSED)):
             numba.set_num_threads(threads)
             w, b = w0.copy(), b0.copy()
             z, y = np.full((batch, units), np.nan, dtype), np.full((batch, units), np.nan, dtype)
@@ -489,28 +491,6 @@ def test_narrow_entry_points_give_the_bits_of_the_general_ones(shape, name, fuse
     zref = _z_reference(x, w0, b0)
     tol = product_tolerance(x, w0, dtype) + 4 * np.finfo(dtype).eps * np.abs(zref)
     assert np.all(np.abs(results[1][0] - zref) <= tol)
-
-
-@pytest.mark.parametrize("name", ["linear", "relu", "gelu"])
-@pytest.mark.parametrize("shape", NARROW_SHAPES, ids=lambda s: "x".join(map(str, s)))
-def test_transposed_forward_gives_the_bits_of_the_general_one(shape, name, dtype):
-    """``forward_narrow``'s transposed way (``z.T = w.T @ x.T``), which ``row_tiles_pay`` picks
-    only with the AVX2 tiles, gives ``forward``'s bits whatever the tile set."""
-    batch, n_in, units = shape
-    units = min(units, kd.BLOCKING[np.dtype(dtype).name][1] // 2)
-    act_ = activations.get(name)
-    act_.prepare(dtype)
-    code = act_.code
-    x, w, b = _layer(np.random.default_rng(batch + units), batch, n_in, units, dtype)
-    outs = []
-    for fn, ws in ((kd.forward, None),
-                   (kd._forward_transposed,
-                    np.empty(kd.narrow_workspace_size(batch, n_in, units, dtype), dtype))):
-        z, y = np.full((batch, units), np.nan, dtype), np.full((batch, units), np.nan, dtype)
-        fn(x, w, b, code, z, y, ws)
-        outs.append((z, y))
-    for a, c in zip(*outs, strict=True):
-        assert np.array_equal(a, c)
 
 
 @pytest.mark.parametrize("fuse_sgd, l2", [(True, 0.0), (True, 0.01), (False, 0.0)],
@@ -556,6 +536,13 @@ def test_row_tiles_rule():
     # 1024 x 6 padded to 1026 x 16 = 16416 against 6 x 1024 x 5/2 = 15360.
     assert not kd.row_tiles_pay(1024, 6, *avx2_f32)
     assert kd.row_tiles_pay(1024, 7, *avx2_f32)
+    # product_paths applies it with this machine's tiles.
+    tiles = kd.BLOCKING["float32"][:2] + kd.NARROW_TILES["float32"]
+    for batch, units in ((1024, 4), (32, 10), (7, 3)):
+        way = kd.ROW_TILES if kd.row_tiles_pay(batch, units, *tiles) else kd.TRANSPOSED
+        assert kd.product_paths(batch, 784, units, np.float32) == (False, way)
+    assert kd.product_paths(1024, 784, 100, np.float32) == (False, "")
+    assert kd.product_paths(2, 784, 10, np.float32) == (True, "")
 
 
 def test_narrow_rule():
