@@ -166,13 +166,13 @@ def forward_for(code: int, rows: bool = False, narrow: str = ""):
 
 # Layers of few units (a classifier's output layer: 10 units) fill a fraction of the register
 # tile's NR columns (10 of 32 in float32 with the AVX-512 tiles), so most of the tile's FMAs
-# are spent on zero padding.  Their forward product runs by narrower row tiles that read both
-# operands in place (``narrow.narrow_product``: 6 x 16 float32, 6 x 8 float64), or transposed
-# (ROW_TILES_PADDING says which); the weight gradient transposed, with the units as the tile's
-# rows (MR = 8: 10 units are 16 rows, not 32 columns): ``dw.T = dz.T @ x`` (and ``z.T = w.T @
-# x.T``), then a pass transposes the result as it applies the SGD step (or the epilogue).  Each
-# element is the same FMA chain every way (``fma(a, b, c)`` is ``fma(b, a, c)``, and the
-# reduction's KC blocks are the same), so the bits are those of the untransposed products.
+# are spent on zero padding.  Their forward product and weight gradient run by narrower row
+# tiles that read both operands in place (``narrow.narrow_product``: 6 x 16 float32, 6 x 8
+# float64), or, where those would pad much more (ROW_TILES_PADDING), transposed, with the units
+# as the tile's rows (MR = 8: 10 units are 16 rows, not 32 columns): ``z.T = w.T @ x.T`` and
+# ``dw.T = dz.T @ x``, then a pass transposes the result as it applies the epilogue or the SGD
+# step.  Each element is the same FMA chain every way (``fma(a, b, c)`` is ``fma(b, a, c)``,
+# and the reduction's KC blocks are the same), so the bits are those of the general products.
 # The input gradient ``dz @ w.T`` keeps its orientation (its reduction is over the units).
 # Two threads, float32 1024 x 784->10, products alone (Zen 4): z 286 -> 190 us transposed
 # (NumPy 187), dw 265 -> 144 us (NumPy 192).  Forward, two threads, untransposed / transposed /
@@ -224,9 +224,10 @@ def product_paths(batch: int, n_in: int, units: int, dtype) -> tuple[bool, str]:
 
 
 def narrow_workspace_size(batch: int, n_in: int, units: int, dtype) -> int:
-    """Length of the workspace :func:`forward_narrow` and :func:`backward_narrow` need for a
-    batch of ``batch``: the products' packing buffers (as :func:`workspace_size`, for the
-    transposed shapes), then the transposed result and a block for the transposing pass."""
+    """Length of the workspace the kernels of a few-unit layer need for a batch of ``batch``:
+    the products' packing buffers (as :func:`workspace_size`, for the transposed shapes), then
+    the transposed result and a block for the transposing pass; or the row tiles' workspace
+    for every thread (``narrow.narrow_ws_len``), if longer."""
     name = np.dtype(dtype).name
     head = max(workspace_size(n_in, units, dtype),
                product_workspace_size(units, batch, n_in, dtype),

@@ -34,6 +34,8 @@ _COUNTER = 16
 _HEAD = 32
 #: The error of :func:`narrow_product` given a ``b`` wider than its tiles.
 TOO_WIDE = "narrow_product takes a b of at most the narrow tile's columns"
+#: ... or a product of no steps (the layers' general kernels take those).
+NO_STEPS = "narrow_product takes a product of at least one step"
 # Below this many rows times steps (each a vector FMA per tile row, in either dtype) one thread
 # does the product.  One thread against two, ``narrow_product`` alone (Zen 4): float64 256 x
 # 100->5 14.4 / 12.2 us, 32 x 784->8 11.1 / 9.1, 128 x 100->5 7.8 / 8.4, 16 x 784->8 6.9 /
@@ -159,8 +161,8 @@ def narrow_product(a, b, out, ep, bias, code, y, w, lr, l1, l2, ws):
     ``EP_BIAS_ACT``, ``out += bias`` (an empty ``bias`` being none) and ``y = act(out)`` for an
     element-wise activation ``code``; or ``EP_SGD``, the SGD step with rate ``lr`` and penalty
     factors ``l1``, ``l2`` applied to ``w`` (``out`` holding the running sum of KC blocks).  For
-    ``b`` (C-contiguous) of at most the narrow tile's NR columns and ``a`` of any strides,
-    ``ws`` of at least :func:`narrow_ws_len` elements for the threads.
+    ``b`` (C-contiguous) of at most the narrow tile's NR columns and at least one row, ``a`` of
+    any strides, and ``ws`` of at least :func:`narrow_ws_len` elements for the threads.
 
     Runs of row panels over the threads, unless the work is below SERIAL_STEPS: the same bits
     either way."""
@@ -171,6 +173,8 @@ def narrow_product(a, b, out, ep, bias, code, y, w, lr, l1, l2, ws):
         return
     if n > NR:
         raise ValueError(TOO_WIDE)
+    if k == 0:
+        raise ValueError(NO_STEPS)
     npan = (m + MR - 1) // MR
     nthreads = min(_iget_num_threads(), npan)
     if m * k < SERIAL_STEPS:

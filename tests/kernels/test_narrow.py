@@ -201,6 +201,15 @@ def test_a_wider_b_is_refused(dtype):
     assert not z.any()
 
 
+def test_a_product_of_no_steps_is_refused(dtype):
+    a, b = np.empty((8, 0), dtype), np.empty((0, 3), dtype)
+    z = np.zeros((8, 3), dtype)
+    with pytest.raises(ValueError, match="at least one step"):
+        kn.narrow_product(a, b, z, EP_STORE, kd.empty_bias(dtype), act.LINEAR, z, z, 0.0, 0.0,
+                          0.0, _ws(dtype))
+    assert not z.any()
+
+
 def test_workspace_length_grows_with_the_threads():
     mr, nr = NARROW_TILES["float32"]
     one = kn.narrow_ws_len(mr, nr, KC, 1)
