@@ -9,6 +9,7 @@ import numpy as np
 
 from fastdense import _aligned, activations
 from fastdense.kernels import dense as _dense
+from fastdense.kernels import narrow as _narrow
 from fastdense.kernels.gemm import ROWS_MAX, gemm, gemm_rows, workspace_size
 
 # Kernel workspaces (packing buffers) kept between calls, one per dtype and Python thread,
@@ -36,7 +37,10 @@ def _product_workspace(m: int, n: int, k: int, dtype: np.dtype) -> np.ndarray:
     last = getattr(_workspaces, "last_product", None)
     if last is not None and last[0] == key:
         return last[1]
-    buf = _workspace(workspace_size(m, n, k, dtype), dtype)
+    size = workspace_size(m, n, k, dtype)
+    if _narrow.matmul_takes(m, n, k, dtype):
+        size = max(size, _narrow.matmul_ws_len(dtype))
+    buf = _workspace(size, dtype)
     _workspaces.last_product = (key, buf)
     return buf
 
@@ -77,6 +81,8 @@ def matmul(a: Any, b: Any) -> np.ndarray:
     ws = _product_workspace(m, n, k, dt)
     if 0 < m <= ROWS_MAX and n > 0 and k > 0:  # gemm.uses_rows, inlined (a call costs 0.2 µs)
         gemm_rows(a, b, out, ws)
+    elif n <= _NARROW_COLUMNS and _narrow.matmul_takes(m, n, k, dt):
+        _narrow.narrow_matmul(a, b, out, ws)
     else:
         gemm(a, b, out, False, False, ws)
     return out
@@ -86,6 +92,9 @@ def matmul(a: Any, b: Any) -> np.ndarray:
 # below (~2 µs, as much as a batch-1 product).
 _F32 = np.dtype(np.float32)
 _F64 = np.dtype(np.float64)
+# The widest ``b`` of either dtype that ``kernels.narrow.matmul_takes`` may take: wider ones
+# skip the call.
+_NARROW_COLUMNS = max(nr for _, nr in _narrow.NARROW_TILES.values())
 
 
 def _as_operands(a: Any, b: Any) -> tuple[np.ndarray, np.ndarray]:

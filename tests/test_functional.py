@@ -45,6 +45,27 @@ def test_matmul_reused_workspace():
             np.testing.assert_array_equal(c, expected)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("m, k, n", [(1024, 784, 10), (37, 600, 3), (7, 300, 8), (300, 40, 16)])
+def test_matmul_of_few_columns_by_row_tiles(dtype, m, k, n):
+    """A ``b`` of at most the narrow tile's columns goes to the row tiles
+    (``kernels.narrow``), with the packed product's bits; one column more to the packed
+    product.  Alternating with wider products, so that the remembered workspace of one shape
+    is never used for the other."""
+    from fastdense.kernels import narrow
+    from fastdense.kernels.gemm import gemm
+
+    n = min(n, narrow.NARROW_TILES[np.dtype(dtype).name][1])
+    rng = np.random.default_rng(m + n)
+    for cols in (n, narrow.NARROW_TILES[np.dtype(dtype).name][1] + 1, n):
+        a = rng.standard_normal((m, k)).astype(dtype)
+        b = rng.standard_normal((k, cols)).astype(dtype)
+        expected = np.empty((m, cols), dtype)
+        gemm(a, b, expected, False, False)
+        np.testing.assert_array_equal(fd.matmul(a, b), expected)
+        assert narrow.matmul_takes(m, cols, k, dtype) == (cols == n)
+
+
 def test_matmul_promotion_and_errors():
     assert fd.matmul(np.ones((2, 2), np.int64), np.ones((2, 2), np.float32)).dtype == np.float64
     assert fd.matmul(np.ones((2, 2), np.float32), np.ones((2, 2), np.float32)).dtype == np.float32

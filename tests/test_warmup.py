@@ -8,6 +8,7 @@ import pytest
 from fastdense.__main__ import main as cli
 from fastdense._aligned import aligns_output, reads_b_in_place
 from fastdense.kernels import dense as kdense
+from fastdense.kernels import narrow as knarrow
 from fastdense.kernels.memory import aligned_empty_2d, empty_2d_in_phase
 from fastdense.warmup import FEW_ROWS, LAYER_SHAPES
 from fastdense.warmup import main as warmup
@@ -23,6 +24,7 @@ def test_warmup_compiles_and_reports(capsys):
     # ... and the transposed products of layers of few units.
     assert any(sig[0].dtype == numba.float64 for sig in kdense.forward_narrow.signatures)
     assert any(sig[0].dtype == numba.float64 for sig in kdense.backward_narrow.signatures)
+    assert any(sig[0].dtype == numba.float64 for sig in knarrow.narrow_matmul.signatures)
 
 
 def test_warmup_shapes_reach_the_aligned_outputs_and_few_units():

@@ -11,6 +11,8 @@ tile is stored with its epilogue.  Each element is the same FMA chain over the s
 KC blocks as in the packed product, so the bits are the same.
 """
 
+import numba
+import numpy as np
 from numba import prange
 from numba.extending import register_jitable
 from numba.np.ufunc.parallel import _iget_num_threads
@@ -18,13 +20,16 @@ from numba.np.ufunc.parallel import _iget_num_threads
 from fastdense.kernels import activation as act
 from fastdense.kernels._codegen import copy_n, fetch_add, kernel, strided_view, zero_of
 from fastdense.kernels._placement import caller_waits, region_opens, worker_arrives
-from fastdense.kernels._tiles import _narrow_blocking, _narrow_ukernel
+from fastdense.kernels._tiles import BLOCKING, NARROW_TILES, _narrow_blocking, _narrow_ukernel
 from fastdense.kernels.gemm import (
     EP_BIAS_ACT,
     EP_SGD,
+    EP_STORE,
+    ROWS_MAX,
     SHORT_WORKSPACE,
     _activate_rows,
     _activated_apart,
+    is_small,
 )
 from fastdense.kernels.update import sgd_step
 
@@ -216,3 +221,28 @@ def narrow_product(a, b, out, ep, bias, code, y, w, lr, l1, l2, ws):
                 r0 = q0 * MR
                 _activate_rows(y, r0, min(m, q1 * MR) - r0, 0, n, code)
         caller_waits(ws, 0, nthreads)
+
+
+def matmul_ws_len(dtype) -> int:
+    """Workspace length of :func:`narrow_matmul` (for every thread Numba may run)."""
+    name = np.dtype(dtype).name
+    return narrow_ws_len(*NARROW_TILES[name], BLOCKING[name][2], numba.config.NUMBA_NUM_THREADS)
+
+
+def matmul_takes(m: int, n: int, k: int, dtype) -> bool:
+    """Whether ``fastdense.matmul`` computes ``(m x k) @ (k x n)`` by :func:`narrow_matmul`:
+    at most the narrow tile's columns, more rows than ``gemm_rows`` takes and more work than
+    the direct path's.  The packed product pads such a ``b`` to its own tile's columns (32 in
+    float32 with the AVX-512 tiles) and packs it; float32 1024 x 784 @ 784 x 10, two threads,
+    290 against 150 us (NumPy 207)."""
+    return (0 < n <= NARROW_TILES[np.dtype(dtype).name][1] and m > ROWS_MAX and k > 0
+            and not is_small(m, n, k))
+
+
+# (``a`` as a view of layout "A": the same compiled product as the layers'.)
+@kernel(nrt=False)
+def narrow_matmul(a, b, out, ws):
+    """``out = a @ b`` by :func:`narrow_product` (a plain store; the bits of ``gemm.gemm``),
+    for the products :func:`matmul_takes`, ``ws`` of :func:`matmul_ws_len` elements."""
+    narrow_product(strided_view(a, a.shape, a.strides), b, out, EP_STORE, out[0, :0],
+                   act.LINEAR, out, out, 0.0, 0.0, 0.0, ws)

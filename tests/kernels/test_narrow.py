@@ -215,3 +215,19 @@ def test_workspace_length_grows_with_the_threads():
     one = kn.narrow_ws_len(mr, nr, KC, 1)
     assert kn.narrow_ws_len(mr, nr, KC, 2) - one == one - kn.narrow_ws_len(mr, nr, KC, 0)
     assert one >= mr * nr + KC * mr + (KC + nr) * nr + nr
+
+
+def test_matmul_rule():
+    """``fastdense.matmul`` takes the row tiles for at most the narrow tile's columns, from
+    three rows and beyond the direct path's work."""
+    for dtype in (np.float32, np.float64):
+        nr = NARROW_TILES[np.dtype(dtype).name][1]
+        assert kn.matmul_takes(1024, nr, 784, dtype)
+        assert kn.matmul_takes(3, 1, 10000, dtype)
+        assert not kn.matmul_takes(1024, nr + 1, 784, dtype)
+        assert not kn.matmul_takes(2, nr, 784, dtype)  # gemm_rows
+        assert not kn.matmul_takes(4, 4, 4, dtype)  # the direct path
+        assert not kn.matmul_takes(1024, 0, 784, dtype)
+        assert not kn.matmul_takes(1024, nr, 0, dtype)
+        assert kn.matmul_ws_len(dtype) == kn.narrow_ws_len(*NARROW_TILES[np.dtype(dtype).name],
+                                                           KC, numba.config.NUMBA_NUM_THREADS)
