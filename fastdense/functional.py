@@ -26,23 +26,25 @@ def _workspace(size: int, dtype: np.dtype) -> np.ndarray:
     return buf
 
 
-def _product_workspace(m: int, n: int, k: int, dtype: np.dtype) -> np.ndarray:
-    """:func:`_workspace` for an ``(m x k) @ (k x n)`` product.
+def _product_workspace(m: int, n: int, k: int, dtype: np.dtype) -> tuple[np.ndarray, bool]:
+    """:func:`_workspace` for an ``(m x k) @ (k x n)`` product, and whether the product runs
+    by row tiles (``kernels.narrow.matmul_takes``).
 
-    The last shape asked for is remembered with its buffer, so a loop of products of one
-    shape skips the size computation and the lookups (together ~0.6 µs, most of what a
+    The last shape asked for is remembered with both, so a loop of products of one shape
+    skips the size computation, the choice and the lookups (together ~0.6 µs, most of what a
     batch-1 product costs beyond its kernel).
     """
     key = (m, n, k, dtype)
     last = getattr(_workspaces, "last_product", None)
     if last is not None and last[0] == key:
-        return last[1]
+        return last[1], last[2]
     size = workspace_size(m, n, k, dtype)
-    if _narrow.matmul_takes(m, n, k, dtype):
-        size = max(size, _narrow.matmul_ws_len(dtype))
+    narrow = _narrow.matmul_takes(m, n, k, dtype)
+    if narrow:
+        size = max(size, _narrow.workspace_len(dtype))
     buf = _workspace(size, dtype)
-    _workspaces.last_product = (key, buf)
-    return buf
+    _workspaces.last_product = (key, buf, narrow)
+    return buf, narrow
 
 
 def _real_2d(a: Any, name: str) -> np.ndarray:
@@ -78,10 +80,10 @@ def matmul(a: Any, b: Any) -> np.ndarray:
     n = b.shape[1]
     dt = a.dtype
     out = _aligned.product_output(m, k, b)
-    ws = _product_workspace(m, n, k, dt)
+    ws, narrow = _product_workspace(m, n, k, dt)
     if 0 < m <= ROWS_MAX and n > 0 and k > 0:  # gemm.uses_rows, inlined (a call costs 0.2 µs)
         gemm_rows(a, b, out, ws)
-    elif n <= _NARROW_COLUMNS and _narrow.matmul_takes(m, n, k, dt):
+    elif narrow:
         _narrow.narrow_matmul(a, b, out, ws)
     else:
         gemm(a, b, out, False, False, ws)
@@ -92,9 +94,6 @@ def matmul(a: Any, b: Any) -> np.ndarray:
 # below (~2 µs, as much as a batch-1 product).
 _F32 = np.dtype(np.float32)
 _F64 = np.dtype(np.float64)
-# The widest ``b`` of either dtype that ``kernels.narrow.matmul_takes`` may take: wider ones
-# skip the call.
-_NARROW_COLUMNS = max(nr for _, nr in _narrow.NARROW_TILES.values())
 
 
 def _as_operands(a: Any, b: Any) -> tuple[np.ndarray, np.ndarray]:

@@ -46,7 +46,7 @@ from fastdense.kernels.gemm import (
     vector_matrix,
 )
 from fastdense.kernels.gemm import workspace_size as product_workspace_size
-from fastdense.kernels.narrow import narrow_product, narrow_ws_len
+from fastdense.kernels.narrow import narrow_product, workspace_for, workspace_len
 from fastdense.kernels.pack import dz_rows
 from fastdense.kernels.update import sgd_step, sgd_value
 
@@ -185,16 +185,16 @@ TRANSPOSE_BLOCK = 16
 
 
 def is_narrow(units: int, dtype) -> bool:
-    """Whether a layer of ``units`` runs its forward product and weight gradient transposed
-    (:func:`forward_narrow`, :func:`backward_narrow`): when the units fill at most half of the
-    register tile's columns.  Decided in Python, so that those kernels are compiled only when
-    a program has such a layer."""
+    """Whether a layer of ``units`` has kernels of its own for few units (:func:`forward_narrow`
+    or :func:`forward_transposed`, :func:`backward_narrow`): when the units fill at most half
+    of the register tile's columns.  Decided in Python, so that those kernels are compiled only
+    when a program has such a layer."""
     nr = BLOCKING[np.dtype(dtype).name][1]
     return 0 < 2 * units <= nr
 
 
 def uses_narrow(batch: int, n_in: int, units: int, dtype) -> bool:
-    """Whether a layer's products for a batch of ``batch`` run transposed: few units
+    """Whether a layer's products for a batch of ``batch`` take the few-unit kernels: few units
     (:func:`is_narrow`) and products that take the packed path both ways (more than
     ``gemm.ROWS_MAX`` units, rows and inputs, and more work than the direct path's)."""
     return (is_narrow(units, dtype) and batch > ROWS_MAX
@@ -227,15 +227,12 @@ def narrow_workspace_size(batch: int, n_in: int, units: int, dtype) -> int:
     """Length of the workspace the kernels of a few-unit layer need for a batch of ``batch``:
     the products' packing buffers (as :func:`workspace_size`, for the transposed shapes), then
     the transposed result and a block for the transposing pass; or the row tiles' workspace
-    for every thread (``narrow.narrow_ws_len``), if longer."""
-    name = np.dtype(dtype).name
+    for every thread (``narrow.workspace_len``), if longer."""
     head = max(workspace_size(n_in, units, dtype),
                product_workspace_size(units, batch, n_in, dtype),
                product_workspace_size(units, n_in, batch, dtype),
                product_workspace_size(batch, n_in, units, dtype))
-    return max(head + _narrow_tail(batch, n_in, units),
-               narrow_ws_len(*NARROW_TILES[name], BLOCKING[name][2],
-                             numba.config.NUMBA_NUM_THREADS))
+    return max(head + _narrow_tail(batch, n_in, units), workspace_len(dtype))
 
 
 # A layer of few units runs its forward product by the row tiles of ``narrow.narrow_product``
@@ -318,12 +315,9 @@ def forward_narrow(x, w, bias, code, z, y, ws):
     m, n = z.shape
     if m == 0 or n == 0:
         return
-    NMR, NNR, KC = _narrow_blocking(z)
-    need = narrow_ws_len(NMR, NNR, KC, _iget_num_threads())
-    buf = ws if ws.shape[0] >= need else np.empty(need, dtype=z.dtype)
     # (``x`` as a view of layout "A": the weight gradient's call compiles the same product.)
     narrow_product(strided_view(x, x.shape, x.strides), w, z, EP_BIAS_ACT, bias,
-                   act.LINEAR if softmax else code, y, z, 0.0, 0.0, 0.0, buf)
+                   act.LINEAR if softmax else code, y, z, 0.0, 0.0, 0.0, workspace_for(ws, z))
     if softmax:
         _softmax_pass(z, y)
 
@@ -716,14 +710,12 @@ def backward_narrow(x, w, bias, z, y, g, code, dz, dw, db, dx, lr, l1w, l2w, l1b
     if db.shape[0] > 0:
         _column_sums_serial(d, db)
     MR, NR = _blocking(dw)[:2]
-    NMR, NNR, KC = _narrow_blocking(dw)
+    NMR, NNR = _narrow_blocking(dw)[:2]
     if row_tiles_pay(n_in, units, MR, NR, NMR, NNR):
-        need = narrow_ws_len(NMR, NNR, KC, _iget_num_threads())
-        buf = ws if ws.shape[0] >= need else np.empty(need, dtype=dw.dtype)
         xt = x.T
         narrow_product(strided_view(xt, xt.shape, xt.strides), d, dw,
                        EP_SGD if fuse_sgd else EP_STORE, e1, act.LINEAR, dw, w,
-                       lr if fuse_sgd else 0.0, l1w, l2w, buf)
+                       lr if fuse_sgd else 0.0, l1w, l2w, workspace_for(ws, dw))
     else:
         _weight_grad_transposed(x, w, d, dw, fuse_sgd, lr, l1w, l2w, ws)
     if fuse_sgd and db.shape[0] > 0:

@@ -74,6 +74,15 @@ def narrow_ws_len(MR, NR, KC, threads):
     return _HEAD + threads * _per_thread(MR, NR, KC)
 
 
+@register_jitable
+def workspace_for(ws, out):
+    """``ws``, or a new workspace if it is too short for :func:`narrow_product` with ``out``'s
+    dtype on the threads Numba runs now (for callers that may allocate)."""
+    MR, NR, KC = _narrow_blocking(out)
+    need = narrow_ws_len(MR, NR, KC, _iget_num_threads())
+    return ws if ws.shape[0] >= need else np.empty(need, dtype=out.dtype)
+
+
 @kernel(nrt=False)
 def _copy_end(b, KC, NR, tail):
     """``b`` (C-contiguous, flattened) from the step :func:`_copied_from` says into ``tail``,
@@ -223,8 +232,8 @@ def narrow_product(a, b, out, ep, bias, code, y, w, lr, l1, l2, ws):
         caller_waits(ws, 0, nthreads)
 
 
-def matmul_ws_len(dtype) -> int:
-    """Workspace length of :func:`narrow_matmul` (for every thread Numba may run)."""
+def workspace_len(dtype) -> int:
+    """:func:`narrow_ws_len` for ``dtype``'s tiles and every thread Numba may run."""
     name = np.dtype(dtype).name
     return narrow_ws_len(*NARROW_TILES[name], BLOCKING[name][2], numba.config.NUMBA_NUM_THREADS)
 
@@ -243,6 +252,6 @@ def matmul_takes(m: int, n: int, k: int, dtype) -> bool:
 @kernel(nrt=False)
 def narrow_matmul(a, b, out, ws):
     """``out = a @ b`` by :func:`narrow_product` (a plain store; the bits of ``gemm.gemm``),
-    for the products :func:`matmul_takes`, ``ws`` of :func:`matmul_ws_len` elements."""
+    for the products :func:`matmul_takes`, ``ws`` of :func:`workspace_len` elements."""
     narrow_product(strided_view(a, a.shape, a.strides), b, out, EP_STORE, out[0, :0],
                    act.LINEAR, out, out, 0.0, 0.0, 0.0, ws)

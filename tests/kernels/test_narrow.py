@@ -229,5 +229,5 @@ def test_matmul_rule():
         assert not kn.matmul_takes(4, 4, 4, dtype)  # the direct path
         assert not kn.matmul_takes(1024, 0, 784, dtype)
         assert not kn.matmul_takes(1024, nr, 0, dtype)
-        assert kn.matmul_ws_len(dtype) == kn.narrow_ws_len(*NARROW_TILES[np.dtype(dtype).name],
+        assert kn.workspace_len(dtype) == kn.narrow_ws_len(*NARROW_TILES[np.dtype(dtype).name],
                                                            KC, numba.config.NUMBA_NUM_THREADS)
