@@ -394,8 +394,13 @@ class Dense:
         bias = self.bias if self.use_bias else _k.empty_bias(self.dtype)
         rows, narrow = _k.product_paths(n, self.input_dim, self.units, self.dtype)
         ws = self._kernel_workspace(n, narrow)
-        backward = (_k.backward_rows if rows else _k.backward_narrow if narrow
-                    else _k.backward)
+        if rows:
+            backward = _k.backward_rows
+        elif narrow:
+            backward = _k.backward_narrow_for(n, self.input_dim, self.units, self.dtype,
+                                              compute_input_grad)
+        else:
+            backward = _k.backward
         # (A layer of few units computes dz apart whatever the input gradient.)
         dz_first = _k.dz_over_threads(n, self.input_dim, self.units, act.code,
                                       compute_input_grad and not narrow)

@@ -13,12 +13,13 @@ import time
 
 import numpy as np
 
-#: ``(batch, in, units)`` of the layers run: a small shape (the direct path), two of few units
+#: ``(batch, in, units)`` of the layers run: a small shape (the direct path), three of few units
 #: (``kernels.dense.uses_narrow``), whose forward products run by row tiles and, with the AVX2
-#: tiles, transposed for the second (``kernels.dense.product_paths``), and one large enough for
+#: tiles, transposed for the second (``kernels.dense.product_paths``), and whose input gradient
+#: runs by rows for the third (``kernels.dense.backward_narrow_for``), and one large enough for
 #: the packed, threaded path and for outputs allocated on cache lines (``_aligned.OUTPUT_BYTES``)
 #: in both dtypes.
-LAYER_SHAPES = ((1, 3, 2), (40, 120, 3), (64, 120, 4), (40, 120, 110))
+LAYER_SHAPES = ((1, 3, 2), (40, 120, 3), (64, 120, 4), (300, 24, 3), (40, 120, 110))
 #: Rows of a product whose output is allocated in phase with B (``_aligned.reads_b_in_place``
 #: for the larger shape).
 FEW_ROWS = 32

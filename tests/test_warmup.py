@@ -23,7 +23,10 @@ def test_warmup_compiles_and_reports(capsys):
     assert any(sig[2].dtype == numba.float64 for sig in empty_2d_in_phase.signatures)
     # ... and the transposed products of layers of few units.
     assert any(sig[0].dtype == numba.float64 for sig in kdense.forward_narrow.signatures)
-    assert any(sig[0].dtype == numba.float64 for sig in kdense.backward_narrow.signatures)
+    for shape in LAYER_SHAPES:
+        if kdense.uses_narrow(*shape, "float64"):
+            backward = kdense.backward_narrow_for(*shape, "float64")
+            assert any(sig[0].dtype == numba.float64 for sig in backward.signatures)
     assert any(sig[0].dtype == numba.float64 for sig in knarrow.narrow_matmul.signatures)
 
 
@@ -37,6 +40,9 @@ def test_warmup_shapes_reach_the_aligned_outputs_and_few_units():
     assert {kdense.row_tiles_pay(batch, units, 6, 16, 6, 16) for batch, units in narrow} == {
         True, False}
     assert all(kdense.row_tiles_pay(batch, units, 8, 32, 6, 16) for batch, units in narrow)
+    # Input gradients of few-unit layers as products and by rows (kernels.dense.DIRECT_ROWS).
+    assert {batch > kdense.DIRECT_ROWS for batch, n_in, units in LAYER_SHAPES
+            if kdense.uses_narrow(batch, n_in, units, "float64")} == {True, False}
     batch, n_in, units = LAYER_SHAPES[-1]
     assert aligns_output((batch, units), 4) and aligns_output((batch, units), 8)
     assert FEW_ROWS < batch and reads_b_in_place(FEW_ROWS, units, n_in)

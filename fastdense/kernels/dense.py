@@ -18,7 +18,7 @@ from fastdense.kernels import activation as act
 from fastdense.kernels._codegen import fma, kernel, strided_view, wide_vectors
 from fastdense.kernels._microkernels import DOT_LANES, DOT_ROWS, dots_1, dots_4
 from fastdense.kernels._placement import caller_waits, region_opens, worker_arrives
-from fastdense.kernels._tiles import BLOCKING, NARROW_TILES, _blocking, _narrow_blocking
+from fastdense.kernels._tiles import BLOCKING, NARROW_TILES, _blocking
 from fastdense.kernels.activation_passes import require_passes
 from fastdense.kernels.gemm import (
     DIRECT_ROWS,
@@ -186,7 +186,7 @@ TRANSPOSE_BLOCK = 16
 
 def is_narrow(units: int, dtype) -> bool:
     """Whether a layer of ``units`` has kernels of its own for few units (:func:`forward_narrow`
-    or :func:`forward_transposed`, :func:`backward_narrow`): when the units fill at most half
+    or :func:`forward_transposed`, :func:`backward_narrow_for`): when the units fill at most half
     of the register tile's columns.  Decided in Python, so that those kernels are compiled only
     when a program has such a layer."""
     nr = BLOCKING[np.dtype(dtype).name][1]
@@ -211,7 +211,7 @@ def product_paths(batch: int, n_in: int, units: int, dtype) -> tuple[bool, str]:
     """``(rows, narrow)``: whether a layer's products for a batch of ``batch`` take the row
     entry points (``gemm.uses_rows``: :func:`forward_rows`, :func:`backward_rows`), or, for
     few units (:func:`uses_narrow`), how its forward product runs (ROW_TILES or TRANSPOSED, as
-    :func:`row_tiles_pay` says; its backward is :func:`backward_narrow`); neither (``False,
+    :func:`row_tiles_pay` says; its backward is :func:`backward_narrow_for`'s); neither (``False,
     ""``) means :func:`forward` and :func:`backward`.  Decided in Python, so that only the
     kernels a program uses are compiled."""
     rows = uses_rows(batch, units, n_in)
@@ -672,8 +672,9 @@ def _transposed_update(dwt, w, dw, fuse_sgd, lr, l1, l2, block):
 
 @kernel
 def _weight_grad_transposed(x, w, d, dw, fuse_sgd, lr, l1, l2, ws):
-    """:func:`backward_narrow`'s weight gradient transposed: ``dw.T = d.T @ x`` (the bits of
-    ``x.T @ d``), applied to ``w`` by SGD or written to ``dw`` as it is transposed."""
+    """The weight gradient of a few-unit layer's backward (:func:`backward_narrow_for`)
+    transposed: ``dw.T = d.T @ x`` (the bits of ``x.T @ d``), applied to ``w`` by SGD or
+    written to ``dw`` as it is transposed."""
     units = d.shape[1]
     head, dwt, block = _narrow_split(ws, units, x.shape[1], dw)
     product(d, x, dwt, True, False, EP_STORE, dw[0, :0], act.LINEAR, dwt, dwt, 0.0, 0.0, 0.0,
@@ -681,45 +682,74 @@ def _weight_grad_transposed(x, w, d, dw, fuse_sgd, lr, l1, l2, ws):
     _transposed_update(dwt, w, dw, fuse_sgd, lr, l1, l2, block)
 
 
-@kernel
-def backward_narrow(x, w, bias, z, y, g, code, dz, dw, db, dx, lr, l1w, l2w, l1b, l2b,
-                    fuse_sgd, ws):
-    """:func:`backward` for a layer of few units (:func:`is_narrow`), same arguments and
-    contract, with ``ws`` of :func:`narrow_workspace_size` for this batch: ``dz`` in a pass
-    apart, ``dx = dz @ w.T`` as there, and ``dw = x.T @ dz`` by row tiles
-    (``narrow.narrow_product``) or transposed (:func:`_weight_grad_transposed`), as
-    :func:`row_tiles_pay` says for ``in`` rows, applied by SGD or written."""
-    batch, units = g.shape
-    n_in = x.shape[1]
-    require_passes(code, dz)
-    if units == 0 or n_in == 0:
-        return
-    head, dwt, block = _narrow_split(ws, units, n_in, dw)
-    d = g
-    if code != act.LINEAR:
-        d = dz
-        _activation_grad_serial(g, z, y, code, dz)
-    e1 = db[:0]
-    # dx first: it must see the weights before any update.
-    if batch > DIRECT_ROWS and dx.shape[0] > 0:
-        # The weights transposed, where dw.T goes next.
-        _transposed_block(w, 0, units, dwt.reshape(units * n_in))
-        _input_grad_by_rows(d, dwt, dx, block)
-    elif dx.shape[0] > 0:
-        product(d, w, dx, False, True, EP_STORE, e1, act.LINEAR, dx, dx, 0.0, 0.0, 0.0, head)
-    if db.shape[0] > 0:
-        _column_sums_serial(d, db)
-    MR, NR = _blocking(dw)[:2]
-    NMR, NNR = _narrow_blocking(dw)[:2]
-    if row_tiles_pay(n_in, units, MR, NR, NMR, NNR):
-        xt = x.T
-        narrow_product(strided_view(xt, xt.shape, xt.strides), d, dw,
-                       EP_SGD if fuse_sgd else EP_STORE, e1, act.LINEAR, dw, w,
-                       lr if fuse_sgd else 0.0, l1w, l2w, workspace_for(ws, dw))
-    else:
-        _weight_grad_transposed(x, w, d, dw, fuse_sgd, lr, l1w, l2w, ws)
-    if fuse_sgd and db.shape[0] > 0:
-        sgd_step(bias, db, lr, l1b, l2b)
+def _backward_narrow(dx_by_rows: bool, dw_by_row_tiles: bool):
+    """The variant of :func:`backward` for a layer of few units that computes the input
+    gradient by rows or as a product and the weight gradient by row tiles or transposed, as
+    :func:`backward_narrow_for` picks them.  The two choices are constants of the closure,
+    whose branches Numba prunes before typing: a variant compiles only the kernels it calls
+    (a float32 10-unit layer at a batch of 32 no longer compiles the row-by-row input gradient
+    and the transposed weight gradient, which took 8 of the 51 s of a cold compile of the
+    README's model)."""
+
+    @kernel
+    def backward_narrow(x, w, bias, z, y, g, code, dz, dw, db, dx, lr, l1w, l2w, l1b, l2b,
+                        fuse_sgd, ws):
+        """:func:`backward` for a layer of few units (:func:`is_narrow`), same arguments and
+        contract, with ``ws`` of :func:`narrow_workspace_size` for this batch: ``dz`` in a pass
+        apart, ``dx = dz @ w.T`` as a product or by rows (:func:`_input_grad_by_rows`), and
+        ``dw = x.T @ dz`` by row tiles (``narrow.narrow_product``) or transposed
+        (:func:`_weight_grad_transposed`), applied by SGD or written."""
+        units = g.shape[1]
+        n_in = x.shape[1]
+        require_passes(code, dz)
+        if units == 0 or n_in == 0:
+            return
+        head, dwt, block = _narrow_split(ws, units, n_in, dw)
+        d = g
+        if code != act.LINEAR:
+            d = dz
+            _activation_grad_serial(g, z, y, code, dz)
+        e1 = db[:0]
+        # dx first: it must see the weights before any update.
+        if dx.shape[0] > 0:
+            if dx_by_rows:
+                # The weights transposed, where dw.T goes next.
+                _transposed_block(w, 0, units, dwt.reshape(units * n_in))
+                _input_grad_by_rows(d, dwt, dx, block)
+            else:
+                product(d, w, dx, False, True, EP_STORE, e1, act.LINEAR, dx, dx, 0.0, 0.0, 0.0,
+                        head)
+        if db.shape[0] > 0:
+            _column_sums_serial(d, db)
+        if dw_by_row_tiles:
+            xt = x.T
+            narrow_product(strided_view(xt, xt.shape, xt.strides), d, dw,
+                           EP_SGD if fuse_sgd else EP_STORE, e1, act.LINEAR, dw, w,
+                           lr if fuse_sgd else 0.0, l1w, l2w, workspace_for(ws, dw))
+        else:
+            _weight_grad_transposed(x, w, d, dw, fuse_sgd, lr, l1w, l2w, ws)
+        if fuse_sgd and db.shape[0] > 0:
+            sgd_step(bias, db, lr, l1b, l2b)
+
+    return backward_narrow
+
+
+#: :func:`backward_narrow_for`'s kernels by ``(dx_by_rows, dw_by_row_tiles)``; each compiles
+#: on its first call.
+_BACKWARD_NARROW = {(rows, tiles): _backward_narrow(rows, tiles)
+                    for rows in (False, True) for tiles in (False, True)}
+
+
+def backward_narrow_for(batch: int, n_in: int, units: int, dtype, want_dx: bool = True):
+    """The backward kernel of a few-unit layer (:func:`uses_narrow`) for a batch of ``batch``
+    (same arguments and contract as :func:`backward`): the input gradient by rows above
+    ``DIRECT_ROWS`` rows (see :func:`_input_grad_by_rows`), else as a product; the weight
+    gradient, a product of ``in`` rows, by row tiles or transposed as :func:`row_tiles_pay`
+    says for ``in`` rows."""
+    name = np.dtype(dtype).name
+    by_rows = want_dx and batch > DIRECT_ROWS
+    tiles = row_tiles_pay(n_in, units, *BLOCKING[name][:2], *NARROW_TILES[name])
+    return _BACKWARD_NARROW[by_rows, bool(tiles)]
 
 
 @kernel(nrt=False)

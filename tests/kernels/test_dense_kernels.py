@@ -479,7 +479,8 @@ def test_narrow_entry_points_give_the_bits_of_the_general_ones(shape, name, fuse
             kd.forward_for(code, narrow=narrow)(x, w, b, code, z, y, ws)
             dz, dw, db, dx = (np.empty_like(g), np.full_like(w, np.nan), np.empty_like(b),
                               np.empty_like(x))
-            backward = kd.backward_narrow if narrow else kd.backward
+            backward = (kd.backward_narrow_for(batch, n_in, units, dtype) if narrow
+                        else kd.backward)
             backward(x, w, b, z, y, g, code, dz, dw, db, dx, 0.01, 0.0, l2, 0.0, 0.0, fuse_sgd,
                      ws)
             results.append((z, y, dx, w if fuse_sgd else dw, b if fuse_sgd else db))
@@ -518,6 +519,47 @@ def test_transposed_weight_gradient_gives_the_bits_of_the_general_one(shape, fus
                         np.empty((0, n_in), dtype), 0.01, 0.0, l2, 0.0, 0.0, fuse_sgd)
         outs.append(w if fuse_sgd else dw)
     assert np.array_equal(*outs)
+
+
+@pytest.mark.parametrize("fuse_sgd", [True, False], ids=["sgd", "grads"])
+def test_every_narrow_backward_variant_gives_the_bits_of_backward(fuse_sgd, dtype):
+    """The four variants of ``backward_narrow`` (input gradient by rows or as a product,
+    weight gradient by row tiles or transposed), of which a machine's tiles use two, give
+    ``backward``'s bits at a batch below and one above ``DIRECT_ROWS``."""
+    n_in, units, code = 70, 3, act.RELU
+    for batch in (37, kd.DIRECT_ROWS + 44):
+        rng = np.random.default_rng(batch)
+        x, w0, b0 = _layer(rng, batch, n_in, units, dtype)
+        z = x @ w0 + b0
+        g = rng.standard_normal((batch, units)).astype(dtype)
+        ws = np.empty(kd.narrow_workspace_size(batch, n_in, units, dtype), dtype)
+        outs = []
+        kernels = [kd.backward, *kd._BACKWARD_NARROW.values()]
+        assert len(set(kernels)) == 5
+        for backward in kernels:
+            w, b = w0.copy(), b0.copy()
+            dz, dw, db, dx = (np.empty_like(g), np.full_like(w, np.nan), np.empty_like(b),
+                              np.empty_like(x))
+            backward(x, w, b, z, z, g, code, dz, dw, db, dx, 0.01, 0.0, 0.0, 0.0, 0.0, fuse_sgd,
+                     ws)
+            outs.append((dx, w if fuse_sgd else dw, b if fuse_sgd else db))
+        for other in outs[1:]:
+            for a, c in zip(outs[0], other, strict=True):
+                assert np.array_equal(a, c)
+
+
+def test_backward_narrow_for_picks_by_batch_and_tiles():
+    """Rows above DIRECT_ROWS take the input gradient by rows (when it is wanted); the weight
+    gradient follows ``row_tiles_pay`` for ``in`` rows."""
+    for dtype in ("float32", "float64"):
+        tiles = kd.BLOCKING[dtype][:2] + kd.NARROW_TILES[dtype]
+        for n_in in (13, 784):
+            pay = kd.row_tiles_pay(n_in, 4, *tiles)
+            for batch, want_dx, rows in ((kd.DIRECT_ROWS, True, False),
+                                         (kd.DIRECT_ROWS + 1, True, True),
+                                         (kd.DIRECT_ROWS + 1, False, False)):
+                assert (kd.backward_narrow_for(batch, n_in, 4, dtype, want_dx)
+                        is kd._BACKWARD_NARROW[rows, pay])
 
 
 def test_row_tiles_rule():
@@ -576,8 +618,8 @@ def test_narrow_entry_points_with_a_short_workspace(dtype):
         kd.forward_narrow(x, w, b, code, z, z, ws)
         dz, dw, db, dx = (np.empty_like(g), np.empty_like(w), np.empty_like(b),
                           np.empty_like(x))
-        kd.backward_narrow(x, w, b, z, z, g, code, dz, dw, db, dx, 0.1, 0.0, 0.0, 0.0, 0.0,
-                           True, ws)
+        kd.backward_narrow_for(batch, n_in, units, dtype)(x, w, b, z, z, g, code, dz, dw, db,
+                                                        dx, 0.1, 0.0, 0.0, 0.0, 0.0, True, ws)
         outs.append((z, dx, w, b))
     for a, c in zip(*outs, strict=True):
         assert np.array_equal(a, c)
