@@ -397,8 +397,7 @@ class Dense:
         if rows:
             backward = _k.backward_rows
         elif narrow:
-            backward = _k.backward_narrow_for(n, self.input_dim, self.units, self.dtype,
-                                              compute_input_grad)
+            backward = _k.backward_narrow_for(n, self.units, self.dtype, compute_input_grad)
         else:
             backward = _k.backward
         # (A layer of few units computes dz apart whatever the input gradient.)
@@ -466,7 +465,7 @@ class Dense:
                                   fusable, dz_first)
         return True, (dx if want_dx else None)
 
-    def _kernel_workspace(self, batch: int, narrow: str) -> np.ndarray:
+    def _kernel_workspace(self, batch: int, narrow: bool) -> np.ndarray:
         """The kernels' packing workspace: one per layer shape (sizing costs µs), or for a
         layer of few units (``narrow``, see ``kernels.dense.uses_narrow``) one for ``batch``,
         grown to the largest batch so far and never shrunk."""

@@ -23,26 +23,24 @@ def test_warmup_compiles_and_reports(capsys):
     assert any(sig[2].dtype == numba.float64 for sig in empty_2d_in_phase.signatures)
     # ... and the transposed products of layers of few units.
     assert any(sig[0].dtype == numba.float64 for sig in kdense.forward_narrow.signatures)
-    for shape in LAYER_SHAPES:
-        if kdense.uses_narrow(*shape, "float64"):
-            backward = kdense.backward_narrow_for(*shape, "float64")
-            assert any(sig[0].dtype == numba.float64 for sig in backward.signatures)
+    for rows in (False, True):
+        backward = kdense.backward_narrow_for(kdense.DIRECT_ROWS + rows, 3, "float64")
+        assert any(sig[0].dtype == numba.float64 for sig in backward.signatures)
     assert any(sig[0].dtype == numba.float64 for sig in knarrow.narrow_matmul.signatures)
 
 
 def test_warmup_shapes_reach_the_aligned_outputs_and_few_units():
     assert all(any(kdense.uses_narrow(*shape, dtype) for shape in LAYER_SHAPES)
                for dtype in ("float32", "float64"))
-    # Both ways of a few-unit layer's forward product, with either tile set's constants
-    # (the AVX2 set's float32 tiles, 6 x 16, and the narrow ones, 6 x 16).
-    narrow = [(batch, units) for batch, n_in, units in LAYER_SHAPES
-              if kdense.uses_narrow(batch, n_in, units, "float32")]
-    assert {kdense.row_tiles_pay(batch, units, 6, 16, 6, 16) for batch, units in narrow} == {
-        True, False}
-    assert all(kdense.row_tiles_pay(batch, units, 8, 32, 6, 16) for batch, units in narrow)
     # Input gradients of few-unit layers as products and by rows (kernels.dense.DIRECT_ROWS).
     assert {batch > kdense.DIRECT_ROWS for batch, n_in, units in LAYER_SHAPES
             if kdense.uses_narrow(batch, n_in, units, "float64")} == {True, False}
+    # float32 weight gradients of few units transposed (at most MR units) and by row tiles,
+    # with the AVX-512 tiles (MR 8, narrow up to 16 units) and the AVX2 ones (6, up to 8).
+    for mr, nr in ((8, 32), (6, 16)):
+        narrow = [units for batch, n_in, units in LAYER_SHAPES
+                  if 2 * units <= nr and batch > 2 and n_in > 2 and units > 2]
+        assert {units <= mr for units in narrow} == {True, False}
     batch, n_in, units = LAYER_SHAPES[-1]
     assert aligns_output((batch, units), 4) and aligns_output((batch, units), 8)
     assert FEW_ROWS < batch and reads_b_in_place(FEW_ROWS, units, n_in)

@@ -37,6 +37,15 @@ HALF_KERNELS = (
     ("ukernel_4x16", 4, 16, "float32"),
     ("ukernel_4x8", 4, 8, "float64"),
 )
+# (name, MR, NR): tiles of 256-bit rows for products of at most NR columns (``narrow``: a
+# float32 layer of up to 8 units, float64 up to 4), one vector of accumulators per row, eight
+# rows.  Each row of A comes as an array of its own: LLVM then keeps the eight row addresses
+# apart, where from one strided view it derived each from the previous one (a chain of six
+# dependent additions per step in the 6-row tiles), and it cannot pair two rows into one
+# 512-bit register (which it did with 6 x 8 float32, at the cost of a shuffle per FMA).  One
+# thread, ``narrow_product`` alone (Zen 4), cycles per row and step: 1.04 with the 6 x 16
+# float32 and 6 x 8 float64 tiles whatever the columns, 0.60 with these.
+NARROW_ROW_KERNELS = (("rows_8x8", 8, 8), ("rows_8x4", 8, 4))
 # (name, strip width): vector-matrix strips, for either dtype: 8 zmm accumulators at 128
 # float32 or 64 float64 columns, and strips of half that width for the columns left over.
 ROW_KERNELS = (("strip_128", 128), ("strip_64", 64), ("strip_32", 32))
@@ -62,6 +71,7 @@ from fastdense.kernels._codegen import (
     prefetch,
     relu_n,
     sgd_n,
+    vectors_256,
     wide_vectors,
     zero_of,
 )
@@ -251,6 +261,37 @@ def _row_kernel(name: str, nv: int) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _narrow_row_kernel(name: str, mr: int, nr: int) -> str:
+    """A tile of ``mr`` rows, each an array of its own, by ``nr`` columns, for either dtype."""
+    ind = "    "
+    body = ind * 2
+    rows = ", ".join(f"r{i}" for i in range(mr))
+    lines = [
+        "",
+        "@kernel(nrt=False)",
+        f"def {name}(kc, {rows}, bp, bo, bps, tile):",
+        f'{ind}"""``tile[i * {nr} + j] = sum_p ri[p] * bp[bo + p * bps + j]`` over ``p < kc``',
+        f"{ind}(``kc`` >= 0) for the {mr} rows ``r0`` ... ``r{mr - 1}`` (1-D, any strides): one",
+        f"{ind}{mr} x {nr} tile of a product of at most {nr} columns, ``B`` read in place (``bps``",
+        f"{ind}its row length).  The same FMA chain per element as every other tile.  256-bit",
+        f"{ind}vectors: one register of sums per row.",
+        f'{ind}"""',
+        f"{ind}vectors_256()",
+        f"{ind}zero = zero_of(tile)",
+    ]
+    lines.extend(f"{ind}c{i}_{j} = zero" for i in range(mr) for j in range(nr))
+    lines.append(f"{ind}ubo = uint64(bo)")
+    lines.append(f"{ind}ubps = uint64(bps)")
+    lines.append(f"{ind}for p in range(kc):")
+    lines.append(f"{body}qb = ubo + uint64(p) * ubps")
+    lines.extend(f"{body}b{j} = bp[qb + uint64({j})]" for j in range(nr))
+    for i in range(mr):
+        lines.append(f"{body}a = r{i}[p]")
+        lines.extend(f"{body}c{i}_{j} = fma(a, b{j}, c{i}_{j})" for j in range(nr))
+    lines.extend(f"{ind}tile[{i * nr + j}] = c{i}_{j}" for i in range(mr) for j in range(nr))
+    return "\n".join(lines) + "\n"
+
+
 def _lane_tree(q: str) -> str:
     """The fixed pairwise sum of 16 lanes ``q[0]`` ... ``q[15]``."""
     def lane(i: int) -> str:
@@ -329,6 +370,9 @@ def render() -> str:
     parts.append(f"\nHALF_MR_AVX2 = {HALF_KERNELS[0][1]}\n")
     for name, mr, nr, dtype in HALF_KERNELS:
         parts.append("\n" + _kernel(name, mr, nr, dtype, "avx2", column=False))
+    parts.append(f"\nNARROW_ROWS_MR = {NARROW_ROW_KERNELS[0][1]}\n")
+    for name, mr, nr in NARROW_ROW_KERNELS:
+        parts.append("\n" + _narrow_row_kernel(name, mr, nr))
     parts.append("\nSTRIP_F32, STRIP_F64 = 128, 64\n")
     for name, nv in ROW_KERNELS:
         parts.append("\n" + _row_kernel(name, nv))

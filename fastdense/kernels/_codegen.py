@@ -340,6 +340,22 @@ def wide_vectors(typingctx):
 
 
 @intrinsic
+def vectors_256(typingctx):
+    """Let LLVM vectorize the calling function with vectors of at most 256 bits and never
+    inline it (no code emitted): for tiles whose rows are one 256-bit vector each, which LLVM
+    would otherwise pack two to a 512-bit register, at the cost of a shuffle per FMA."""
+    sig = types.none()
+
+    def codegen(context, builder, signature, args):
+        attrs = builder.function.attributes
+        set.add(attrs, '"prefer-vector-width"="256"')
+        attrs.add("noinline")
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
 def prefetch(typingctx, arr, idx):
     """Prefetch the cache line of ``arr[idx]`` (1-D array) for writing, into all cache levels.
 

@@ -23,12 +23,15 @@ from fastdense.kernels._microkernels import (
     MR_F32_AVX2,
     MR_F64,
     MR_F64_AVX2,
+    NARROW_ROWS_MR,
     NR_F32,
     NR_F32_AVX2,
     NR_F64,
     NR_F64_AVX2,
     STRIP_F32,
     STRIP_F64,
+    rows_8x4,
+    rows_8x8,
     strip_32,
     strip_64,
     strip_128,
@@ -132,6 +135,38 @@ def _blocking_ol(a):
 _NARROW_UKERNELS = {"float32": ukernel_6x16, "float64": ukernel_6x8}
 #: ``(MR, NR)`` of the tiles of products with few columns, by dtype name.
 NARROW_TILES = {"float32": (MR_F32_AVX2, NR_F32_AVX2), "float64": (MR_F64_AVX2, NR_F64_AVX2)}
+
+
+# Products of at most 8 float32 or 4 float64 columns (half those tiles) use tiles of eight
+# 256-bit rows, one vector of sums each, and rows of A passed apart (``rows_8x8``, ``rows_8x4``:
+# see ``tools/gen_microkernels.py``), at 0.60 cycles per row and step against 1.04.
+_NARROW_ROW_KERNELS = {"float32": rows_8x8, "float64": rows_8x4}
+#: ``(MR, NR)`` of those tiles, by dtype name.
+NARROW_HALF_TILES = {"float32": (NARROW_ROWS_MR, 8), "float64": (NARROW_ROWS_MR, 4)}
+
+
+def _narrow_rows_ukernel(kc, r0, r1, r2, r3, r4, r5, r6, r7, bp, bo, bps, tile):
+    """Dispatch to the dtype's tile of 256-bit rows (resolved at compile time)."""
+
+
+@overload(_narrow_rows_ukernel, jit_options={"cache": True})
+def _narrow_rows_ukernel_ol(kc, r0, r1, r2, r3, r4, r5, r6, r7, bp, bo, bps, tile):
+    fn = _NARROW_ROW_KERNELS[_dtype_name(tile)]
+
+    def impl(kc, r0, r1, r2, r3, r4, r5, r6, r7, bp, bo, bps, tile):
+        return fn(kc, r0, r1, r2, r3, r4, r5, r6, r7, bp, bo, bps, tile)
+
+    return impl
+
+
+def _narrow_half_nr(a):
+    """NR of NARROW_HALF_TILES for ``a``'s dtype (a compile-time constant)."""
+
+
+@overload(_narrow_half_nr, jit_options={"cache": True})
+def _narrow_half_nr_ol(a):
+    nr = NARROW_HALF_TILES[_dtype_name(a)][1]
+    return lambda a: nr
 
 
 def _narrow_ukernel(kc, a3, bp, bo, bps, tile, out, i0, j0, mode, lr, bias, y, relu):

@@ -18,7 +18,7 @@ from fastdense.kernels import activation as act
 from fastdense.kernels._codegen import fma, kernel, strided_view, wide_vectors
 from fastdense.kernels._microkernels import DOT_LANES, DOT_ROWS, dots_1, dots_4
 from fastdense.kernels._placement import caller_waits, region_opens, worker_arrives
-from fastdense.kernels._tiles import BLOCKING, NARROW_TILES, _blocking
+from fastdense.kernels._tiles import BLOCKING, _blocking
 from fastdense.kernels.activation_passes import require_passes
 from fastdense.kernels.gemm import (
     DIRECT_ROWS,
@@ -28,9 +28,6 @@ from fastdense.kernels.gemm import (
     ROWS_MAX,
     SERIAL_WORK,
     SHORT_WORKSPACE,
-    _activate_rows,
-    _activated_apart,
-    _epilogue_row,
     _packed,
     _small,
     _unaliased,
@@ -149,16 +146,13 @@ def _softmax_pass(z, y):
         _softmax_rows(z, y)
 
 
-def forward_for(code: int, rows: bool = False, narrow: str = ""):
+def forward_for(code: int, rows: bool = False, narrow: bool = False):
     """The forward kernel for activation ``code``: :func:`forward` and for softmax
     :func:`forward_softmax`, or with ``rows`` (a batch of one or two, ``gemm.uses_rows``)
     :func:`forward_rows` and :func:`forward_rows_softmax`, or with ``narrow`` (few units, as
-    :func:`product_paths` says) :func:`forward_narrow` or, for TRANSPOSED,
-    :func:`forward_transposed`, for every activation."""
+    :func:`product_paths` says) :func:`forward_narrow`, for every activation."""
     if rows:
         return forward_rows_softmax if code == act.SOFTMAX else forward_rows
-    if narrow == TRANSPOSED:
-        return forward_transposed
     if narrow:
         return forward_narrow
     return forward_softmax if code == act.SOFTMAX else forward
@@ -167,17 +161,17 @@ def forward_for(code: int, rows: bool = False, narrow: str = ""):
 # Layers of few units (a classifier's output layer: 10 units) fill a fraction of the register
 # tile's NR columns (10 of 32 in float32 with the AVX-512 tiles), so most of the tile's FMAs
 # are spent on zero padding.  Their forward product and weight gradient run by narrower row
-# tiles that read both operands in place (``narrow.narrow_product``: 6 x 16 float32, 6 x 8
-# float64), or, where those would pad much more (ROW_TILES_PADDING), transposed, with the units
-# as the tile's rows (MR = 8: 10 units are 16 rows, not 32 columns): ``z.T = w.T @ x.T`` and
-# ``dw.T = dz.T @ x``, then a pass transposes the result as it applies the epilogue or the SGD
-# step.  Each element is the same FMA chain every way (``fma(a, b, c)`` is ``fma(b, a, c)``,
-# and the reduction's KC blocks are the same), so the bits are those of the general products.
-# The input gradient ``dz @ w.T`` keeps its orientation (its reduction is over the units).
-# Two threads, float32 1024 x 784->10, products alone (Zen 4): z 286 -> 190 us transposed
-# (NumPy 187), dw 265 -> 144 us (NumPy 192).  Forward, two threads, untransposed / transposed /
-# row tiles (NumPy): float32 6 x 784->10 10.1 / 24.4 / 2.4 us (5.3), 32 x 784->10 18.2 / 13.8
-# / 8.3 (11.8), 128 x 784->10 36.0 / 30.9 / 23.4 (31.9), 1024 x 784->10 290 / 205 / 150 (207).
+# tiles that read both operands in place (``narrow.narrow_product``: 6 x 16 float32 and 6 x 8
+# float64, and for at most 8 float32 or 4 float64 units 8 x 8 and 8 x 4).  Each element is the
+# same FMA chain as in the general products (the reduction's KC blocks are the same), so the
+# bits are those of the general products.  The input gradient ``dz @ w.T`` keeps the general
+# product (its reduction is over the units), or above DIRECT_ROWS rows runs row by row
+# (:func:`_input_grad_by_rows`).  Forward, two threads, general / row tiles (NumPy), float32
+# (Zen 4): 6 x 784->10 10.1 / 2.4 us (5.3), 32 x 784->10 18.2 / 8.3 (11.8), 128 x 784->10 36.0
+# / 23.4 (31.9), 1024 x 784->10 290 / 150 (207).  Until the 8-row tiles, a float32 layer of at
+# most 6 units ran its products transposed with the AVX2 tiles (the units as the 6-row tile's
+# rows), which padded less than the 16 columns of the row tiles; the 8 x 8 tiles pad less than
+# either, with either tile set.
 #: Columns a transposing pass takes from each row of a transposed result at a time: a cache
 #: line's worth, so that each row's line is read once even when the rows are a multiple of
 #: 4 KiB apart (all in one set of the L1).
@@ -185,8 +179,8 @@ TRANSPOSE_BLOCK = 16
 
 
 def is_narrow(units: int, dtype) -> bool:
-    """Whether a layer of ``units`` has kernels of its own for few units (:func:`forward_narrow`
-    or :func:`forward_transposed`, :func:`backward_narrow_for`): when the units fill at most half
+    """Whether a layer of ``units`` has kernels of its own for few units (:func:`forward_narrow`,
+    :func:`backward_narrow_for`): when the units fill at most half
     of the register tile's columns.  Decided in Python, so that those kernels are compiled only
     when a program has such a layer."""
     nr = BLOCKING[np.dtype(dtype).name][1]
@@ -201,73 +195,38 @@ def uses_narrow(batch: int, n_in: int, units: int, dtype) -> bool:
             and not is_small(units, batch, n_in) and not is_small(units, n_in, batch))
 
 
-#: :func:`product_paths`'s ``narrow`` for a few-unit layer whose forward product runs by row
-#: tiles (:func:`forward_narrow`) or transposed (:func:`forward_transposed`).
-ROW_TILES = "row tiles"
-TRANSPOSED = "transposed"
-
-
-def product_paths(batch: int, n_in: int, units: int, dtype) -> tuple[bool, str]:
+def product_paths(batch: int, n_in: int, units: int, dtype) -> tuple[bool, bool]:
     """``(rows, narrow)``: whether a layer's products for a batch of ``batch`` take the row
-    entry points (``gemm.uses_rows``: :func:`forward_rows`, :func:`backward_rows`), or, for
-    few units (:func:`uses_narrow`), how its forward product runs (ROW_TILES or TRANSPOSED, as
-    :func:`row_tiles_pay` says; its backward is :func:`backward_narrow_for`'s); neither (``False,
-    ""``) means :func:`forward` and :func:`backward`.  Decided in Python, so that only the
-    kernels a program uses are compiled."""
+    entry points (``gemm.uses_rows``: :func:`forward_rows`, :func:`backward_rows`), or the
+    kernels of few units (:func:`uses_narrow`: :func:`forward_narrow`,
+    :func:`backward_narrow_for`'s); neither means :func:`forward` and :func:`backward`.  Decided
+    in Python, so that only the kernels a program uses are compiled."""
     rows = uses_rows(batch, units, n_in)
-    if rows or not uses_narrow(batch, n_in, units, dtype):
-        return rows, ""
-    name = np.dtype(dtype).name
-    if row_tiles_pay(batch, units, *BLOCKING[name][:2], *NARROW_TILES[name]):
-        return False, ROW_TILES
-    return False, TRANSPOSED
+    return rows, not rows and uses_narrow(batch, n_in, units, dtype)
 
 
 def narrow_workspace_size(batch: int, n_in: int, units: int, dtype) -> int:
     """Length of the workspace the kernels of a few-unit layer need for a batch of ``batch``:
-    the products' packing buffers (as :func:`workspace_size`, for the transposed shapes), then
-    the transposed result and a block for the transposing pass; or the row tiles' workspace
-    for every thread (``narrow.workspace_len``), if longer."""
-    head = max(workspace_size(n_in, units, dtype),
-               product_workspace_size(units, batch, n_in, dtype),
-               product_workspace_size(units, n_in, batch, dtype),
-               product_workspace_size(batch, n_in, units, dtype))
-    return max(head + _narrow_tail(batch, n_in, units), workspace_len(dtype))
-
-
-# A layer of few units runs its forward product by the row tiles of ``narrow.narrow_product``
-# (the units padded to the narrow tile's NR columns, the batch to six-row panels), or transposed
-# (the units padded to MR-row panels, the batch to NR columns, and ``x.T`` packed), whichever
-# pads less, the row tiles up to 5/2 times the padded elements of the transposed product.
-# Two threads, forward product alone, row tiles / transposed (NumPy's forward): AVX-512 tiles,
-# float32 32 x 784->8 8.2 / 8.4 us (8.5), 128 x 784->8 22.6 / 20.3 (20.7), 1024 x 784->8 139 /
-# 138 (158), 256 x 64->5 9.4 / 12.0 (8.8), 1024 x 784->4 140 / 142 (118); float64 32 x 784->4
-# 10.6 / 17.7 (8.5), 1024 x 784->8 177 / 335 (367): with these tiles, always row tiles (at
-# most 2.25 times the padding).  AVX2 tiles (compiled for Zen 3, run on the Zen 4): float32
-# 6 x 784->8 2.2 / 10.5 (5.3), 128 x 784->8 23.6 / 26.2 (20.8), 1024 x 784->4 160 / 126 (129),
-# 32 x 784->4 9.2 / 7.8 (6.3); float64 1024 x 784->4 153 / 214 (253).
-ROW_TILES_PADDING = 5 / 2
+    the packing buffers of the input gradient's product or the transposed weight gradient's,
+    then the transposed weights (:func:`_input_grad_by_rows`) or weight gradient
+    (:func:`_weight_grad_transposed`) and a block for the transposing pass; or the row tiles'
+    workspace for every thread (``narrow.workspace_len``), if longer."""
+    head = max(product_workspace_size(batch, n_in, units, dtype),
+               product_workspace_size(units, n_in, batch, dtype))
+    return max(head + _narrow_tail(n_in, units), workspace_len(dtype))
 
 
 @register_jitable
-def row_tiles_pay(batch, units, MR, NR, NMR, NNR):
-    """Whether a few-unit layer's forward product runs by row tiles (``narrow.narrow_product``,
-    ``NMR x NNR`` tiles) rather than transposed (``MR x NR`` tiles): see ROW_TILES_PADDING."""
-    transposed = -(-units // MR) * MR * (-(-batch // NR) * NR)
-    return -(-batch // NMR) * NMR * NNR <= ROW_TILES_PADDING * transposed
-
-
-@register_jitable
-def _narrow_tail(batch, n_in, units):
-    """Elements at the end of a narrow layer's workspace: a transposed result of either
-    product (``units x batch`` or ``units x n_in``) and the transposing pass's block."""
-    return units * max(batch, n_in) + TRANSPOSE_BLOCK * units
+def _narrow_tail(n_in, units):
+    """Elements at the end of a narrow layer's workspace: the weights or their gradient
+    transposed (``units x n_in``) and the transposing pass's block."""
+    return units * n_in + TRANSPOSE_BLOCK * units
 
 
 @register_jitable
 def _narrow_split(ws, rows, cols, out):
     """``(head, t, block)``: the workspace's head for the product, a C-contiguous
-    ``(rows, cols)`` array for its transposed result and a block for the transposing pass,
+    ``(rows, cols)`` array for a transposed matrix and a block for the transposing pass,
     from the end of ``ws`` (allocated when ``ws`` is too short, :func:`narrow_workspace_size`)."""
     tail = rows * cols + TRANSPOSE_BLOCK * rows
     if ws.shape[0] < tail:
@@ -288,23 +247,6 @@ def _transposed_block(t, c0, cnt, block):
             block[q * rows + j] = src[q]
 
 
-@kernel(nrt=False)
-def _transposed_epilogue(zt, bias, code, z, y, block):
-    """``z = zt.T + bias`` and ``y = act(z)`` (softmax: ``y = z``, for its pass apart), by
-    :func:`gemm._epilogue_row` on each row: the arithmetic of the untransposed product's tile
-    stores.  Activations other than ReLU and the identity are applied to all rows at once."""
-    units, m = zt.shape
-    row_code = code if code == act.RELU else act.LINEAR
-    for i0 in range(0, m, TRANSPOSE_BLOCK):
-        cnt = min(TRANSPOSE_BLOCK, m - i0)
-        _transposed_block(zt, i0, cnt, block)
-        for q in range(cnt):
-            _epilogue_row(block[q * units:(q + 1) * units], z[i0 + q], 0, EP_BIAS_ACT, bias,
-                          row_code, y[i0 + q], z[i0 + q], 0.0, 0.0, 0.0)
-    if _activated_apart(code):
-        _activate_rows(y, 0, m, 0, units, code)
-
-
 @kernel
 def forward_narrow(x, w, bias, code, z, y, ws):
     """:func:`forward` (and :func:`forward_softmax`) for a layer of few units
@@ -318,22 +260,6 @@ def forward_narrow(x, w, bias, code, z, y, ws):
     # (``x`` as a view of layout "A": the weight gradient's call compiles the same product.)
     narrow_product(strided_view(x, x.shape, x.strides), w, z, EP_BIAS_ACT, bias,
                    act.LINEAR if softmax else code, y, z, 0.0, 0.0, 0.0, workspace_for(ws, z))
-    if softmax:
-        _softmax_pass(z, y)
-
-
-@kernel
-def forward_transposed(x, w, bias, code, z, y, ws):
-    """:func:`forward_narrow` by the transposed product, where :func:`row_tiles_pay` says so:
-    ``z.T = w.T @ x.T``, then the epilogue as it is transposed into ``z`` and ``y``."""
-    require_passes(code, y)
-    softmax = code == act.SOFTMAX
-    m, n = z.shape
-    if m == 0 or n == 0:
-        return
-    head, zt, block = _narrow_split(ws, n, m, z)
-    product(w, x, zt, True, True, EP_STORE, bias[:0], act.LINEAR, zt, zt, 0.0, 0.0, 0.0, head)
-    _transposed_epilogue(zt, bias, act.LINEAR if softmax else code, z, y, block)
     if softmax:
         _softmax_pass(z, y)
 
@@ -682,12 +608,12 @@ def _weight_grad_transposed(x, w, d, dw, fuse_sgd, lr, l1, l2, ws):
     _transposed_update(dwt, w, dw, fuse_sgd, lr, l1, l2, block)
 
 
-def _backward_narrow(dx_by_rows: bool, dw_by_row_tiles: bool):
+def _backward_narrow(dx_by_rows: bool, dw_transposed: bool):
     """The variant of :func:`backward` for a layer of few units that computes the input
     gradient by rows or as a product and the weight gradient by row tiles or transposed, as
     :func:`backward_narrow_for` picks them.  The two choices are constants of the closure,
-    whose branches Numba prunes before typing: a variant compiles only the kernels it calls
-    (a float32 10-unit layer at a batch of 32 no longer compiles the row-by-row input gradient
+    whose branches Numba prunes before typing: a variant compiles only the kernels it calls (a
+    float32 10-unit layer at a batch of 32 no longer compiles the row-by-row input gradient
     and the transposed weight gradient, which took 8 of the 51 s of a cold compile of the
     README's model)."""
 
@@ -704,7 +630,7 @@ def _backward_narrow(dx_by_rows: bool, dw_by_row_tiles: bool):
         require_passes(code, dz)
         if units == 0 or n_in == 0:
             return
-        head, dwt, block = _narrow_split(ws, units, n_in, dw)
+        head, wt, block = _narrow_split(ws, units, n_in, dw)
         d = g
         if code != act.LINEAR:
             d = dz
@@ -713,43 +639,53 @@ def _backward_narrow(dx_by_rows: bool, dw_by_row_tiles: bool):
         # dx first: it must see the weights before any update.
         if dx.shape[0] > 0:
             if dx_by_rows:
-                # The weights transposed, where dw.T goes next.
-                _transposed_block(w, 0, units, dwt.reshape(units * n_in))
-                _input_grad_by_rows(d, dwt, dx, block)
+                _transposed_block(w, 0, units, wt.reshape(units * n_in))
+                _input_grad_by_rows(d, wt, dx, block)
             else:
                 product(d, w, dx, False, True, EP_STORE, e1, act.LINEAR, dx, dx, 0.0, 0.0, 0.0,
                         head)
         if db.shape[0] > 0:
             _column_sums_serial(d, db)
-        if dw_by_row_tiles:
+        if dw_transposed:
+            _weight_grad_transposed(x, w, d, dw, fuse_sgd, lr, l1w, l2w, ws)
+        else:
             xt = x.T
             narrow_product(strided_view(xt, xt.shape, xt.strides), d, dw,
                            EP_SGD if fuse_sgd else EP_STORE, e1, act.LINEAR, dw, w,
                            lr if fuse_sgd else 0.0, l1w, l2w, workspace_for(ws, dw))
-        else:
-            _weight_grad_transposed(x, w, d, dw, fuse_sgd, lr, l1w, l2w, ws)
         if fuse_sgd and db.shape[0] > 0:
             sgd_step(bias, db, lr, l1b, l2b)
 
     return backward_narrow
 
 
-#: :func:`backward_narrow_for`'s kernels by ``(dx_by_rows, dw_by_row_tiles)``; each compiles
-#: on its first call.
-_BACKWARD_NARROW = {(rows, tiles): _backward_narrow(rows, tiles)
-                    for rows in (False, True) for tiles in (False, True)}
+#: :func:`backward_narrow_for`'s kernels by ``(dx_by_rows, dw_transposed)``; each compiles on
+#: its first call.
+_BACKWARD_NARROW = {(rows, transposed): _backward_narrow(rows, transposed)
+                    for rows in (False, True) for transposed in (False, True)}
 
 
-def backward_narrow_for(batch: int, n_in: int, units: int, dtype, want_dx: bool = True):
-    """The backward kernel of a few-unit layer (:func:`uses_narrow`) for a batch of ``batch``
-    (same arguments and contract as :func:`backward`): the input gradient by rows above
-    ``DIRECT_ROWS`` rows (see :func:`_input_grad_by_rows`), else as a product; the weight
-    gradient, a product of ``in`` rows, by row tiles or transposed as :func:`row_tiles_pay`
-    says for ``in`` rows."""
+# The weight gradient ``x.T @ dz`` of a few-unit layer by row tiles reads ``x`` down its
+# columns, eight or six at a time, and took about the same time whatever the units (float32
+# 1024 x 784 over 4, 8, 10 units: 136, 133, 138 us, two threads, Zen 4); transposed,
+# ``dz.T @ x`` is a packed product of one MR-row panel per MR units.  Transposed / row tiles
+# (NumPy's ``x.T @ dz``), float32, units: 4: 89 / 136 us (112) over 1024 rows, 26 / 37 (17)
+# over 256, 9.4 / 11.5 (4.2) over 32; 6 over 128: 21 / 25 (15); 8: 78 / 133 (149) over 1024,
+# 14.5 / 11.1 (9.1) over 32; 8 at 64 inputs over 256: 3.7 / 6.1 (3.6); 10 (two panels): 150 /
+# 138 (190) over 1024, 28 / 24 (25) over 128, 15 / 11 (8.7) over 32.  float64, 3 to 8 units:
+# 135-152 / 137-154 over 1024, 14-15 / 10.5-12.5 over 32, 11.4 / 7.9 at 100 inputs over 256.
+# So transposed for float32 layers of one panel of units, otherwise row tiles.
+
+
+def backward_narrow_for(batch: int, units: int, dtype, want_dx: bool = True):
+    """The backward kernel of a few-unit layer (:func:`uses_narrow`) of ``units`` for a batch of
+    ``batch`` (same arguments and contract as :func:`backward`): the input gradient, when
+    wanted, by rows above ``DIRECT_ROWS`` rows (see :func:`_input_grad_by_rows`), else as a
+    product; the weight gradient transposed for float32 layers of at most MR units (one panel
+    of the general tiles' rows), else by row tiles."""
     name = np.dtype(dtype).name
-    by_rows = want_dx and batch > DIRECT_ROWS
-    tiles = row_tiles_pay(n_in, units, *BLOCKING[name][:2], *NARROW_TILES[name])
-    return _BACKWARD_NARROW[by_rows, bool(tiles)]
+    transposed = name == "float32" and units <= BLOCKING[name][0]
+    return _BACKWARD_NARROW[want_dx and batch > DIRECT_ROWS, transposed]
 
 
 @kernel(nrt=False)

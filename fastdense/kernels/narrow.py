@@ -2,13 +2,14 @@
 tile's width: the forward product of a layer of few units (a classifier's output layer).
 
 The packed product (:mod:`.gemm`) computes whole tiles of NR columns, 32 in float32 with the
-AVX-512 tiles, of which a layer of 10 units uses 10; transposed (``dense.forward_narrow``'s
-other way) the units fill the tile's MR rows, but ``x.T`` must then be packed, and the batch
-fills NR columns: a batch of 6 is a tile of 32 columns.  Here the tiles are as wide as the
-narrow tile (16 float32 or 8 float64 columns, ``_tiles.NARROW_TILES``: the AVX2 set's tiles,
-one 512-bit vector a row), both operands are read in place, ``a`` six rows at a time, and each
-tile is stored with its epilogue.  Each element is the same FMA chain over the same
-KC blocks as in the packed product, so the bits are the same.
+AVX-512 tiles, of which a layer of 10 units uses 10; transposed, the units fill the tile's MR
+rows, but ``x.T`` must then be packed, and the batch fills NR columns: a batch of 6 is a tile
+of 32 columns.  Here the tiles are as wide as the narrow tile (16 float32 or 8 float64
+columns, ``_tiles.NARROW_TILES``: the AVX2 set's tiles, one 512-bit vector a row), or for at
+most 8 float32 or 4 float64 columns one 256-bit vector a row (``_tiles.NARROW_HALF_TILES``,
+eight rows); both operands are read in place, ``a`` six or eight rows at a time, and each tile
+is stored with its epilogue.  Each element is the same FMA chain over the same KC blocks as in
+the packed product, so the bits are the same.
 """
 
 import numba
@@ -20,7 +21,15 @@ from numba.np.ufunc.parallel import _iget_num_threads
 from fastdense.kernels import activation as act
 from fastdense.kernels._codegen import copy_n, fetch_add, kernel, strided_view, zero_of
 from fastdense.kernels._placement import caller_waits, region_opens, worker_arrives
-from fastdense.kernels._tiles import BLOCKING, NARROW_TILES, _narrow_blocking, _narrow_ukernel
+from fastdense.kernels._tiles import (
+    BLOCKING,
+    NARROW_ROWS_MR,
+    NARROW_TILES,
+    _narrow_blocking,
+    _narrow_half_nr,
+    _narrow_rows_ukernel,
+    _narrow_ukernel,
+)
 from fastdense.kernels.gemm import (
     EP_BIAS_ACT,
     EP_SGD,
@@ -168,6 +177,41 @@ def _row_panels(a, b, out, q0, q1, ep, bias, code, y, w, lr, l1, l2, tile, abuf,
                         code == act.RELU, y, w, lr, l1, l2)
 
 
+@kernel(nrt=False, link=False)
+def _row_panels_256(a, b, out, q0, q1, ep, bias, code, y, w, lr, l1, l2, tile, tail):
+    """:func:`_row_panels` for ``b`` of at most the NR of the tiles of 256-bit rows
+    (``_tiles.NARROW_HALF_TILES``), in panels of NARROW_ROWS_MR rows: each row of ``a`` passed
+    to the tile as an array of its own, the last panel's missing rows as repeats of ``a``'s
+    last row (their sums are never stored), so nothing is copied.  Apart from
+    :func:`_row_panels`, whose tile shape stays a compile-time constant there."""
+    MR = NARROW_ROWS_MR
+    NR, KC = _narrow_half_nr(out), _narrow_blocking(out)[2]
+    m, k = a.shape
+    n = out.shape[1]
+    bf = b.reshape(k * n)
+    start = _copied_from(k, n, KC, _narrow_blocking(out)[1])
+    last = m - 1
+    for q in range(q0, q1):
+        i0 = q * MR
+        mr = min(MR, m - i0)
+        for pc in range(0, k, KC):
+            kc = min(KC, k - pc)
+            src = bf
+            bo = pc * n
+            if pc >= start:
+                src = tail
+                bo = (pc - start) * n
+            _narrow_rows_ukernel(kc, a[i0, pc:pc + kc], a[min(i0 + 1, last), pc:pc + kc],
+                                 a[min(i0 + 2, last), pc:pc + kc],
+                                 a[min(i0 + 3, last), pc:pc + kc],
+                                 a[min(i0 + 4, last), pc:pc + kc],
+                                 a[min(i0 + 5, last), pc:pc + kc],
+                                 a[min(i0 + 6, last), pc:pc + kc],
+                                 a[min(i0 + 7, last), pc:pc + kc], src, bo, n, tile)
+            _store_rows(tile, NR, out, i0, mr, n, pc == 0, pc + kc >= k, ep, bias,
+                        code == act.RELU, y, w, lr, l1, l2)
+
+
 # (One compiled copy for the forward and backward passes, as _row_panels.)
 @kernel(parallel=True, nrt=False, link=False)
 def narrow_product(a, b, out, ep, bias, code, y, w, lr, l1, l2, ws):
@@ -189,7 +233,10 @@ def narrow_product(a, b, out, ep, bias, code, y, w, lr, l1, l2, ws):
         raise ValueError(TOO_WIDE)
     if k == 0:
         raise ValueError(NO_STEPS)
-    npan = (m + MR - 1) // MR
+    # Columns that fit the tiles of 256-bit rows take those, in panels of their rows.
+    rows256 = n <= _narrow_half_nr(out)
+    pr = NARROW_ROWS_MR if rows256 else MR
+    npan = (m + pr - 1) // pr
     nthreads = min(_iget_num_threads(), npan)
     if m * k < SERIAL_STEPS:
         nthreads = 1
@@ -203,8 +250,12 @@ def narrow_product(a, b, out, ep, bias, code, y, w, lr, l1, l2, ws):
     if nthreads == 1:
         own = scratch[:per]
         _copy_end(b, KC, NR, own[abuf_end:])
-        _row_panels(a, b, out, 0, npan, ep, bias, code, y, w, lr, l1, l2, own[:tile_end],
-                    own[tile_end:abuf_end], own[abuf_end:])
+        if rows256:
+            _row_panels_256(a, b, out, 0, npan, ep, bias, code, y, w, lr, l1, l2,
+                            own[:tile_end], own[abuf_end:])
+        else:
+            _row_panels(a, b, out, 0, npan, ep, bias, code, y, w, lr, l1, l2, own[:tile_end],
+                        own[tile_end:abuf_end], own[abuf_end:])
         if apart:
             _activate_rows(y, 0, m, 0, n, code)
         return
@@ -224,11 +275,15 @@ def narrow_product(a, b, out, ep, bias, code, y, w, lr, l1, l2, ws):
                 break
             q0 = (npan * task) // ntasks
             q1 = (npan * (task + 1)) // ntasks
-            _row_panels(a, b, out, q0, q1, ep, bias, code, y, w, lr, l1, l2, own[:tile_end],
-                        own[tile_end:abuf_end], own[abuf_end:])
+            if rows256:
+                _row_panels_256(a, b, out, q0, q1, ep, bias, code, y, w, lr, l1, l2,
+                                own[:tile_end], own[abuf_end:])
+            else:
+                _row_panels(a, b, out, q0, q1, ep, bias, code, y, w, lr, l1, l2,
+                            own[:tile_end], own[tile_end:abuf_end], own[abuf_end:])
             if apart:
-                r0 = q0 * MR
-                _activate_rows(y, r0, min(m, q1 * MR) - r0, 0, n, code)
+                r0 = q0 * pr
+                _activate_rows(y, r0, min(m, q1 * pr) - r0, 0, n, code)
         caller_waits(ws, 0, nthreads)
 
 

@@ -437,14 +437,15 @@ def test_rows_backward_four_rows_or_one_give_the_same_bits(batch, fuse_sgd, l2, 
 
 
 # Layers of few units (``kd.is_narrow``: at most half the tile's columns) run their forward
-# product and weight gradient transposed.  Shapes: units of one partial row panel (3, 5) and of
-# a whole and a partial one (10), 16 (float32 only: half the AVX-512 tile's columns); batches
-# of partial column panels, one over KC (the weight gradient's reduction in two KC blocks) and
-# rows of 4 KiB (the transposing passes' blocks); inputs over KC (the forward reduction in two
-# blocks) and of a partial last block.  Units above half the tile's columns (float64: 8 with
+# product and weight gradient by row tiles (``narrow.narrow_product``).  Shapes: units of the
+# tiles of 256-bit rows (3, 5 in float32, 4 in float64) and of the 6-row tiles (10, 16: float32
+# only, up to half the AVX-512 tile's columns); batches of partial row panels, one over KC (the
+# weight gradient's reduction in two KC blocks) and one over DIRECT_ROWS (the input gradient
+# by rows); inputs over KC (the forward reduction in two blocks) and of a partial last
+# block.  Units above half the tile's columns (float64: 8 with
 # the AVX-512 tiles, 4 with the AVX2 ones) are cut to that half.
 NARROW_SHAPES = [(37, 70, 3), (130, 300, 5), (600, 40, 10), (64, 1030, 10), (1024, 33, 16),
-                 (3, 200, 5)]
+                 (3, 200, 5), (45, 520, 4)]
 
 
 @pytest.mark.parametrize("use_bias", [True, False], ids=["bias", "no-bias"])
@@ -454,9 +455,9 @@ NARROW_SHAPES = [(37, 70, 3), (130, 300, 5), (600, 40, 10), (64, 1030, 10), (102
 @pytest.mark.parametrize("shape", NARROW_SHAPES, ids=lambda s: "x".join(map(str, s)))
 def test_narrow_entry_points_give_the_bits_of_the_general_ones(shape, name, fuse_sgd, l2,
                                                                use_bias, dtype):
-    """``forward_narrow`` (row tiles), ``forward_transposed`` and ``backward_narrow`` give the
-    very bits of ``forward`` and ``backward``: outputs, input gradient, weight update or
-    gradient, bias gradient; on one thread and on all."""
+    """``forward_narrow`` and ``backward_narrow_for``'s kernel give the very bits of
+    ``forward`` and ``backward``: outputs, input gradient, weight update or gradient, bias
+    gradient; on one thread and on all."""
     batch, n_in, units = shape
     units = min(units, kd.BLOCKING[np.dtype(dtype).name][1] // 2)
     assert kd.is_narrow(units, dtype)
@@ -471,16 +472,14 @@ def test_narrow_entry_points_give_the_bits_of_the_general_ones(shape, name, fuse
     results = []
     try:
         all_threads = numba.config.NUMBA_NUM_THREADS
-        for threads, narrow in ((1, ""), (1, kd.ROW_TILES), (all_threads, kd.ROW_TILES),
-                                (all_threads, kd.TRANSPOSED)):
+        for threads, narrow in ((1, False), (1, True), (all_threads, True)):
             numba.set_num_threads(threads)
             w, b = w0.copy(), b0.copy()
             z, y = np.full((batch, units), np.nan, dtype), np.full((batch, units), np.nan, dtype)
             kd.forward_for(code, narrow=narrow)(x, w, b, code, z, y, ws)
             dz, dw, db, dx = (np.empty_like(g), np.full_like(w, np.nan), np.empty_like(b),
                               np.empty_like(x))
-            backward = (kd.backward_narrow_for(batch, n_in, units, dtype) if narrow
-                        else kd.backward)
+            backward = kd.backward_narrow_for(batch, units, dtype) if narrow else kd.backward
             backward(x, w, b, z, y, g, code, dz, dw, db, dx, 0.01, 0.0, l2, 0.0, 0.0, fuse_sgd,
                      ws)
             results.append((z, y, dx, w if fuse_sgd else dw, b if fuse_sgd else db))
@@ -499,9 +498,9 @@ def test_narrow_entry_points_give_the_bits_of_the_general_ones(shape, name, fuse
 @pytest.mark.parametrize("shape", NARROW_SHAPES, ids=lambda s: "x".join(map(str, s)))
 def test_transposed_weight_gradient_gives_the_bits_of_the_general_one(shape, fuse_sgd, l2,
                                                                       dtype):
-    """``backward_narrow``'s transposed weight gradient (``dw.T = dz.T @ x``), which
-    ``row_tiles_pay`` picks only with the AVX2 tiles, gives ``backward``'s weights or
-    gradient whatever the tile set."""
+    """The transposed weight gradient of few-unit layers (``dw.T = dz.T @ x``), which
+    ``backward_narrow_for`` picks for float32 layers of at most MR units, gives
+    ``backward``'s weights or gradient in either dtype."""
     batch, n_in, units = shape
     units = min(units, kd.BLOCKING[np.dtype(dtype).name][1] // 2)
     rng = np.random.default_rng(batch + units)
@@ -524,8 +523,8 @@ def test_transposed_weight_gradient_gives_the_bits_of_the_general_one(shape, fus
 @pytest.mark.parametrize("fuse_sgd", [True, False], ids=["sgd", "grads"])
 def test_every_narrow_backward_variant_gives_the_bits_of_backward(fuse_sgd, dtype):
     """The four variants of ``backward_narrow`` (input gradient by rows or as a product,
-    weight gradient by row tiles or transposed), of which a machine's tiles use two, give
-    ``backward``'s bits at a batch below and one above ``DIRECT_ROWS``."""
+    weight gradient by row tiles or transposed) give ``backward``'s bits at a batch below and
+    one above ``DIRECT_ROWS``."""
     n_in, units, code = 70, 3, act.RELU
     for batch in (37, kd.DIRECT_ROWS + 44):
         rng = np.random.default_rng(batch)
@@ -548,48 +547,31 @@ def test_every_narrow_backward_variant_gives_the_bits_of_backward(fuse_sgd, dtyp
                 assert np.array_equal(a, c)
 
 
-def test_backward_narrow_for_picks_by_batch_and_tiles():
-    """Rows above DIRECT_ROWS take the input gradient by rows (when it is wanted); the weight
-    gradient follows ``row_tiles_pay`` for ``in`` rows."""
+def test_backward_narrow_for_picks_by_batch_units_and_dtype():
+    """Rows above DIRECT_ROWS take the input gradient by rows, when it is wanted; float32
+    layers of at most MR units their weight gradient transposed."""
     for dtype in ("float32", "float64"):
-        tiles = kd.BLOCKING[dtype][:2] + kd.NARROW_TILES[dtype]
-        for n_in in (13, 784):
-            pay = kd.row_tiles_pay(n_in, 4, *tiles)
+        mr = kd.BLOCKING[dtype][0]
+        for units in (3, mr, mr + 1):
+            transposed = dtype == "float32" and units <= mr
             for batch, want_dx, rows in ((kd.DIRECT_ROWS, True, False),
                                          (kd.DIRECT_ROWS + 1, True, True),
                                          (kd.DIRECT_ROWS + 1, False, False)):
-                assert (kd.backward_narrow_for(batch, n_in, 4, dtype, want_dx)
-                        is kd._BACKWARD_NARROW[rows, pay])
+                assert (kd.backward_narrow_for(batch, units, dtype, want_dx)
+                        is kd._BACKWARD_NARROW[rows, transposed])
 
 
-def test_row_tiles_rule():
-    """A few-unit layer's forward runs by row tiles unless they pad more than 5/2 times the
-    elements of the transposed product: with the AVX-512 tiles always, with the AVX2 ones not
-    for a float32 layer of 4 units and a batch of more than 12 rows."""
-    avx512_f32, avx2_f32 = (8, 32, 6, 16), (6, 16, 6, 16)
-    avx512_f64, avx2_f64 = (8, 16, 6, 8), (6, 8, 6, 8)
-    for batch in (3, 6, 7, 32, 128, 1000, 4096):
-        for units in range(1, 17):
-            assert kd.row_tiles_pay(batch, units, *avx512_f32)
-            assert kd.row_tiles_pay(batch, min(units, 8), *avx512_f64)
-        assert kd.row_tiles_pay(batch, 8, *avx2_f32)
-        assert kd.row_tiles_pay(batch, 4, *avx2_f64)
-        assert kd.row_tiles_pay(batch, 4, *avx2_f32) == (batch <= 12)
-    # 1024 x 6 padded to 1026 x 16 = 16416 against 6 x 1024 x 5/2 = 15360.
-    assert not kd.row_tiles_pay(1024, 6, *avx2_f32)
-    assert kd.row_tiles_pay(1024, 7, *avx2_f32)
-    # product_paths applies it with this machine's tiles.
-    tiles = kd.BLOCKING["float32"][:2] + kd.NARROW_TILES["float32"]
-    for batch, units in ((1024, 4), (32, 10), (7, 3)):
-        way = kd.ROW_TILES if kd.row_tiles_pay(batch, units, *tiles) else kd.TRANSPOSED
-        assert kd.product_paths(batch, 784, units, np.float32) == (False, way)
-    assert kd.product_paths(1024, 784, 100, np.float32) == (False, "")
-    assert kd.product_paths(2, 784, 10, np.float32) == (True, "")
+def test_product_paths():
+    """Batches of one or two take the row entry points, few-unit layers their own kernels."""
+    assert kd.product_paths(1024, 784, 4, np.float32) == (False, True)
+    assert kd.product_paths(32, 784, 10, np.float32) == (False, kd.is_narrow(10, np.float32))
+    assert kd.product_paths(1024, 784, 100, np.float32) == (False, False)
+    assert kd.product_paths(2, 784, 10, np.float32) == (True, False)
 
 
 def test_narrow_rule():
-    """Few units run transposed: at most half of the tile's columns, and products that take
-    the packed path both ways (not 1 or 2 units, rows or inputs)."""
+    """Few units have their kernels: at most half of the tile's columns, and products that
+    take the packed path both ways (not 1 or 2 units, rows or inputs)."""
     for dtype in (np.float32, np.float64):
         nr = kd.BLOCKING[np.dtype(dtype).name][1]
         assert kd.is_narrow(nr // 2, dtype) and not kd.is_narrow(nr // 2 + 1, dtype)
@@ -618,8 +600,8 @@ def test_narrow_entry_points_with_a_short_workspace(dtype):
         kd.forward_narrow(x, w, b, code, z, z, ws)
         dz, dw, db, dx = (np.empty_like(g), np.empty_like(w), np.empty_like(b),
                           np.empty_like(x))
-        kd.backward_narrow_for(batch, n_in, units, dtype)(x, w, b, z, z, g, code, dz, dw, db,
-                                                        dx, 0.1, 0.0, 0.0, 0.0, 0.0, True, ws)
+        kd.backward_narrow_for(batch, units, dtype)(x, w, b, z, z, g, code, dz, dw, db, dx, 0.1,
+                                                    0.0, 0.0, 0.0, 0.0, True, ws)
         outs.append((z, dx, w, b))
     for a, c in zip(*outs, strict=True):
         assert np.array_equal(a, c)

@@ -27,6 +27,9 @@ KC = BLOCKING["float32"][2]
 # enough rows for the threads, with a short reduction.
 SHAPES = [(5, 7, 3), (1, 1, 1), (2, 2, 2), (12, KC, 0), (13, KC + 1, 10), (100, 2 * KC + 1, 3),
           (250, 64, 0), (97, 784, 10)]
+# Around the width of the tiles of 256-bit rows (NARROW_HALF_TILES: 8 float32 or 4 float64
+# columns), whose panels are of eight rows: at it and one column past it, in either dtype.
+SHAPES += [(43, 300, 4), (29, 70, 5), (45, 130, 8), (21, 200, 9)]
 ELEMENTWISE = ["linear", "relu", "sigmoid", "gelu", "leaky_relu", "softplus"]
 
 
@@ -163,7 +166,7 @@ def test_never_reads_past_the_end_of_b(dtype_name, tmp_path):
         import ctypes, mmap
         import numpy as np
         from fastdense.kernels import activation as act, narrow as kn, dense as kd
-        from fastdense.kernels._tiles import BLOCKING, NARROW_TILES
+        from fastdense.kernels._tiles import BLOCKING, NARROW_HALF_TILES, NARROW_TILES
         from fastdense.kernels.gemm import EP_STORE
         dt = np.dtype("{dtype_name}")
         page = mmap.PAGESIZE
@@ -175,7 +178,9 @@ def test_never_reads_past_the_end_of_b(dtype_name, tmp_path):
         assert libc.mprotect(base + end, page, 0) == 0
         mr, nr = NARROW_TILES[dt.name]
         ws = np.empty(kn.narrow_ws_len(mr, nr, BLOCKING[dt.name][2], 8), dt)
-        for k, n in ((1, 1), (3, 2), (100, 3), (513, 5), (40, nr - 1), (1025, 1), (520, 2)):
+        half = NARROW_HALF_TILES[dt.name][1]
+        for k, n in ((1, 1), (3, 2), (100, 3), (513, 5), (40, nr - 1), (1025, 1), (520, 2),
+                     (70, half), (33, half + 1)):
             count = k * n
             b = np.frombuffer(buf, dt, count, end - count * dt.itemsize).reshape(k, n)
             b[...] = 1
