@@ -371,6 +371,8 @@ def render() -> str:
     for name, mr, nr, dtype in HALF_KERNELS:
         parts.append("\n" + _kernel(name, mr, nr, dtype, "avx2", column=False))
     parts.append(f"\nNARROW_ROWS_MR = {NARROW_ROW_KERNELS[0][1]}\n")
+    parts.append(f"NARROW_ROWS_NR_F32, NARROW_ROWS_NR_F64 = {NARROW_ROW_KERNELS[0][2]}, "
+                 f"{NARROW_ROW_KERNELS[1][2]}\n")
     for name, mr, nr in NARROW_ROW_KERNELS:
         parts.append("\n" + _narrow_row_kernel(name, mr, nr))
     parts.append("\nSTRIP_F32, STRIP_F64 = 128, 64\n")

@@ -2583,6 +2583,7 @@ def ukernel_4x8(kc, a3, bp, bo, bps, tile, out, i00, j0, mode, lr, bias, y, relu
                     copy_n(yr, 0, t, 0, 8)
 
 NARROW_ROWS_MR = 8
+NARROW_ROWS_NR_F32, NARROW_ROWS_NR_F64 = 8, 4
 
 
 @kernel(nrt=False)

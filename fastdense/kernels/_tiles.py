@@ -24,6 +24,8 @@ from fastdense.kernels._microkernels import (
     MR_F64,
     MR_F64_AVX2,
     NARROW_ROWS_MR,
+    NARROW_ROWS_NR_F32,
+    NARROW_ROWS_NR_F64,
     NR_F32,
     NR_F32_AVX2,
     NR_F64,
@@ -142,7 +144,8 @@ NARROW_TILES = {"float32": (MR_F32_AVX2, NR_F32_AVX2), "float64": (MR_F64_AVX2, 
 # see ``tools/gen_microkernels.py``), at 0.60 cycles per row and step against 1.04.
 _NARROW_ROW_KERNELS = {"float32": rows_8x8, "float64": rows_8x4}
 #: ``(MR, NR)`` of those tiles, by dtype name.
-NARROW_HALF_TILES = {"float32": (NARROW_ROWS_MR, 8), "float64": (NARROW_ROWS_MR, 4)}
+NARROW_HALF_TILES = {"float32": (NARROW_ROWS_MR, NARROW_ROWS_NR_F32),
+                     "float64": (NARROW_ROWS_MR, NARROW_ROWS_NR_F64)}
 
 
 def _narrow_rows_ukernel(kc, r0, r1, r2, r3, r4, r5, r6, r7, bp, bo, bps, tile):

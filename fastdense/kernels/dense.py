@@ -160,18 +160,19 @@ def forward_for(code: int, rows: bool = False, narrow: bool = False):
 
 # Layers of few units (a classifier's output layer: 10 units) fill a fraction of the register
 # tile's NR columns (10 of 32 in float32 with the AVX-512 tiles), so most of the tile's FMAs
-# are spent on zero padding.  Their forward product and weight gradient run by narrower row
-# tiles that read both operands in place (``narrow.narrow_product``: 6 x 16 float32 and 6 x 8
-# float64, and for at most 8 float32 or 4 float64 units 8 x 8 and 8 x 4).  Each element is the
-# same FMA chain as in the general products (the reduction's KC blocks are the same), so the
-# bits are those of the general products.  The input gradient ``dz @ w.T`` keeps the general
-# product (its reduction is over the units), or above DIRECT_ROWS rows runs row by row
-# (:func:`_input_grad_by_rows`).  Forward, two threads, general / row tiles (NumPy), float32
-# (Zen 4): 6 x 784->10 10.1 / 2.4 us (5.3), 32 x 784->10 18.2 / 8.3 (11.8), 128 x 784->10 36.0
-# / 23.4 (31.9), 1024 x 784->10 290 / 150 (207).  Until the 8-row tiles, a float32 layer of at
-# most 6 units ran its products transposed with the AVX2 tiles (the units as the 6-row tile's
-# rows), which padded less than the 16 columns of the row tiles; the 8 x 8 tiles pad less than
-# either, with either tile set.
+# are spent on zero padding.  Their forward product runs by narrower row tiles that read both
+# operands in place (``narrow.narrow_product``: 6 x 16 float32 and 6 x 8 float64, and for at
+# most 8 float32 or 4 float64 units 8 x 8 and 8 x 4), and so does their weight gradient, or
+# transposed (:func:`backward_narrow_for`).  Each element is the same FMA chain as in the
+# general products (the reduction's KC blocks are the same), so the bits are those of the
+# general products.  The input gradient ``dz @ w.T`` keeps the general product (its reduction
+# is over the units), or above DIRECT_ROWS rows runs row by row (:func:`_input_grad_by_rows`).
+# Forward, two threads, general / row tiles (NumPy), float32 (Zen 4): 6 x 784->10 10.1 / 2.4
+# us (5.3), 32 x 784->10 18.2 / 8.3 (11.8), 128 x 784->10 36.0 / 23.4 (31.9), 1024 x 784->10
+# 290 / 150 (207).  Until the 8-row tiles, a float32 layer of at
+# most 6 units ran its forward product transposed with the AVX2 tiles (the units as the 6-row
+# tile's rows), which padded less than the 16 columns of the row tiles; the 8 x 8 tiles were
+# as fast or faster in all but one of eight shapes measured (see the README, 822130f).
 #: Columns a transposing pass takes from each row of a transposed result at a time: a cache
 #: line's worth, so that each row's line is read once even when the rows are a multiple of
 #: 4 KiB apart (all in one set of the L1).
@@ -180,9 +181,9 @@ TRANSPOSE_BLOCK = 16
 
 def is_narrow(units: int, dtype) -> bool:
     """Whether a layer of ``units`` has kernels of its own for few units (:func:`forward_narrow`,
-    :func:`backward_narrow_for`): when the units fill at most half
-    of the register tile's columns.  Decided in Python, so that those kernels are compiled only
-    when a program has such a layer."""
+    :func:`backward_narrow_for`): when the units fill at most half of the register tile's
+    columns.  Decided in Python, so that those kernels are compiled only when a program has
+    such a layer."""
     nr = BLOCKING[np.dtype(dtype).name][1]
     return 0 < 2 * units <= nr
 

@@ -185,11 +185,14 @@ def _row_panels_256(a, b, out, q0, q1, ep, bias, code, y, w, lr, l1, l2, tile, t
     last row (their sums are never stored), so nothing is copied.  Apart from
     :func:`_row_panels`, whose tile shape stays a compile-time constant there."""
     MR = NARROW_ROWS_MR
-    NR, KC = _narrow_half_nr(out), _narrow_blocking(out)[2]
+    NR = _narrow_half_nr(out)
+    _, wide, KC = _narrow_blocking(out)
     m, k = a.shape
     n = out.shape[1]
     bf = b.reshape(k * n)
-    start = _copied_from(k, n, KC, _narrow_blocking(out)[1])
+    # (``tail`` holds the end of ``b`` from where the wider tiles' reads would pass it: the
+    # narrower reads of these tiles pass it later, if at all.)
+    start = _copied_from(k, n, KC, wide)
     last = m - 1
     for q in range(q0, q1):
         i0 = q * MR
