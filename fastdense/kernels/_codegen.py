@@ -320,23 +320,28 @@ def kernel(fn=None, *, parallel=False, inline="never", slp=True, nrt=True, link=
     return disp
 
 
-@intrinsic
-def wide_vectors(typingctx):
-    """Let LLVM vectorize the calling function with 512-bit vectors and never inline it (no
-    code emitted)."""
-    sig = types.none()
+def _vector_width(bits: int):
+    """The code of :func:`wide_vectors` and :func:`vectors_256`: the calling function's
+    attributes ``prefer-vector-width`` (``bits``) and ``noinline``; no instruction."""
 
     def codegen(context, builder, signature, args):
         attrs = builder.function.attributes
         # llvmlite's AttributeSet only validates names in ``add``; string attributes are
         # rendered verbatim into the ``define`` line, which is what LLVM expects.
-        set.add(attrs, '"prefer-vector-width"="512"')
+        set.add(attrs, f'"prefer-vector-width"="{bits}"')
         # Never inlined: every caller's module is optimized again with its callees linked in,
         # and a copy of a large unrolled body in each would be optimized again each time.
         attrs.add("noinline")
         return context.get_dummy_value()
 
-    return sig, codegen
+    return codegen
+
+
+@intrinsic
+def wide_vectors(typingctx):
+    """Let LLVM vectorize the calling function with 512-bit vectors and never inline it (no
+    code emitted)."""
+    return types.none(), _vector_width(512)
 
 
 @intrinsic
@@ -344,15 +349,7 @@ def vectors_256(typingctx):
     """Let LLVM vectorize the calling function with vectors of at most 256 bits and never
     inline it (no code emitted): for tiles whose rows are one 256-bit vector each, which LLVM
     would otherwise pack two to a 512-bit register, at the cost of a shuffle per FMA."""
-    sig = types.none()
-
-    def codegen(context, builder, signature, args):
-        attrs = builder.function.attributes
-        set.add(attrs, '"prefer-vector-width"="256"')
-        attrs.add("noinline")
-        return context.get_dummy_value()
-
-    return sig, codegen
+    return types.none(), _vector_width(256)
 
 
 @intrinsic

@@ -215,6 +215,19 @@ def _row_panels_256(a, b, out, q0, q1, ep, bias, code, y, w, lr, l1, l2, tile, t
                         code == act.RELU, y, w, lr, l1, l2)
 
 
+@kernel(nrt=False, inline="always")
+def _panels(rows256, a, b, out, q0, q1, ep, bias, code, y, w, lr, l1, l2, own, tile_end,
+            abuf_end):
+    """Row panels ``q0:q1`` by :func:`_row_panels_256` (``rows256``) or :func:`_row_panels`,
+    with a thread's own workspace ``own`` (tile, padded panel, end of ``b``)."""
+    if rows256:
+        _row_panels_256(a, b, out, q0, q1, ep, bias, code, y, w, lr, l1, l2, own[:tile_end],
+                        own[abuf_end:])
+    else:
+        _row_panels(a, b, out, q0, q1, ep, bias, code, y, w, lr, l1, l2, own[:tile_end],
+                    own[tile_end:abuf_end], own[abuf_end:])
+
+
 # (One compiled copy for the forward and backward passes, as _row_panels.)
 @kernel(parallel=True, nrt=False, link=False)
 def narrow_product(a, b, out, ep, bias, code, y, w, lr, l1, l2, ws):
@@ -253,12 +266,8 @@ def narrow_product(a, b, out, ep, bias, code, y, w, lr, l1, l2, ws):
     if nthreads == 1:
         own = scratch[:per]
         _copy_end(b, KC, NR, own[abuf_end:])
-        if rows256:
-            _row_panels_256(a, b, out, 0, npan, ep, bias, code, y, w, lr, l1, l2,
-                            own[:tile_end], own[abuf_end:])
-        else:
-            _row_panels(a, b, out, 0, npan, ep, bias, code, y, w, lr, l1, l2, own[:tile_end],
-                        own[tile_end:abuf_end], own[abuf_end:])
+        _panels(rows256, a, b, out, 0, npan, ep, bias, code, y, w, lr, l1, l2, own, tile_end,
+                abuf_end)
         if apart:
             _activate_rows(y, 0, m, 0, n, code)
         return
@@ -278,12 +287,8 @@ def narrow_product(a, b, out, ep, bias, code, y, w, lr, l1, l2, ws):
                 break
             q0 = (npan * task) // ntasks
             q1 = (npan * (task + 1)) // ntasks
-            if rows256:
-                _row_panels_256(a, b, out, q0, q1, ep, bias, code, y, w, lr, l1, l2,
-                                own[:tile_end], own[abuf_end:])
-            else:
-                _row_panels(a, b, out, q0, q1, ep, bias, code, y, w, lr, l1, l2,
-                            own[:tile_end], own[tile_end:abuf_end], own[abuf_end:])
+            _panels(rows256, a, b, out, q0, q1, ep, bias, code, y, w, lr, l1, l2, own,
+                    tile_end, abuf_end)
             if apart:
                 r0 = q0 * pr
                 _activate_rows(y, r0, min(m, q1 * pr) - r0, 0, n, code)
