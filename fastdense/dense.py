@@ -397,7 +397,8 @@ class Dense:
         if rows:
             backward = _k.backward_rows
         elif narrow:
-            backward = _k.backward_narrow_for(n, self.units, self.dtype, compute_input_grad)
+            backward = _k.backward_narrow_for(n, self.input_dim, self.units, self.dtype,
+                                               compute_input_grad)
         else:
             backward = _k.backward
         # (A layer of few units computes dz apart whatever the input gradient.)

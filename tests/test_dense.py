@@ -577,12 +577,17 @@ def test_assigning_what_a_replay_depends_on_drops_the_plans(attribute):
     assert layer._plan is None and layer._backprop_plan is None
 
 
+#: Units of a layer that takes the general kernels, not those of few units, with either tile
+#: set (``kernels.dense.is_narrow``).
+UNITS_OF_THE_GENERAL_KERNELS = 20
+
+
 @pytest.mark.parametrize("batch", [1, 40])
 def test_replayed_forward_calls_the_compiled_entry_point(batch):
     """The plan calls the kernel's compiled function for the recorded types directly (the
     batch-1 row kernel, or the product's)."""
     x = np.ones((batch, 8), np.float32)
-    layer = Dense(4, seed=0)
+    layer = Dense(UNITS_OF_THE_GENERAL_KERNELS, seed=0)
     y = layer(x)
     run = _ForwardPlan(*layer._plan).run
     kernel = kernels.forward_rows if batch == 1 else kernels.forward
@@ -597,9 +602,10 @@ def test_replayed_backprop_calls_the_compiled_entry_point(batch):
     types, and its replays give the full path's bits (a twin taking the full path each time:
     Fortran-ordered gradients are never planned)."""
     rng = np.random.default_rng(19)
+    units = UNITS_OF_THE_GENERAL_KERNELS
     x = _data(rng, (batch, 8), np.float32)
-    g = _data(rng, (batch, 4), np.float32)
-    a, b = (Dense(4, activation="relu", seed=0, kernel_regularizer="l2") for _ in range(2))
+    g = _data(rng, (batch, units), np.float32)
+    a, b = (Dense(units, activation="relu", seed=0, kernel_regularizer="l2") for _ in range(2))
     for _ in range(3):
         a(x)
         b(x)
@@ -757,14 +763,16 @@ def test_a_large_dz_over_the_threads_gives_the_kernel_bits(activation):
         np.testing.assert_array_equal(layer.bias, b)
 
 
+@pytest.mark.parametrize("units", [1, 3])
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_a_layer_of_few_units_gives_the_bits_of_the_untransposed_products(dtype, monkeypatch):
-    """A layer of 3 units runs its products transposed (``kernels.dense.uses_narrow``), with a
-    workspace for its batch: through replays, batch changes (the workspace grows, and is kept
-    when the batch shrinks), both optimizer paths and softmax, it returns the bits of a twin
-    that runs them untransposed."""
+def test_a_layer_of_few_units_gives_the_bits_of_the_untransposed_products(dtype, units,
+                                                                          monkeypatch):
+    """A layer of 1 or 3 units runs its products by its own kernels
+    (``kernels.dense.uses_narrow``), with a workspace for its batch: through replays, batch
+    changes (the workspace grows, and is kept when the batch shrinks), both optimizer paths
+    and softmax, it returns the bits of a twin that runs the general ones."""
     rng = np.random.default_rng(21)
-    n_in, units = 100, 3
+    n_in = 150
     assert all(kernels.uses_narrow(batch, n_in, units, dtype) for batch in (64, 200))
     narrow_uses = kernels.uses_narrow
     for activation in ("relu", "softmax"):

@@ -23,18 +23,25 @@ def test_warmup_compiles_and_reports(capsys):
     assert any(sig[2].dtype == numba.float64 for sig in empty_2d_in_phase.signatures)
     # ... and the transposed products of layers of few units.
     assert any(sig[0].dtype == numba.float64 for sig in kdense.forward_narrow.signatures)
-    for rows in (False, True):
-        backward = kdense.backward_narrow_for(kdense.DIRECT_ROWS + rows, 3, "float64")
-        assert any(sig[0].dtype == numba.float64 for sig in backward.signatures)
+    for batch, n_in, units in LAYER_SHAPES:
+        if kdense.uses_narrow(batch, n_in, units, "float64"):
+            backward = kdense.backward_narrow_for(batch, n_in, units, "float64")
+            assert any(sig[0].dtype == numba.float64 for sig in backward.signatures)
     assert any(sig[0].dtype == numba.float64 for sig in knarrow.narrow_matmul.signatures)
 
 
 def test_warmup_shapes_reach_the_aligned_outputs_and_few_units():
     assert all(any(kdense.uses_narrow(*shape, dtype) for shape in LAYER_SHAPES)
                for dtype in ("float32", "float64"))
-    # Input gradients of few-unit layers as products and by rows (kernels.dense.DIRECT_ROWS).
-    assert {batch > kdense.DIRECT_ROWS for batch, n_in, units in LAYER_SHAPES
-            if kdense.uses_narrow(batch, n_in, units, "float64")} == {True, False}
+    # Input gradients of few-unit layers as products and by rows, weight gradients by strips
+    # and by row tiles (kernels.dense.backward_narrow_for).
+    variant = {kernel: key for key, kernel in kdense._BACKWARD_NARROW.items()}
+    for dtype in ("float32", "float64"):
+        picked = {variant[kdense.backward_narrow_for(batch, n_in, units, dtype)]
+                  for batch, n_in, units in LAYER_SHAPES
+                  if kdense.uses_narrow(batch, n_in, units, dtype)}
+        assert {rows for rows, _ in picked} == {True, False}
+        assert {"strips", "tiles"} <= {by for _, by in picked}
     # float32 weight gradients of few units transposed (at most MR units) and by row tiles,
     # with the AVX-512 tiles (MR 8, narrow up to 16 units) and the AVX2 ones (6, up to 8).
     for mr, nr in ((8, 32), (6, 16)):

@@ -18,7 +18,7 @@ from fastdense.kernels import activation as act
 from fastdense.kernels._codegen import fma, kernel, strided_view, wide_vectors
 from fastdense.kernels._microkernels import DOT_LANES, DOT_ROWS, dots_1, dots_4
 from fastdense.kernels._placement import caller_waits, region_opens, worker_arrives
-from fastdense.kernels._tiles import BLOCKING, _blocking
+from fastdense.kernels._tiles import BLOCKING, _blocking, _strip_width
 from fastdense.kernels.activation_passes import require_passes
 from fastdense.kernels.gemm import (
     DIRECT_ROWS,
@@ -38,6 +38,7 @@ from fastdense.kernels.gemm import (
     product,
     rows_ws_len,
     strips,
+    strips_between,
     thread_blocks,
     uses_rows,
     vector_matrix,
@@ -190,10 +191,12 @@ def is_narrow(units: int, dtype) -> bool:
 
 def uses_narrow(batch: int, n_in: int, units: int, dtype) -> bool:
     """Whether a layer's products for a batch of ``batch`` take the few-unit kernels: few units
-    (:func:`is_narrow`) and products that take the packed path both ways (more than
-    ``gemm.ROWS_MAX`` units, rows and inputs, and more work than the direct path's)."""
-    return (is_narrow(units, dtype) and batch > ROWS_MAX
-            and not is_small(units, batch, n_in) and not is_small(units, n_in, batch))
+    (:func:`is_narrow`, one or more) and more than ``gemm.ROWS_MAX`` rows and inputs, however
+    small the work.  The general kernels' direct path (``gemm.is_small``) sums each element in
+    one chain of FMAs, each waiting for the last: two threads, float32 forward and training
+    step, direct / few-unit kernels (NumPy), 100 x 80->1 19.1 / 3.9 us (4.4) and 63.6 / 13.2
+    (23.5), 32 x 64->3 6.4 / 2.0 (4.3) and 21.6 / 10.8 (14.8), 8 x 10->3 1.5 / 1.3 (4.0)."""
+    return is_narrow(units, dtype) and batch > ROWS_MAX and n_in > ROWS_MAX
 
 
 def product_paths(batch: int, n_in: int, units: int, dtype) -> tuple[bool, bool]:
@@ -213,7 +216,8 @@ def narrow_workspace_size(batch: int, n_in: int, units: int, dtype) -> int:
     (:func:`_weight_grad_transposed`) and a block for the transposing pass; or the row tiles'
     workspace for every thread (``narrow.workspace_len``), if longer."""
     head = max(product_workspace_size(batch, n_in, units, dtype),
-               product_workspace_size(units, n_in, batch, dtype))
+               product_workspace_size(units, n_in, batch, dtype),
+               _strips_head(batch, n_in, units, numba.config.NUMBA_NUM_THREADS))
     return max(head + _narrow_tail(n_in, units), workspace_len(dtype))
 
 
@@ -222,6 +226,19 @@ def _narrow_tail(n_in, units):
     """Elements at the end of a narrow layer's workspace: the weights or their gradient
     transposed (``units x n_in``) and the transposing pass's block."""
     return units * n_in + TRANSPOSE_BLOCK * units
+
+
+#: Elements before the weight gradient by strips' buffers in its workspace: the count of the
+#: workers that started (``._placement``), on a cache line of its own.
+_STRIPS_COUNTER = 16
+
+
+@register_jitable
+def _strips_head(batch, n_in, units, threads):
+    """Elements of the workspace's head the weight gradient by strips needs
+    (:func:`_weight_grad_strips`): the counter, ``dz``'s columns as rows and a row of partial
+    sums per thread."""
+    return _STRIPS_COUNTER + units * batch + threads * n_in
 
 
 @register_jitable
@@ -609,14 +626,89 @@ def _weight_grad_transposed(x, w, d, dw, fuse_sgd, lr, l1, l2, ws):
     _transposed_update(dwt, w, dw, fuse_sgd, lr, l1, l2, block)
 
 
-def _backward_narrow(dx_by_rows: bool, dw_transposed: bool):
+@kernel(nrt=False)
+def _weight_grad_span(x, dcols, dwt, j0, j1, part):
+    """Columns ``j0:j1`` of ``dwt = dcols @ x`` (``dcols`` holds the columns of ``dz`` as rows,
+    ``units x batch``), a strip of columns at a time, by register strips
+    (``gemm.strips_between``) over KC-row blocks of ``x``.  A block's sums land in ``part`` (a
+    row of ``x``'s width) and are added to the running sums in increasing block order, as the
+    packed product adds its KC blocks: the bits of ``x.T @ dz``.  For each strip and block, the
+    units read the same lines of ``x``, from this core's cache after the first."""
+    m = x.shape[0]
+    KC = _blocking(dwt)[2]
+    sw = _strip_width(dwt)
+    for s0 in range(j0, j1, sw):
+        s1 = min(j1, s0 + sw)
+        for pc in range(0, m, KC):
+            xb = x[pc:min(m, pc + KC)]
+            for u in range(dwt.shape[0]):
+                dcol = dcols[u, pc:pc + xb.shape[0]]
+                if pc == 0:
+                    strips_between(dcol, xb, s0, s1, dwt[u])
+                    continue
+                strips_between(dcol, xb, s0, s1, part)
+                o = dwt[u]
+                for j in range(s0, s1):
+                    o[j] = part[j] + o[j]
+
+
+@kernel(parallel=True, nrt=False)
+def _weight_grad_by_strips(x, d, dwt, dcols, part, ctr):
+    """``dwt = d.T @ x``, the weight gradient transposed (``units x in``), by
+    :func:`_weight_grad_span`: contiguous runs of strips of columns over the threads (output
+    columns, so the bits are the same for any thread count), unless the work is below
+    ``gemm.SERIAL_WORK``.  ``dcols`` (``units x batch``) receives ``d``'s columns, ``part``
+    holds a row of partial sums per thread (at most its rows of threads run) and ``ctr[0]``
+    counts the workers that started (:mod:`._placement`)."""
+    m, n_in = x.shape
+    units = d.shape[1]
+    for u in range(units):
+        for i in range(m):
+            dcols[u, i] = d[i, u]
+    sw = _strip_width(dwt)
+    nstrips = (n_in + sw - 1) // sw
+    nthreads = min(_iget_num_threads(), nstrips, part.shape[0])
+    if nthreads == 1 or m * n_in * units < SERIAL_WORK:
+        _weight_grad_span(x, dcols, dwt, 0, n_in, part[0])
+        return
+    caller_cpu = region_opens(ctr, 0)
+    for t in prange(nthreads):
+        worker_arrives(ctr, 0, caller_cpu)
+        s0, s1 = thread_blocks(nstrips, t, nthreads)
+        _weight_grad_span(x, dcols, dwt, s0 * sw, min(n_in, s1 * sw), part[t])
+        caller_waits(ctr, 0, nthreads)
+
+
+@kernel
+def _weight_grad_strips(x, w, d, dw, fuse_sgd, lr, l1, l2, ws):
+    """The weight gradient of a layer of one or two units (:func:`backward_narrow_for`) by
+    strips: ``dw.T = d.T @ x`` as rows of ``x`` weighted by ``d``'s columns and summed
+    (:func:`_weight_grad_by_strips`), every lane of the vectors a column of ``x``; then applied
+    to ``w`` by SGD or written to ``dw`` as it is transposed."""
+    m, n_in = x.shape
+    units = d.shape[1]
+    head, dwt, block = _narrow_split(ws, units, n_in, dw)
+    threads = _iget_num_threads()
+    need = _strips_head(m, n_in, units, threads)
+    if head.shape[0] < need:
+        head = np.empty(need, dtype=dw.dtype)
+    rows = head[_STRIPS_COUNTER:_STRIPS_COUNTER + units * m]
+    part = head[_STRIPS_COUNTER + units * m:need]
+    _weight_grad_by_strips(x, d, dwt, rows.reshape((units, m)), part.reshape((threads, n_in)),
+                           head[:_STRIPS_COUNTER])
+    _transposed_update(dwt, w, dw, fuse_sgd, lr, l1, l2, block)
+
+
+def _backward_narrow(dx_by_rows: bool, dw_by: str):
     """The variant of :func:`backward` for a layer of few units that computes the input
-    gradient by rows or as a product and the weight gradient by row tiles or transposed, as
-    :func:`backward_narrow_for` picks them.  The two choices are constants of the closure,
-    whose branches Numba prunes before typing: a variant compiles only the kernels it calls (a
-    float32 10-unit layer at a batch of 32 no longer compiles the row-by-row input gradient
-    and the transposed weight gradient, which took 8 of the 51 s of a cold compile of the
-    README's model)."""
+    gradient by rows or as a product and the weight gradient by ``dw_by`` (:data:`DW_BY`: row
+    tiles, transposed or by strips), as :func:`backward_narrow_for` picks them.  The choices
+    are constants of the closure, whose branches Numba prunes before typing: a variant
+    compiles only the kernels it calls (a float32 10-unit layer at a batch of 32 no longer
+    compiles the row-by-row input gradient and the transposed weight gradient, which took 8 of
+    the 51 s of a cold compile of the README's model)."""
+    transposed = dw_by == "transposed"
+    by_strips = dw_by == "strips"
 
     @kernel
     def backward_narrow(x, w, bias, z, y, g, code, dz, dw, db, dx, lr, l1w, l2w, l1b, l2b,
@@ -624,8 +716,9 @@ def _backward_narrow(dx_by_rows: bool, dw_transposed: bool):
         """:func:`backward` for a layer of few units (:func:`is_narrow`), same arguments and
         contract, with ``ws`` of :func:`narrow_workspace_size` for this batch: ``dz`` in a pass
         apart, ``dx = dz @ w.T`` as a product or by rows (:func:`_input_grad_by_rows`), and
-        ``dw = x.T @ dz`` by row tiles (``narrow.narrow_product``) or transposed
-        (:func:`_weight_grad_transposed`), applied by SGD or written."""
+        ``dw = x.T @ dz`` by row tiles (``narrow.narrow_product``), transposed
+        (:func:`_weight_grad_transposed`) or by strips (:func:`_weight_grad_strips`), applied by
+        SGD or written."""
         units = g.shape[1]
         n_in = x.shape[1]
         require_passes(code, dz)
@@ -647,7 +740,9 @@ def _backward_narrow(dx_by_rows: bool, dw_transposed: bool):
                         head)
         if db.shape[0] > 0:
             _column_sums_serial(d, db)
-        if dw_transposed:
+        if by_strips:
+            _weight_grad_strips(x, w, d, dw, fuse_sgd, lr, l1w, l2w, ws)
+        elif transposed:
             _weight_grad_transposed(x, w, d, dw, fuse_sgd, lr, l1w, l2w, ws)
         else:
             xt = x.T
@@ -660,10 +755,13 @@ def _backward_narrow(dx_by_rows: bool, dw_transposed: bool):
     return backward_narrow
 
 
-#: :func:`backward_narrow_for`'s kernels by ``(dx_by_rows, dw_transposed)``; each compiles on
-#: its first call.
-_BACKWARD_NARROW = {(rows, transposed): _backward_narrow(rows, transposed)
-                    for rows in (False, True) for transposed in (False, True)}
+#: How a few-unit layer's backward computes the weight gradient: by row tiles, transposed or
+#: by strips (see :func:`backward_narrow_for`).
+DW_BY = ("tiles", "transposed", "strips")
+#: :func:`backward_narrow_for`'s kernels by ``(dx_by_rows, dw_by)``; each compiles on its
+#: first call.
+_BACKWARD_NARROW = {(rows, dw_by): _backward_narrow(rows, dw_by)
+                    for rows in (False, True) for dw_by in DW_BY}
 
 
 # The weight gradient ``x.T @ dz`` of a few-unit layer by row tiles reads ``x`` down its
@@ -676,17 +774,42 @@ _BACKWARD_NARROW = {(rows, transposed): _backward_narrow(rows, transposed)
 # 138 (190) over 1024, 28 / 24 (25) over 128, 15 / 11 (8.7) over 32.  float64, 3 to 8 units:
 # 135-152 / 137-154 over 1024, 14-15 / 10.5-12.5 over 32, 11.4 / 7.9 at 100 inputs over 256.
 # So transposed for float32 layers of one panel of units, otherwise row tiles.
+#
+# Layers of one or two units take it by strips (every vector lane a column of ``x``, where the
+# tiles fill one or two lanes of eight): strips / row tiles (NumPy), two threads, float32
+# 784 x 1 over 32 rows 1.6 / 9.3 us (2.1), over 128 5.0 / 23.1 (4.8), over 1024 31 / 132 (28);
+# 784 x 2 over 1024 57 / 142 (133); float64 784 x 1 over 1024 55 / 149 (47), 784 x 2 over
+# 128 21 / 23 (14).  For three and four units the strips lost in float64 (100 x 4 over 256
+# rows, 784 x 4 over 1024), each unit reading the strip of ``x`` again.
+#: Layers of at most this many units take their weight gradient by strips.
+STRIPS_UNITS = 2
+# The input gradient ``dz @ w.T`` by rows (each row of ``dx`` from register strips) against
+# the packed product, two threads, float32 (Zen 4), NumPy's in brackets: 32 x 784 over 3 4.7 /
+# 9.8 us (5.5), over 4 6.2 / 10.4 (6.0), over 10 9.5 / 13.4 (9.8); 128 x 784 over 4 17.6 / 24.7
+# (16.8), over 10 26.5 / 26.5 (43.1); 256 x 256 over 4 9.7 / 21.9 (12.3); 32 x 128 over 4 1.3 /
+# 2.9 (2.1); but 256 x 128 over 4 9.4 / 8.9 (6.7) and 256 x 64 over 10 9.3 / 6.8 (6.2); float64
+# 256 x 100 over 4 18.2 / 15.1 (9.4), 256 x 128 over 4 13.5 / 19.2 (11.1).  A product of one or
+# two steps takes the direct path, whose loop runs element by element (float32 128 x 784 over
+# 1, training step 152 against 45 us by rows).
+#: From this many inputs a few-unit layer's input gradient runs by rows at any batch.
+ROWS_DX_INPUTS = 128
 
 
-def backward_narrow_for(batch: int, units: int, dtype, want_dx: bool = True):
-    """The backward kernel of a few-unit layer (:func:`uses_narrow`) of ``units`` for a batch of
-    ``batch`` (same arguments and contract as :func:`backward`): the input gradient, when
-    wanted, by rows above ``DIRECT_ROWS`` rows (see :func:`_input_grad_by_rows`), else as a
-    product; the weight gradient transposed for float32 layers of at most MR units (one panel
+def backward_narrow_for(batch: int, n_in: int, units: int, dtype, want_dx: bool = True):
+    """The backward kernel of a few-unit layer (:func:`uses_narrow`) of ``n_in`` inputs and
+    ``units`` for a batch of ``batch`` (same arguments and contract as :func:`backward`): the
+    input gradient, when wanted, by rows (see :func:`_input_grad_by_rows`) for layers of at
+    most ``STRIPS_UNITS`` units, of ``ROWS_DX_INPUTS`` inputs or more, or above
+    ``DIRECT_ROWS`` rows, else as a product; the weight gradient by strips for layers of at
+    most ``STRIPS_UNITS`` units, transposed for float32 layers of at most MR units (one panel
     of the general tiles' rows), else by row tiles."""
+    few = units <= STRIPS_UNITS
+    rows = want_dx and (few or n_in >= ROWS_DX_INPUTS or batch > DIRECT_ROWS)
+    if few:
+        return _BACKWARD_NARROW[rows, "strips"]
     name = np.dtype(dtype).name
     transposed = name == "float32" and units <= BLOCKING[name][0]
-    return _BACKWARD_NARROW[want_dx and batch > DIRECT_ROWS, transposed]
+    return _BACKWARD_NARROW[rows, "transposed" if transposed else "tiles"]
 
 
 @kernel(nrt=False)

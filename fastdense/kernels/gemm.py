@@ -976,16 +976,22 @@ def strips(ai, b, acc):
     """``acc[j] = ai @ b[:, j]`` for every column ``j`` of ``b`` by register strips (each
     strip's sums stay in registers while the rows of ``b`` pass), then :func:`_vecmat` for the
     columns left over: the same FMA chain per element either way."""
-    n = b.shape[1]
+    strips_between(ai, b, 0, b.shape[1], acc)
+
+
+@kernel(nrt=False, inline="always")
+def strips_between(ai, b, j0, j1, acc):
+    """:func:`strips` for the columns ``j0:j1`` of ``b`` (``acc[j]`` for ``j0 <= j < j1``)."""
     sw = _strip_width(acc)
-    jf = (n // sw) * sw
-    for j in range(0, jf, sw):
+    j = j0
+    while j + sw <= j1:
         _strip(ai, b, j, acc)
-    if n - jf >= sw // 2:
-        _half_strip(ai, b, jf, acc)
-        jf += sw // 2
-    if jf < n:
-        _vecmat(ai, b, jf, n, acc, False)
+        j += sw
+    if j1 - j >= sw // 2:
+        _half_strip(ai, b, j, acc)
+        j += sw // 2
+    if j < j1:
+        _vecmat(ai, b, j, j1, acc, False)
 
 
 @kernel(nrt=False)

@@ -443,9 +443,11 @@ def test_rows_backward_four_rows_or_one_give_the_same_bits(batch, fuse_sgd, l2, 
 # weight gradient's reduction in two KC blocks) and one over DIRECT_ROWS (the input gradient
 # by rows); inputs over KC (the forward reduction in two blocks) and of a partial last
 # block.  Units above half the tile's columns (float64: 8 with
-# the AVX-512 tiles, 4 with the AVX2 ones) are cut to that half.
+# the AVX-512 tiles, 4 with the AVX2 ones) are cut to that half.  Layers of one and two units
+# (the weight gradient by strips): a batch over KC, on the threads, and inputs of a partial
+# strip in either dtype.
 NARROW_SHAPES = [(37, 70, 3), (130, 300, 5), (600, 40, 10), (64, 1030, 10), (1024, 33, 16),
-                 (3, 200, 5), (45, 520, 4)]
+                 (3, 200, 5), (45, 520, 4), (600, 500, 1), (37, 200, 2)]
 
 
 @pytest.mark.parametrize("use_bias", [True, False], ids=["bias", "no-bias"])
@@ -479,7 +481,8 @@ def test_narrow_entry_points_give_the_bits_of_the_general_ones(shape, name, fuse
             kd.forward_for(code, narrow=narrow)(x, w, b, code, z, y, ws)
             dz, dw, db, dx = (np.empty_like(g), np.full_like(w, np.nan), np.empty_like(b),
                               np.empty_like(x))
-            backward = kd.backward_narrow_for(batch, units, dtype) if narrow else kd.backward
+            backward = (kd.backward_narrow_for(batch, n_in, units, dtype) if narrow
+                        else kd.backward)
             backward(x, w, b, z, y, g, code, dz, dw, db, dx, 0.01, 0.0, l2, 0.0, 0.0, fuse_sgd,
                      ws)
             results.append((z, y, dx, w if fuse_sgd else dw, b if fuse_sgd else db))
@@ -495,36 +498,45 @@ def test_narrow_entry_points_give_the_bits_of_the_general_ones(shape, name, fuse
 
 @pytest.mark.parametrize("fuse_sgd, l2", [(True, 0.0), (True, 0.01), (False, 0.0)],
                          ids=["sgd", "sgd-l2", "grads"])
-@pytest.mark.parametrize("shape", NARROW_SHAPES, ids=lambda s: "x".join(map(str, s)))
-def test_transposed_weight_gradient_gives_the_bits_of_the_general_one(shape, fuse_sgd, l2,
-                                                                      dtype):
-    """The transposed weight gradient of few-unit layers (``dw.T = dz.T @ x``), which
-    ``backward_narrow_for`` picks for float32 layers of at most MR units, gives
-    ``backward``'s weights or gradient in either dtype."""
+@pytest.mark.parametrize("shape, by", [
+    (shape, by) for shape in NARROW_SHAPES for by in ("transposed", "strips")
+    if by == "strips" or shape[2] > kd.STRIPS_UNITS],
+    ids=lambda v: v if isinstance(v, str) else "x".join(map(str, v)))
+def test_weight_gradient_transposed_or_by_strips_gives_the_bits_of_the_general_one(
+        shape, by, fuse_sgd, l2, dtype):
+    """The weight gradient of few-unit layers transposed (``dw.T = dz.T @ x``), which
+    ``backward_narrow_for`` picks for float32 layers of 3 to MR units, or by strips (picked
+    for one or two units, here for every layer) gives ``backward``'s weights or gradient in
+    either dtype, on one thread and on all.  (Transposed, a layer of one or two units would
+    take the direct path, whose reduction over the batch is one FMA chain, not KC blocks.)"""
     batch, n_in, units = shape
     units = min(units, kd.BLOCKING[np.dtype(dtype).name][1] // 2)
     rng = np.random.default_rng(batch + units)
     x, w0, b = _layer(rng, batch, n_in, units, dtype)
     g = rng.standard_normal((batch, units)).astype(dtype)
-    outs = []
-    for transposed in (False, True):
-        w, dw = w0.copy(), np.full_like(w0, np.nan)
-        if transposed:
+    z = np.empty_like(g)
+    w, dw = w0.copy(), np.full_like(w0, np.nan)
+    kd.backward(x, w, b, z, z, g, act.LINEAR, np.empty_like(g), dw, np.empty_like(b),
+                np.empty((0, n_in), dtype), 0.01, 0.0, l2, 0.0, 0.0, fuse_sgd)
+    expected = w if fuse_sgd else dw
+    kernel = kd._weight_grad_transposed if by == "transposed" else kd._weight_grad_strips
+    before = numba.get_num_threads()
+    try:
+        for threads in (1, numba.config.NUMBA_NUM_THREADS):
+            numba.set_num_threads(threads)
+            w, dw = w0.copy(), np.full_like(w0, np.nan)
             ws = np.empty(kd.narrow_workspace_size(batch, n_in, units, dtype), dtype)
-            kd._weight_grad_transposed(x, w, g, dw, fuse_sgd, 0.01, 0.0, l2, ws)
-        else:
-            z = np.empty_like(g)
-            kd.backward(x, w, b, z, z, g, act.LINEAR, np.empty_like(g), dw, np.empty_like(b),
-                        np.empty((0, n_in), dtype), 0.01, 0.0, l2, 0.0, 0.0, fuse_sgd)
-        outs.append(w if fuse_sgd else dw)
-    assert np.array_equal(*outs)
+            kernel(x, w, g, dw, fuse_sgd, 0.01, 0.0, l2, ws)
+            assert np.array_equal(w if fuse_sgd else dw, expected)
+    finally:
+        numba.set_num_threads(before)
 
 
 @pytest.mark.parametrize("fuse_sgd", [True, False], ids=["sgd", "grads"])
 def test_every_narrow_backward_variant_gives_the_bits_of_backward(fuse_sgd, dtype):
-    """The four variants of ``backward_narrow`` (input gradient by rows or as a product,
-    weight gradient by row tiles or transposed) give ``backward``'s bits at a batch below and
-    one above ``DIRECT_ROWS``."""
+    """The six variants of ``backward_narrow`` (input gradient by rows or as a product,
+    weight gradient by row tiles, transposed or by strips) give ``backward``'s bits at a batch
+    below and one above ``DIRECT_ROWS``."""
     n_in, units, code = 70, 3, act.RELU
     for batch in (37, kd.DIRECT_ROWS + 44):
         rng = np.random.default_rng(batch)
@@ -534,7 +546,7 @@ def test_every_narrow_backward_variant_gives_the_bits_of_backward(fuse_sgd, dtyp
         ws = np.empty(kd.narrow_workspace_size(batch, n_in, units, dtype), dtype)
         outs = []
         kernels = [kd.backward, *kd._BACKWARD_NARROW.values()]
-        assert len(set(kernels)) == 5
+        assert len(set(kernels)) == 7
         for backward in kernels:
             w, b = w0.copy(), b0.copy()
             dz, dw, db, dx = (np.empty_like(g), np.full_like(w, np.nan), np.empty_like(b),
@@ -547,18 +559,23 @@ def test_every_narrow_backward_variant_gives_the_bits_of_backward(fuse_sgd, dtyp
                 assert np.array_equal(a, c)
 
 
-def test_backward_narrow_for_picks_by_batch_units_and_dtype():
-    """Rows above DIRECT_ROWS take the input gradient by rows, when it is wanted; float32
-    layers of at most MR units their weight gradient transposed."""
+def test_backward_narrow_for_picks_by_batch_inputs_units_and_dtype():
+    """The input gradient, when wanted, by rows for layers of one or two units, of
+    ROWS_DX_INPUTS inputs or more, or above DIRECT_ROWS rows; the weight gradient by strips for
+    one or two units, transposed for float32 layers of at most MR units."""
+    wide = kd.ROWS_DX_INPUTS
     for dtype in ("float32", "float64"):
         mr = kd.BLOCKING[dtype][0]
-        for units in (3, mr, mr + 1):
-            transposed = dtype == "float32" and units <= mr
-            for batch, want_dx, rows in ((kd.DIRECT_ROWS, True, False),
-                                         (kd.DIRECT_ROWS + 1, True, True),
-                                         (kd.DIRECT_ROWS + 1, False, False)):
-                assert (kd.backward_narrow_for(batch, units, dtype, want_dx)
-                        is kd._BACKWARD_NARROW[rows, transposed])
+        for units in (1, kd.STRIPS_UNITS, 3, mr, mr + 1):
+            dw_by = ("strips" if units <= kd.STRIPS_UNITS
+                     else "transposed" if dtype == "float32" and units <= mr else "tiles")
+            few = units <= kd.STRIPS_UNITS
+            for batch, n_in, want_dx, rows in ((kd.DIRECT_ROWS, wide - 1, True, few),
+                                               (kd.DIRECT_ROWS, wide, True, True),
+                                               (kd.DIRECT_ROWS + 1, wide - 1, True, True),
+                                               (kd.DIRECT_ROWS + 1, wide, False, False)):
+                assert (kd.backward_narrow_for(batch, n_in, units, dtype, want_dx)
+                        is kd._BACKWARD_NARROW[rows, dw_by])
 
 
 def test_product_paths():
@@ -570,24 +587,25 @@ def test_product_paths():
 
 
 def test_narrow_rule():
-    """Few units have their kernels: at most half of the tile's columns, and products that
-    take the packed path both ways (not 1 or 2 units, rows or inputs)."""
+    """Few units have their kernels: at most half of the tile's columns, from one unit, for
+    more than two rows and inputs, however small the work."""
     for dtype in (np.float32, np.float64):
         nr = kd.BLOCKING[np.dtype(dtype).name][1]
         assert kd.is_narrow(nr // 2, dtype) and not kd.is_narrow(nr // 2 + 1, dtype)
         assert not kd.is_narrow(0, dtype)
         assert kd.uses_narrow(1024, 784, 3, dtype)
-        assert not kd.uses_narrow(1024, 784, 2, dtype)
+        assert kd.uses_narrow(1024, 784, 2, dtype) and kd.uses_narrow(1024, 784, 1, dtype)
+        assert kd.uses_narrow(3, 3, 1, dtype)
         assert not kd.uses_narrow(2, 784, 3, dtype)
         assert not kd.uses_narrow(1024, 2, 3, dtype)
-        assert not kd.uses_narrow(4, 4, 3, dtype)  # the direct path's work
     assert kd.uses_narrow(1024, 784, 10, np.float32) == (kd.BLOCKING["float32"][1] >= 20)
 
 
-def test_narrow_entry_points_with_a_short_workspace(dtype):
-    """A workspace too short for the transposed result still gives the bits (the kernels then
-    allocate it)."""
-    batch, n_in, units = 70, 130, 3
+@pytest.mark.parametrize("units", [1, 3])
+def test_narrow_entry_points_with_a_short_workspace(units, dtype):
+    """A workspace too short for the transposed result (or the strips' buffers) still gives
+    the bits (the kernels then allocate it)."""
+    batch, n_in = 70, 130
     code = act.RELU
     rng = np.random.default_rng(4)
     x, w0, b0 = _layer(rng, batch, n_in, units, dtype)
@@ -600,8 +618,8 @@ def test_narrow_entry_points_with_a_short_workspace(dtype):
         kd.forward_narrow(x, w, b, code, z, z, ws)
         dz, dw, db, dx = (np.empty_like(g), np.empty_like(w), np.empty_like(b),
                           np.empty_like(x))
-        kd.backward_narrow_for(batch, units, dtype)(x, w, b, z, z, g, code, dz, dw, db, dx, 0.1,
-                                                    0.0, 0.0, 0.0, 0.0, True, ws)
+        backward = kd.backward_narrow_for(batch, n_in, units, dtype)
+        backward(x, w, b, z, z, g, code, dz, dw, db, dx, 0.1, 0.0, 0.0, 0.0, 0.0, True, ws)
         outs.append((z, dx, w, b))
     for a, c in zip(*outs, strict=True):
         assert np.array_equal(a, c)
