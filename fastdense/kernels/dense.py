@@ -28,6 +28,7 @@ from fastdense.kernels.gemm import (
     ROWS_MAX,
     SERIAL_WORK,
     SHORT_WORKSPACE,
+    SMALL_WORK,
     _packed,
     _small,
     _unaliased,
@@ -192,11 +193,18 @@ def is_narrow(units: int, dtype) -> bool:
 def uses_narrow(batch: int, n_in: int, units: int, dtype) -> bool:
     """Whether a layer's products for a batch of ``batch`` take the few-unit kernels: few units
     (:func:`is_narrow`, one or more) and more than ``gemm.ROWS_MAX`` rows and inputs, however
-    small the work.  The general kernels' direct path (``gemm.is_small``) sums each element in
-    one chain of FMAs, each waiting for the last: two threads, float32 forward and training
-    step, direct / few-unit kernels (NumPy), 100 x 80->1 19.1 / 3.9 us (4.4) and 63.6 / 13.2
-    (23.5), 32 x 64->3 6.4 / 2.0 (4.3) and 21.6 / 10.8 (14.8), 8 x 10->3 1.5 / 1.3 (4.0)."""
-    return is_narrow(units, dtype) and batch > ROWS_MAX and n_in > ROWS_MAX
+    small the work, as long as the bits are those of the general kernels.
+
+    The general kernels' direct path (``gemm.is_small``, up to ``gemm.SMALL_WORK``) sums each
+    element in one chain of FMAs, each waiting for the last: two threads, float32 forward and
+    training step, direct / few-unit kernels (NumPy), 100 x 80->1 19.1 / 3.9 us (4.4) and 63.6
+    / 13.2 (23.5), 32 x 64->3 6.4 / 2.0 (4.3) and 21.6 / 10.8 (14.8), 8 x 10->3 1.5 / 1.3 (4.0).
+    Its chain runs over all the steps, the few-unit kernels' over KC blocks like the packed
+    product's: so small products take them only over at most KC inputs and rows (both
+    reductions, forward and weight gradient, in one block)."""
+    kc = BLOCKING[np.dtype(dtype).name][2]
+    return (is_narrow(units, dtype) and batch > ROWS_MAX and n_in > ROWS_MAX
+            and (batch * n_in * units > SMALL_WORK or max(batch, n_in) <= kc))
 
 
 def product_paths(batch: int, n_in: int, units: int, dtype) -> tuple[bool, bool]:

@@ -303,12 +303,16 @@ def workspace_len(dtype) -> int:
 
 def matmul_takes(m: int, n: int, k: int, dtype) -> bool:
     """Whether ``fastdense.matmul`` computes ``(m x k) @ (k x n)`` by :func:`narrow_matmul`:
-    at most the narrow tile's columns, more rows than ``gemm_rows`` takes and more work than
-    the direct path's.  The packed product pads such a ``b`` to its own tile's columns (32 in
-    float32 with the AVX-512 tiles) and packs it; float32 1024 x 784 @ 784 x 10, two threads,
-    290 against 150 us (NumPy 207)."""
-    return (0 < n <= NARROW_TILES[np.dtype(dtype).name][1] and m > ROWS_MAX and k > 0
-            and not is_small(m, n, k))
+    at most the narrow tile's columns, more rows than ``gemm_rows`` takes and more than two
+    steps, and either more work than the direct path's or at most KC steps (the direct path
+    sums all steps in one chain, these tiles by KC blocks: the bits are the same within one
+    block).  The packed product pads such a ``b`` to its own tile's columns (32 in float32
+    with the AVX-512 tiles) and packs it; float32 1024 x 784 @ 784 x 10, two threads, 290
+    against 150 us (NumPy 207).  The direct path sums each element in one chain of FMAs, each
+    waiting for the last (see ``kernels.dense.uses_narrow``)."""
+    name = np.dtype(dtype).name
+    return (0 < n <= NARROW_TILES[name][1] and m > ROWS_MAX and k > ROWS_MAX
+            and (not is_small(m, n, k) or k <= BLOCKING[name][2]))
 
 
 # (``a`` as a view of layout "A": the same compiled product as the layers'.)

@@ -596,6 +596,10 @@ def test_narrow_rule():
         assert kd.uses_narrow(1024, 784, 3, dtype)
         assert kd.uses_narrow(1024, 784, 2, dtype) and kd.uses_narrow(1024, 784, 1, dtype)
         assert kd.uses_narrow(3, 3, 1, dtype)
+        # The direct path's work over more than KC inputs or rows: its single FMA chain.
+        kc = kd.BLOCKING[np.dtype(dtype).name][2]
+        assert kd.uses_narrow(3, kc, 1, dtype) and kd.uses_narrow(kc, 3, 1, dtype)
+        assert not kd.uses_narrow(3, kc + 1, 1, dtype) and not kd.uses_narrow(kc + 1, 3, 1, dtype)
         assert not kd.uses_narrow(2, 784, 3, dtype)
         assert not kd.uses_narrow(1024, 2, 3, dtype)
     assert kd.uses_narrow(1024, 784, 10, np.float32) == (kd.BLOCKING["float32"][1] >= 20)

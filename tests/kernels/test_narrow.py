@@ -224,14 +224,17 @@ def test_workspace_length_grows_with_the_threads():
 
 def test_matmul_rule():
     """``fastdense.matmul`` takes the row tiles for at most the narrow tile's columns, from
-    three rows and beyond the direct path's work."""
+    three rows and steps, and for the direct path's work only over at most KC steps (the bits
+    of its single chain)."""
     for dtype in (np.float32, np.float64):
         nr = NARROW_TILES[np.dtype(dtype).name][1]
         assert kn.matmul_takes(1024, nr, 784, dtype)
         assert kn.matmul_takes(3, 1, 10000, dtype)
         assert not kn.matmul_takes(1024, nr + 1, 784, dtype)
         assert not kn.matmul_takes(2, nr, 784, dtype)  # gemm_rows
-        assert not kn.matmul_takes(4, 4, 4, dtype)  # the direct path
+        assert kn.matmul_takes(4, 4, 4, dtype) and kn.matmul_takes(3, 1, KC, dtype)
+        assert not kn.matmul_takes(3, 1, KC + 1, dtype)  # the direct path's single chain
+        assert not kn.matmul_takes(1024, 1, 2, dtype)
         assert not kn.matmul_takes(1024, 0, 784, dtype)
         assert not kn.matmul_takes(1024, nr, 0, dtype)
         assert kn.workspace_len(dtype) == kn.narrow_ws_len(*NARROW_TILES[np.dtype(dtype).name],
