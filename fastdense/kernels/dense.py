@@ -796,11 +796,14 @@ STRIPS_UNITS = 2
 # 9.8 us (5.5), over 4 6.2 / 10.4 (6.0), over 10 9.5 / 13.4 (9.8); 128 x 784 over 4 17.6 / 24.7
 # (16.8), over 10 26.5 / 26.5 (43.1); 256 x 256 over 4 9.7 / 21.9 (12.3); 32 x 128 over 4 1.3 /
 # 2.9 (2.1); but 256 x 128 over 4 9.4 / 8.9 (6.7) and 256 x 64 over 10 9.3 / 6.8 (6.2); float64
-# 256 x 100 over 4 18.2 / 15.1 (9.4), 256 x 128 over 4 13.5 / 19.2 (11.1).  A product of one or
-# two steps takes the direct path, whose loop runs element by element (float32 128 x 784 over
-# 1, training step 152 against 45 us by rows).
+# 256 x 100 over 4 18.2 / 15.1 (9.4), 256 x 128 over 4 13.5 / 19.2 (11.1); at 128 inputs
+# float32 128 x 128 over 10 7.7 / 7.1 (6.1).  From 256 inputs, then, where the row-by-row
+# kernel is not compiled for nothing (the Quick start's 128->10 output layer: its cold compile
+# took 36 s, 43 s with that kernel).  A product of one or two steps takes the direct path,
+# whose loop runs element by element (float32 128 x 784 over 1, training step 152 against
+# 45 us by rows).
 #: From this many inputs a few-unit layer's input gradient runs by rows at any batch.
-ROWS_DX_INPUTS = 128
+ROWS_DX_INPUTS = 256
 
 
 def backward_narrow_for(batch: int, n_in: int, units: int, dtype, want_dx: bool = True):
