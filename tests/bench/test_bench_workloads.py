@@ -59,3 +59,16 @@ def test_result_does_not_disturb_the_timed_state() -> None:
     second = work.result()  # starts again from the initial weights
     for key in first:
         np.testing.assert_array_equal(first[key], second[key])
+
+
+def test_the_compile_step_compiles_the_general_kernels():
+    """``runner.compile_kernels`` calls each operation on a shape whose layer takes the general
+    kernels, which the grid's layers take, not those of few units, with either tile set (at
+    most 16 units)."""
+    from fastdense.bench.runner import COMPILE_SHAPE
+    from fastdense.kernels import dense as kdense
+
+    batch, n_in, units = COMPILE_SHAPE.m, COMPILE_SHAPE.k, COMPILE_SHAPE.n
+    assert units > 16
+    for dtype in ("float32", "float64"):
+        assert kdense.product_paths(batch, n_in, units, dtype) == (False, False)
