@@ -400,10 +400,13 @@ class Dense:
             backward = _k.backward_narrow_for(n, self.input_dim, self.units, self.dtype,
                                                compute_input_grad)
         else:
-            backward = _k.backward
-        # (A layer of few units computes dz apart whatever the input gradient.)
+            backward = _k.backward_for(n, self.input_dim, self.units, self.dtype,
+                                       compute_input_grad)
+        # (A layer of few units, or taking its input gradient by rows, computes dz apart
+        # whatever the input gradient.)
         dz_first = _k.dz_over_threads(n, self.input_dim, self.units, act.code,
-                                      compute_input_grad and not narrow)
+                                      compute_input_grad and not narrow
+                                      and backward is not _k.backward_dx_by_rows)
         self._backward_and_update(backward, x2, z, y, g2, dz, dw, db, dx, bias, ws, optimizer,
                                   fusable, dz_first)
         plannable = (not act.is_custom and g is dLdy and g.ndim == 2

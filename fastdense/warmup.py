@@ -18,10 +18,12 @@ import numpy as np
 #: and the fifth, by rows, and whose weight gradient runs transposed in float32 for the first
 #: two and by row tiles for the next two, with either tile set
 #: (``kernels.dense.backward_narrow_for``: at most MR units, 8 or 6), and by strips for the
-#: fifth (one unit); and one large enough for the packed, threaded path and for outputs
-#: allocated on cache lines (``_aligned.OUTPUT_BYTES``) in both dtypes.
+#: fifth (one unit); one of 10 units over 300 rows, whose input gradient runs by rows on the
+#: general kernels where it does not take those of few units (float64 with the AVX-512
+#: tiles: ``kernels.dense.backward_for``); and one large enough for the packed, threaded path
+#: and for outputs allocated on cache lines (``_aligned.OUTPUT_BYTES``) in both dtypes.
 LAYER_SHAPES = ((1, 3, 2), (40, 120, 3), (300, 24, 3), (40, 120, 7), (40, 120, 9),
-                (80, 120, 1), (40, 120, 110))
+                (80, 120, 1), (300, 24, 10), (40, 120, 110))
 #: Rows of a product whose output is allocated in phase with B (``_aligned.reads_b_in_place``
 #: for the larger shape).
 FEW_ROWS = 32

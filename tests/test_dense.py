@@ -822,3 +822,36 @@ def test_a_large_dz_of_few_units_over_the_threads_gives_the_kernel_bits(activati
     np.testing.assert_array_equal(dx, dx_k)
     np.testing.assert_array_equal(layer.weight, w)
     np.testing.assert_array_equal(layer.bias, b)
+
+
+def test_a_layer_of_few_units_on_the_general_kernels_takes_its_input_gradient_by_rows(
+        monkeypatch):
+    """A float64 layer of 12 units (above the few-unit kernels' 8, or 4 with the AVX2 tiles)
+    over more than DIRECT_ROWS rows takes ``kernels.dense.backward_dx_by_rows``: through
+    replays, a batch change, both optimizer paths and softmax, it returns the bits of a twin
+    that takes ``backward``."""
+    rng = np.random.default_rng(23)
+    dtype, n_in, units = np.float64, 150, 12
+    batches = (300, 300, kernels.DIRECT_ROWS + 40, 300)
+    assert all(kernels.product_paths(batch, n_in, units, dtype) == (False, False)
+               and kernels.backward_for(batch, n_in, units, dtype)
+               is kernels.backward_dx_by_rows for batch in batches)
+    picks = kernels.backward_for
+    for activation in ("relu", "softmax"):
+        a, b = (Dense(units, activation=activation, dtype=dtype, seed=2,
+                      bias_initializer="random_normal") for _ in range(2))
+        opts = [fd.SGD(0.05), fd.SGD(0.05)]
+        for step, batch in enumerate(batches):
+            if step == 3:
+                opts = [fd.Adam(0.01), fd.Adam(0.01)]
+            x = _data(rng, (batch, n_in), dtype)
+            g = _data(rng, (batch, units), dtype)
+            outs = []
+            for layer, opt, by_rows in ((a, opts[0], True), (b, opts[1], False)):
+                monkeypatch.setattr(kernels, "backward_for", picks if by_rows
+                                    else lambda *args: kernels.backward)
+                outs.append((layer(x).copy(), layer.backprop(g, opt).copy()))
+            for u, v in zip(*outs, strict=True):
+                np.testing.assert_array_equal(u, v)
+            np.testing.assert_array_equal(a.weight, b.weight)
+            np.testing.assert_array_equal(a.bias, b.bias)

@@ -28,6 +28,12 @@ def test_warmup_compiles_and_reports(capsys):
             backward = kdense.backward_narrow_for(batch, n_in, units, "float64")
             assert any(sig[0].dtype == numba.float64 for sig in backward.signatures)
     assert any(sig[0].dtype == numba.float64 for sig in knarrow.narrow_matmul.signatures)
+    # ... and the input gradient by rows of layers of few units on the general kernels.
+    if any(kdense.backward_for(batch, n_in, units, "float64") is kdense.backward_dx_by_rows
+           and not kdense.uses_narrow(batch, n_in, units, "float64")
+           for batch, n_in, units in LAYER_SHAPES):
+        assert any(sig[0].dtype == numba.float64
+                   for sig in kdense.backward_dx_by_rows.signatures)
 
 
 def test_warmup_shapes_reach_the_aligned_outputs_and_few_units():
@@ -42,6 +48,10 @@ def test_warmup_shapes_reach_the_aligned_outputs_and_few_units():
                   if kdense.uses_narrow(batch, n_in, units, dtype)}
         assert {rows for rows, _ in picked} == {True, False}
         assert {"strips", "tiles"} <= {by for _, by in picked}
+    # A layer of few units on the general kernels with its input gradient by rows, in float64
+    # with the AVX-512 tiles (MR 8, few-unit kernels up to 8 float64 units).
+    assert any(8 < units <= kdense.SHORT_DX_UNITS and batch > kdense.DIRECT_ROWS
+               for batch, n_in, units in LAYER_SHAPES)
     # float32 weight gradients of few units transposed (at most MR units) and by row tiles,
     # with the AVX-512 tiles (MR 8, narrow up to 16 units) and the AVX2 ones (6, up to 8).
     for mr, nr in ((8, 32), (6, 16)):

@@ -72,9 +72,13 @@ def workspace_size(n_in, units, dtype):
     dt = np.dtype(dtype)
     MR, NR, KC, MC, NC = BLOCKING[dt.name]
     widest = max(n_in, units)
-    return max(_ws_len(MC, widest, KC, MR, NR, KC, MC, NC, numba.config.NUMBA_NUM_THREADS,
+    size = max(_ws_len(MC, widest, KC, MR, NR, KC, MC, NC, numba.config.NUMBA_NUM_THREADS,
                        double_buffers_b(1, units, n_in, dt.itemsize, MC)),
                rows_ws_len(ROWS_MAX, units, n_in, KC, dt.itemsize))
+    if units <= SHORT_DX_UNITS:
+        # The end of it for the weights transposed (:func:`backward_dx_by_rows`).
+        size += _narrow_tail(n_in, units)
+    return size
 
 
 @kernel
@@ -572,6 +576,54 @@ def backward(x, w, bias, z, y, g, code, dz, dw, db, dx, lr, l1w, l2w, l1b, l2b, 
     if fuse_sgd and has_bias:
         # bias vectors are short: no thread launch
         sgd_step(bias, db, lr, l1b, l2b)
+
+
+#: Layers on the general kernels of at most this many units take their input gradient (a
+#: reduction over the units) by rows above DIRECT_ROWS rows (:func:`backward_for`): float64
+#: layers of 9 to 12 units with the AVX-512 tiles, and with the AVX2 ones float32 layers of 9
+#: to 12 units and float64 of 5 to 12.  ``dz @ w.T`` alone, float64, two threads, packed
+#: product / by rows (NumPy), three runs: 1024 x 784 over 10 units 469-1096 / 404-411 us
+#: (221-235), the product's time varying with the output array; 300 x 256 over 12 51.6 / 37.5
+#: (25.4); but over 16, 1024 x 784 410-1160 / 522-620 (311-328), 512 x 784 257 / 271 (212).
+#: Training step, processes alternating, general / by rows (NumPy): 1024 x 784->10 988-1007 /
+#: 936-964 us (1056-1164), 512 x 784->10 496-510 / 471 (556-571), 300 x 256->12 149 / 136
+#: (128-131); 1024 x 784->16 1014-1024 / 1116 (1244-1255).
+SHORT_DX_UNITS = 12
+
+
+def backward_for(batch: int, n_in: int, units: int, dtype, want_dx: bool = True):
+    """The backward kernel of a layer on the general kernels (neither a batch of one or two nor
+    few units, :func:`product_paths`): :func:`backward`, or for at most ``SHORT_DX_UNITS``
+    units over more than ``DIRECT_ROWS`` rows, when the input gradient is wanted,
+    :func:`backward_dx_by_rows`.  Decided in Python, so that only layers that take it compile
+    it."""
+    if want_dx and units <= SHORT_DX_UNITS and batch > DIRECT_ROWS:
+        return backward_dx_by_rows
+    return backward
+
+
+@kernel
+def backward_dx_by_rows(x, w, bias, z, y, g, code, dz, dw, db, dx, lr, l1w, l2w, l1b, l2b,
+                        fuse_sgd, ws):
+    """:func:`backward` (same arguments and contract) with ``dz`` in a pass apart and the input
+    gradient ``dz @ w.T`` by rows (:func:`_input_grad_by_rows`), the packed product's bits:
+    for reductions over few units, where the packed product stores a tile every few FMAs
+    (:data:`SHORT_DX_UNITS`).  ``ws`` is :func:`workspace_size` long for the layer, whose end
+    holds the weights transposed."""
+    units = g.shape[1]
+    n_in = x.shape[1]
+    require_passes(code, dz)
+    head, wt, block = _narrow_split(ws, units, n_in, dw)
+    d = g
+    if code != act.LINEAR:
+        d = dz
+        _activation_grad_serial(g, z, y, code, dz)
+    # dx first: it must see the weights before any update.
+    if dx.shape[0] > 0 and units > 0 and n_in > 0:
+        _transposed_block(w, 0, units, wt.reshape(units * n_in))
+        _input_grad_by_rows(d, wt, dx, block)
+    backward(x, w, bias, z, y, d, act.LINEAR, dz, dw, db, dx[:0], lr, l1w, l2w, l1b, l2b,
+             fuse_sgd, head)
 
 
 @kernel(parallel=True, nrt=False)

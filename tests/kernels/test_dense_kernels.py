@@ -627,3 +627,63 @@ def test_narrow_entry_points_with_a_short_workspace(units, dtype):
         outs.append((z, dx, w, b))
     for a, c in zip(*outs, strict=True):
         assert np.array_equal(a, c)
+
+
+# Layers on the general kernels of few units (at most SHORT_DX_UNITS) take their input
+# gradient by rows above DIRECT_ROWS rows (``kd.backward_dx_by_rows``).  Shapes: units above
+# the few-unit kernels' (so the general kernels' in every tile set) and at the limit; rows over
+# KC (the weight gradient in two KC blocks); inputs of a partial strip.
+SHORT_DX_SHAPES = [(300, 70, 12), (600, 130, 9), (kd.DIRECT_ROWS + 1, 300, 11)]
+
+
+@pytest.mark.parametrize("use_bias", [True, False], ids=["bias", "no-bias"])
+@pytest.mark.parametrize("fuse_sgd, l2", [(True, 0.0), (True, 0.01), (False, 0.0)],
+                         ids=["sgd", "sgd-l2", "grads"])
+@pytest.mark.parametrize("name", ["linear", "relu", "softmax", "gelu"])
+@pytest.mark.parametrize("shape", SHORT_DX_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_backward_with_the_input_gradient_by_rows_gives_the_bits_of_backward(
+        shape, name, fuse_sgd, l2, use_bias, dtype):
+    """``backward_dx_by_rows`` gives ``backward``'s bits: input gradient, weight update or
+    gradient, bias gradient; on one thread and on all; with a layer's workspace, whose end
+    holds the transposed weights, or a short one (the kernel then allocates that end)."""
+    batch, n_in, units = shape
+    act_ = activations.get(name)
+    act_.prepare(dtype)
+    code = act_.code
+    rng = np.random.default_rng(batch + units)
+    x, w0, b0 = _layer(rng, batch, n_in, units, dtype, use_bias)
+    z, y = np.empty((batch, units), dtype), np.empty((batch, units), dtype)
+    kd.forward_for(code)(x, w0, b0, code, z, y)
+    g = rng.standard_normal((batch, units)).astype(dtype)
+    before = numba.get_num_threads()
+    results = []
+    try:
+        for kernel, threads, ws_len in (
+                (kd.backward, 1, kd.workspace_size(n_in, units, dtype)),
+                (kd.backward_dx_by_rows, 1, kd.workspace_size(n_in, units, dtype)),
+                (kd.backward_dx_by_rows, numba.config.NUMBA_NUM_THREADS,
+                 kd.workspace_size(n_in, units, dtype)),
+                (kd.backward_dx_by_rows, numba.config.NUMBA_NUM_THREADS, 8)):
+            numba.set_num_threads(threads)
+            w, b = w0.copy(), b0.copy()
+            dz, dw, db, dx = (np.empty_like(g), np.full_like(w, np.nan), np.empty_like(b),
+                              np.empty_like(x))
+            kernel(x, w, b, z, y, g, code, dz, dw, db, dx, 0.01, 0.0, l2, 0.0, 0.0, fuse_sgd,
+                   np.empty(ws_len, dtype))
+            results.append((dx, w if fuse_sgd else dw, b if fuse_sgd else db))
+    finally:
+        numba.set_num_threads(before)
+    for other in results[1:]:
+        for a, c in zip(results[0], other, strict=True):
+            assert np.array_equal(a, c)
+
+
+def test_backward_for_picks_by_batch_units_and_input_gradient():
+    """Layers on the general kernels take their input gradient by rows for at most
+    SHORT_DX_UNITS units above DIRECT_ROWS rows, when it is wanted."""
+    units = kd.SHORT_DX_UNITS
+    for dtype in ("float32", "float64"):
+        assert kd.backward_for(kd.DIRECT_ROWS + 1, 784, units, dtype) is kd.backward_dx_by_rows
+        assert kd.backward_for(kd.DIRECT_ROWS, 784, units, dtype) is kd.backward
+        assert kd.backward_for(kd.DIRECT_ROWS + 1, 784, units + 1, dtype) is kd.backward
+        assert kd.backward_for(kd.DIRECT_ROWS + 1, 784, units, dtype, False) is kd.backward
