@@ -774,26 +774,38 @@ def test_a_layer_of_few_units_gives_the_bits_of_the_untransposed_products(dtype,
     rng = np.random.default_rng(21)
     n_in = 150
     assert all(kernels.uses_narrow(batch, n_in, units, dtype) for batch in (64, 200))
-    narrow_uses = kernels.uses_narrow
+    for a, b in _twins(rng, monkeypatch, "uses_narrow", lambda *args: False, dtype, n_in,
+                       units, (64, 64, 200, 64)):
+        assert "ws_narrow" in a._workspace and "ws_narrow" not in b._workspace
+
+
+def _twins(rng, monkeypatch, picker: str, general, dtype, n_in: int, units: int,
+           batches: tuple[int, ...]) -> list[tuple[Dense, Dense]]:
+    """Twin layers, for ReLU and for softmax, through forward and backprop at each of
+    ``batches`` (plain SGD, then Adam from the fourth): the first with ``kernels``'s
+    ``picker`` as it is, the second with ``general`` in its place.  Outputs, input gradients,
+    weights and biases must agree bitwise after every step; returns the pairs."""
+    picks = getattr(kernels, picker)
+    pairs = []
     for activation in ("relu", "softmax"):
         a, b = (Dense(units, activation=activation, dtype=dtype, seed=2,
                       bias_initializer="random_normal") for _ in range(2))
         opts = [fd.SGD(0.05), fd.SGD(0.05)]
-        for step, batch in enumerate((64, 64, 200, 64)):
+        for step, batch in enumerate(batches):
             if step == 3:
                 opts = [fd.Adam(0.01), fd.Adam(0.01)]
             x = _data(rng, (batch, n_in), dtype)
             g = _data(rng, (batch, units), dtype)
             outs = []
-            for layer, opt, narrow in ((a, opts[0], True), (b, opts[1], False)):
-                monkeypatch.setattr(kernels, "uses_narrow", narrow_uses if narrow
-                                    else lambda *args: False)
+            for layer, opt, own in ((a, opts[0], True), (b, opts[1], False)):
+                monkeypatch.setattr(kernels, picker, picks if own else general)
                 outs.append((layer(x).copy(), layer.backprop(g, opt).copy()))
             for u, v in zip(*outs, strict=True):
                 np.testing.assert_array_equal(u, v)
             np.testing.assert_array_equal(a.weight, b.weight)
             np.testing.assert_array_equal(a.bias, b.bias)
-        assert "ws_narrow" in a._workspace and "ws_narrow" not in b._workspace
+        pairs.append((a, b))
+    return pairs
 
 
 @pytest.mark.parametrize("activation", ["tanh", "softmax"])
@@ -836,22 +848,5 @@ def test_a_layer_of_few_units_on_the_general_kernels_takes_its_input_gradient_by
     assert all(kernels.product_paths(batch, n_in, units, dtype) == (False, False)
                and kernels.backward_for(batch, n_in, units, dtype)
                is kernels.backward_dx_by_rows for batch in batches)
-    picks = kernels.backward_for
-    for activation in ("relu", "softmax"):
-        a, b = (Dense(units, activation=activation, dtype=dtype, seed=2,
-                      bias_initializer="random_normal") for _ in range(2))
-        opts = [fd.SGD(0.05), fd.SGD(0.05)]
-        for step, batch in enumerate(batches):
-            if step == 3:
-                opts = [fd.Adam(0.01), fd.Adam(0.01)]
-            x = _data(rng, (batch, n_in), dtype)
-            g = _data(rng, (batch, units), dtype)
-            outs = []
-            for layer, opt, by_rows in ((a, opts[0], True), (b, opts[1], False)):
-                monkeypatch.setattr(kernels, "backward_for", picks if by_rows
-                                    else lambda *args: kernels.backward)
-                outs.append((layer(x).copy(), layer.backprop(g, opt).copy()))
-            for u, v in zip(*outs, strict=True):
-                np.testing.assert_array_equal(u, v)
-            np.testing.assert_array_equal(a.weight, b.weight)
-            np.testing.assert_array_equal(a.bias, b.bias)
+    _twins(rng, monkeypatch, "backward_for", lambda *args: kernels.backward, dtype, n_in, units,
+           batches)
