@@ -638,8 +638,9 @@ def _input_grad_by_rows(d, wt, dx, ctr):
     at a time, and its time varied by up to 3x from one output to another.  Two threads,
     float32 (Zen 4), ``dz @ w.T`` alone, packed / by rows (NumPy), several processes: 1024 x
     784->10 191-524 / 149-180 us (116-147), 1024 x 1024->10 615-677 / 217-286 us, 512 x
-    1024->10 130 / 104 us; float64 1024 x 784->8 381 / 291 us (190).  At 128 rows, 28 / 32 us:
-    hence only above DIRECT_ROWS rows."""
+    1024->10 130 / 104 us; float64 1024 x 784->8 381 / 291 us (190).  At 128 rows it was 28 /
+    32 us then: so at most DIRECT_ROWS rows take it only with long rows of ``dx`` or one or two
+    units (see ``ROWS_DX_INPUTS``)."""
     m = d.shape[0]
     nthreads = min(_iget_num_threads(), m)
     if nthreads == 1 or m * wt.shape[0] * wt.shape[1] < SERIAL_WORK:
