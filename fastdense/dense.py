@@ -88,6 +88,7 @@ class _ForwardPlan(NamedTuple):
     z: np.ndarray | None  # kept pre-activations, or None (then z is y)
     y: np.ndarray | None  # the reused output, or None (a fresh one each call)
     ws: np.ndarray
+    threads_from: int | None  # forward_rows' last argument, None for the other kernels
     training: bool
 
 
@@ -134,6 +135,8 @@ class Dense:
     kernel_regularizer = _planned("kernel_regularizer", "The kernel's penalty, or None.")
     bias_regularizer = _planned("bias_regularizer", "The bias' penalty, or None.")
     _reuse_outputs = _planned("_reuse_outputs", "Whether outputs are reused workspaces.")
+    _trains = _planned("_trains", "Whether backprop has run: a batch of one or two then "
+                       "shares the weights among the threads as backprop does.")
 
     def __init__(
         self,
@@ -177,6 +180,9 @@ class Dense:
         # the next call instead of fresh arrays: no allocation per step, but the caller must
         # copy what it keeps.
         self._reuse_outputs = False
+        # Until the first backprop the layer may be an inference one: its forward at batch 1
+        # streams small weights on one thread (kernels.dense.rows_threads_from).
+        self._trains = False
 
     # ------------------------------------------------------------------ building
     @property
@@ -257,14 +263,17 @@ class Dense:
         # method call more is a tenth of the whole call.
         if (plan is not None and type(inputs) is np.ndarray and inputs.shape == plan[0]
                 and inputs.flags.c_contiguous and inputs.dtype is plan[1]):
-            (shape, dtype, out_shape, like, run, weight, kbias, code, z, y, ws,
+            (shape, dtype, out_shape, like, run, weight, kbias, code, z, y, ws, threads_from,
              training) = plan
             if y is None:  # _aligned.output, inline
                 y = np.empty(out_shape, dtype) if like is None else aligned_empty_2d(
                     *out_shape, like)
             if z is None:
                 z = y
-            run(inputs, weight, kbias, code, z, y, ws)
+            if threads_from is None:
+                run(inputs, weight, kbias, code, z, y, ws)
+            else:
+                run(inputs, weight, kbias, code, z, y, ws, threads_from)
             if training:
                 self._cache = (inputs, z, y, shape)
             return y
@@ -291,7 +300,11 @@ class Dense:
         ws = self._kernel_workspace(n, narrow)
         act.prepare(self.dtype)
         forward = _k.forward_for(act.code, rows, narrow)
-        forward(x2, self.weight, bias, act.code, z, y, ws)
+        threads_from = _k.rows_threads_from(self._trains) if rows else None
+        args = (x2, self.weight, bias, act.code, z, y, ws)
+        if threads_from is not None:
+            args += (threads_from,)
+        forward(*args)
         if act.is_custom:
             z = y.copy() if self.training else y
             y = np.ascontiguousarray(act.fn(z), dtype=self.dtype)
@@ -300,21 +313,22 @@ class Dense:
                                  f"expected {z.shape}")
         self._cache = (x2, z, y, x.shape) if self.training else None
         self._plan = None if act.is_custom or x2 is not inputs else self._make_plan(
-            x2, forward, z, y, keep_z, bias, ws)
+            forward, args, keep_z)
         return y.reshape((*x.shape[:-1], self.units))
 
     __call__ = forward
 
-    def _make_plan(self, x: np.ndarray, kernel: Any, z: np.ndarray, y: np.ndarray,
-                   keep_z: bool, bias: np.ndarray, ws: np.ndarray) -> tuple:
-        """Record what :meth:`forward` decided for the 2-D input ``x``, to be replayed.
+    def _make_plan(self, kernel: Any, args: tuple, keep_z: bool) -> tuple:
+        """Record what :meth:`forward` decided (``kernel`` called with ``args``: the 2-D input
+        ``x``, weight, bias, code, ``z``, ``y``, workspace and for :func:`forward_rows` its
+        ``threads_from``), to be replayed.
 
         The checks and choices of a forward call cost more than the kernel itself at batch 1
         (about 2 µs of Python), and a network calls a layer with inputs of one shape again and
         again.  The plan keeps the decisions and buffers; the next call replays it when its
         input has the same shape and dtype and is C-contiguous.  Everything else it depends on
-        (weights, bias, activation, ``training``, output reuse, regularizers) is a
-        :func:`_planned` attribute, whose assignment drops the plan.
+        (weights, bias, activation, ``training``, output reuse, regularizers, whether the layer
+        has trained) is a :func:`_planned` attribute, whose assignment drops the plan.
 
         The plan calls the kernel's compiled entry point for these argument types, not its
         dispatcher, which would work out the types again (a quarter of a microsecond).  Only
@@ -325,15 +339,16 @@ class Dense:
         matter to code that only reads it.
         """
         reuse_y = self._workspace.get("y") if self._reuse_outputs else None
-        code = self.activation.code
-        run = _entry_point(kernel, (x, self.weight, bias, code, z, y, ws))
+        x, weight, bias, code, z, _, ws = args[:7]
+        threads_from = args[7] if len(args) > 7 else None
+        run = _entry_point(kernel, args)
         out_shape = (x.shape[0], self.units)
         big = _aligned.aligns_output(out_shape, self.dtype.itemsize)
         like = _aligned.like(self.dtype) if big else None
         # Kept as a plain tuple: unpacking a tuple subclass takes Python's slow path (0.1 µs,
         # measured at batch 1).
-        return tuple(_ForwardPlan(x.shape, x.dtype, out_shape, like, run,
-                                  self.weight, bias, code, z if keep_z else None, reuse_y, ws,
+        return tuple(_ForwardPlan(x.shape, x.dtype, out_shape, like, run, weight, bias, code,
+                                  z if keep_z else None, reuse_y, ws, threads_from,
                                   self.training))
 
     def backprop(self, dLdy: Any, optimizer: Any, *,
@@ -378,6 +393,8 @@ class Dense:
             raise ValueError(
                 f"dLdy must have the shape of the last output {out_shape}, got {g.shape}"
             )
+        if not self._trains:
+            self._trains = True  # (drops the forward's plan: see rows_threads_from)
         g2 = np.ascontiguousarray(g.reshape(-1, self.units))
         n = x2.shape[0]
         act = self.activation
@@ -614,6 +631,7 @@ class Dense:
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__["_trains"] = False  # absent from the pickles of earlier versions
         self.__dict__.update(state)
         # Unpickled arrays have NumPy's alignment: back onto cache lines (see _aligned).
         for name in ("weight", "bias"):

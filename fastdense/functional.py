@@ -148,5 +148,8 @@ def linear(x: Any, kernel: Any, bias: Any = None, activation: Any = None) -> np.
                     else _dense.workspace_size(n_in, units, dt), dt)
     act.prepare(x2.dtype)
     forward = _dense.forward_for(act.code, rows, narrow)
-    forward(x2, w, b, act.code, y, y, ws)
+    if rows:  # no backward pass follows: the threads only from large weights
+        forward(x2, w, b, act.code, y, y, ws, _dense.rows_threads_from(False))
+    else:
+        forward(x2, w, b, act.code, y, y, ws)
     return y.reshape((*x.shape[:-1], units))

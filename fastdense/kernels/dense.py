@@ -29,6 +29,7 @@ from fastdense.kernels.gemm import (
     SERIAL_WORK,
     SHORT_WORKSPACE,
     SMALL_WORK,
+    VECTOR_THREADS_BYTES,
     _packed,
     _small,
     _unaliased,
@@ -301,25 +302,35 @@ def forward_narrow(x, w, bias, code, z, y, ws):
 
 
 @kernel(nrt=False)
-def forward_rows(x, w, bias, code, z, y, ws):
-    """:func:`forward` for a batch of one or two rows and ``in > 0``, same arguments: the same
-    bits, unless the weights are large enough to be summed in row blocks split over the
-    threads (``gemm.vector_block_rows``; see ``gemm.vector_matrix``).  Element-wise
+def forward_rows(x, w, bias, code, z, y, ws, threads_from):
+    """:func:`forward` for a batch of one or two rows and ``in > 0``, the same arguments and
+    ``threads_from``: the same bits, unless the weights are large enough to be summed in row
+    blocks (``gemm.vector_block_rows``), which the threads share from ``threads_from`` bytes
+    of weights times rows on (:func:`rows_threads_from`; see ``gemm.vector_matrix``).  Element-wise
     activations only, as :func:`forward`: softmax is :func:`forward_rows_softmax`'s."""
     if code == act.SOFTMAX:
         raise ValueError("forward_rows takes element-wise activations; softmax is "
                          "forward_rows_softmax")
     require_passes(code, y)
-    vector_matrix(x, w, z, EP_BIAS_ACT, bias, code, y, z, 0.0, 0.0, 0.0, ws)
+    vector_matrix(x, w, z, EP_BIAS_ACT, bias, code, y, z, 0.0, 0.0, 0.0, ws, threads_from)
 
 
 # Apart, as forward_softmax: the softmax pass is compiled only for the layers that use it.
 @kernel(nrt=False)
-def forward_rows_softmax(x, w, bias, code, z, y, ws):
+def forward_rows_softmax(x, w, bias, code, z, y, ws, threads_from):
     """:func:`forward_rows` for the softmax activation (``code``, unused, is ``act.SOFTMAX``;
     the same arguments)."""
-    vector_matrix(x, w, z, EP_BIAS_ACT, bias, act.LINEAR, y, z, 0.0, 0.0, 0.0, ws)
+    vector_matrix(x, w, z, EP_BIAS_ACT, bias, act.LINEAR, y, z, 0.0, 0.0, 0.0, ws,
+                  threads_from)
     _softmax_rows_serial(z, y)
+
+
+def rows_threads_from(trains: bool) -> int:
+    """The ``threads_from`` of :func:`forward_rows` for a layer that trains: 0, its weights'
+    row blocks split over the threads as in its backward pass (:func:`backward_rows`), so
+    that each core keeps its rows in its L2 over the step; or that does not (yet):
+    ``gemm.VECTOR_THREADS_BYTES``."""
+    return 0 if trains else VECTOR_THREADS_BYTES
 
 
 @kernel(nrt=False)

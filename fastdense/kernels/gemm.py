@@ -1077,6 +1077,18 @@ VECTOR_SPLIT_MIN = 1 << 16
 #: (:func:`thread_blocks`), which is what made the batch-1 training step faster (see the
 #: commit message).
 VECTOR_BLOCKS = 4
+#: Bytes of ``b`` times rows of ``a`` from which :func:`vector_matrix` shares its row blocks
+#: among the threads when no backward pass follows (``fastdense.matmul``, and a layer's
+#: forward until it first trains).  Below, one thread streams every block: a thread launch and
+#: join cost about what half the stream saves, and on this KVM guest, for seconds at a time,
+#: two threads' calls take about 2 us more while one thread's do not.  ``Dense.forward``,
+#: float32, one thread / two, fast phase (slow phase): batch 1 256x256 3.5 / 3.95 us (6.0),
+#: 784x128 4.7 / 4.5 (6.8), 512x256 6.3 / 5.2; batch 2 256x256 6.2 / 5.3.  A layer that
+#: trains splits the blocks whatever their size
+#: (``threads_from`` 0), as its backward pass does (:func:`thread_blocks`): each core then
+#: keeps its rows in its L2 over the whole step (a training step at 784x128: 24 us; 41 to
+#: 143 us with the forward on one thread and the backward on two).
+VECTOR_THREADS_BYTES = 512 << 10
 
 
 @register_jitable
@@ -1144,14 +1156,16 @@ def _partial_products(a, b, part, kb, blk0, blk1, deep):
 
 
 @kernel(parallel=True, nrt=False)
-def vector_matrix(a, b, out, ep, bias, code, y, w, lr, l1, l2, acc):
+def vector_matrix(a, b, out, ep, bias, code, y, w, lr, l1, l2, acc, threads_from):
     """``out = a @ b`` with epilogue ``ep`` for few rows (batch-1 inference): no packing.
 
     A small ``b`` is one FMA chain per element on one thread.  From ``VECTOR_SPLIT_MIN``
     elements each element is the sum of partial sums over row blocks of ``b``
     (:func:`_vector_block_rows`), added in block order.  Threads take contiguous runs of
     blocks, each streamed row by row (eight rows at a time for a ``b`` read from memory), and
-    the bits do not depend on the thread count.  ``acc`` is a scratch (the whole workspace
+    the bits do not depend on the thread count; from ``threads_from`` bytes of ``b`` times
+    rows of ``a`` (0: always; see ``VECTOR_THREADS_BYTES``), below which one thread takes them
+    all.  ``acc`` is a scratch (the whole workspace
     spares the partial sums an allocation; one shorter than the sums raises ``ValueError``:
     compiled without Numba's runtime, which costs a batch-1 call about 0.3 us, the kernel
     cannot allocate; :func:`rows_ws_len` is what it needs).
@@ -1167,7 +1181,7 @@ def vector_matrix(a, b, out, ep, bias, code, y, w, lr, l1, l2, acc):
     per = m * n
     need = nblk * per
     deep = k * n * out.itemsize > OWN_B_BYTES
-    nthreads = min(_iget_num_threads(), nblk)
+    nthreads = min(_iget_num_threads(), nblk) if m * k * n * out.itemsize >= threads_from else 1
     # The partial sums, then with threads one element counting the workers that started
     # (:mod:`._placement`).
     size = need + (1 if nthreads > 1 else 0)
@@ -1296,9 +1310,10 @@ def gemm(a, b, out, trans_a, trans_b, ws=None):
 def gemm_rows(a, b, out, ws):
     """:func:`gemm` (not transposed) for one or two rows and ``K > 0``: a separate entry point,
     compiled only when used, that streams ``b`` once (in row blocks split over the threads
-    when large: :func:`vector_matrix`).  ``ws`` is :func:`workspace_size` long (a shorter one
-    than the product needs raises ``ValueError``)."""
-    vector_matrix(a, b, out, EP_STORE, ws[:0], act.LINEAR, out, out, 0.0, 0.0, 0.0, ws)
+    from ``VECTOR_THREADS_BYTES``: :func:`vector_matrix`).  ``ws`` is :func:`workspace_size`
+    long (a shorter one than the product needs raises ``ValueError``)."""
+    vector_matrix(a, b, out, EP_STORE, ws[:0], act.LINEAR, out, out, 0.0, 0.0, 0.0, ws,
+                  VECTOR_THREADS_BYTES)
 
 
 def uses_rows(m, n, k):

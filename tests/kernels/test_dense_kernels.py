@@ -85,8 +85,10 @@ def _backward_reference(name, x, w, b, z, y, g):
 # Batches of one or two also have their own entry points (one pass over the weights): the
 # larger shapes summed in row blocks split over threads, 2 x 256->255 just below that size.
 # The last: partial sums wider than the rest of the layer's workspace.
-ROW_SHAPES = [(1, 9, 5), (2, 70, 45), (2, 256, 255), (1, 600, 300), (2, 300, 600),
-              (2, 1500, 700), (2, 16, 20000)]
+# 1 x 256->300 is summed in row blocks that one thread takes below VECTOR_THREADS_BYTES
+# (float32), and the threads above (float64).
+ROW_SHAPES = [(1, 9, 5), (2, 70, 45), (2, 256, 255), (1, 256, 300), (1, 600, 300),
+              (2, 300, 600), (2, 1500, 700), (2, 16, 20000)]
 
 
 def _backward_entry(entry):
@@ -180,12 +182,12 @@ def test_forward_rows_refuses_softmax_which_has_its_own_kernel(dtype):
     ws = np.empty(kd.workspace_size(120, 110, dtype), dtype)
     y = np.full((2, 110), 7, dtype)
     with pytest.raises(ValueError, match="forward_rows_softmax"):
-        kd.forward_rows(x, w, b, act.SOFTMAX, y, y, ws)
+        kd.forward_rows(x, w, b, act.SOFTMAX, y, y, ws, 0)
     assert np.all(y == 7)
     assert kd.forward_for(act.SOFTMAX, rows=True) is kd.forward_rows_softmax
     assert kd.forward_for(act.RELU, rows=True) is kd.forward_rows
     z = np.empty_like(y)
-    kd.forward_for(act.SOFTMAX, rows=True)(x, w, b, act.SOFTMAX, z, y, ws)
+    kd.forward_for(act.SOFTMAX, rows=True)(x, w, b, act.SOFTMAX, z, y, ws, 0)
     z_ref, y_ref = np.empty_like(y), np.empty_like(y)
     kd.forward_softmax(x, w, b, act.SOFTMAX, z_ref, y_ref, ws)
     np.testing.assert_array_equal(y, y_ref)
@@ -290,7 +292,9 @@ def test_workspace_gives_same_bits(name, shape, dtype):
 @pytest.mark.parametrize("shape", ROW_SHAPES, ids=lambda s: "x".join(map(str, s)))
 def test_row_entry_points_match_the_general_ones(name, shape, dtype):
     """``forward_rows`` gives the very bits of ``forward`` (the same FMA chain per output);
-    ``backward_rows`` the same weight update and bias gradient, on 1 and on all threads."""
+    ``backward_rows`` the same weight update and bias gradient, on 1 and on all threads, and
+    with the threads from any size of weights (``threads_from`` 0) or from
+    ``VECTOR_THREADS_BYTES``."""
     batch, n_in, units = shape
     code = activations.get(name).code
     rng = np.random.default_rng(11)
@@ -300,14 +304,20 @@ def test_row_entry_points_match_the_general_ones(name, shape, dtype):
     before = numba.get_num_threads()
     results = []
     try:
-        for threads, forward, backward in ((1, kd.forward_for(code), kd.backward),
-                                           (1, kd.forward_for(code, rows=True), kd.backward_rows),
-                                           (numba.config.NUMBA_NUM_THREADS,
-                                            kd.forward_for(code, rows=True), kd.backward_rows)):
+        rows = kd.forward_for(code, rows=True)
+        every = numba.config.NUMBA_NUM_THREADS
+        for threads, forward, threads_from, backward in (
+                (1, kd.forward_for(code), None, kd.backward),
+                (1, rows, 0, kd.backward_rows),
+                (every, rows, 0, kd.backward_rows),
+                (every, rows, kd.rows_threads_from(False), kd.backward_rows)):
             numba.set_num_threads(threads)
             w, b = w0.copy(), b0.copy()
             z, y = np.empty((batch, units), dtype), np.empty((batch, units), dtype)
-            forward(x, w, b, code, z, y, ws)
+            if threads_from is None:
+                forward(x, w, b, code, z, y, ws)
+            else:
+                forward(x, w, b, code, z, y, ws, threads_from)
             dz, dw, db, dx = (np.empty_like(g), np.empty_like(w), np.empty_like(b),
                               np.empty_like(x))
             backward(x, w, b, z, y, g, code, dz, dw, db, dx, 0.01, 0.0, 0.0, 0.0, 0.0, True, ws)
@@ -322,8 +332,9 @@ def test_row_entry_points_match_the_general_ones(name, shape, dtype):
     else:
         for a, c in zip(results[0][:5], results[1][:5], strict=True):
             assert np.array_equal(a, c)
-    for a, c in zip(results[1], results[2], strict=True):
-        assert np.array_equal(a, c)
+    for other in results[2:]:
+        for a, c in zip(results[1], other, strict=True):
+            assert np.array_equal(a, c)
 
 
 def test_row_entry_points_refuse_a_short_workspace(dtype):
@@ -336,9 +347,10 @@ def test_row_entry_points_refuse_a_short_workspace(dtype):
     z, y = np.full((1, 600), 7, dtype), np.full((1, 600), 7, dtype)
     short = np.empty(10, dtype)
     with pytest.raises(ValueError, match="workspace is too short"):
-        kd.forward_rows(x, w, b, act.RELU, z, y, short)
+        kd.forward_rows(x, w, b, act.RELU, z, y, short, 0)
     assert np.all(z == 7) and np.all(y == 7)
-    kd.forward_rows(x, w, b, act.RELU, z, y, np.empty(kd.workspace_size(300, 600, dtype), dtype))
+    kd.forward_rows(x, w, b, act.RELU, z, y, np.empty(kd.workspace_size(300, 600, dtype), dtype),
+                    0)
     dz, dw, db, dx = (np.empty_like(g), np.empty_like(w), np.empty_like(b), np.empty_like(x))
     with pytest.raises(ValueError, match="workspace is too short"):
         kd.backward_rows(x, w, b, z, y, g, act.RELU, dz, dw, db, dx, 0.1, 0.0, 0.0, 0.0, 0.0,

@@ -24,6 +24,7 @@ from fastdense.kernels._placement import (
     worker_arrives,
 )
 from fastdense.kernels.gemm import (
+    VECTOR_THREADS_BYTES,
     _unaliased,
     gemm,
     gemm_rows,
@@ -133,6 +134,46 @@ def test_products_count_their_workers():
                             np.empty_like(a), 0.1, 0.0, 0.0, 0.0, 0.0, True, ws)
         lanes = 2 * dense._LANES
         assert ws[lanes:lanes + 1].view(np.int64)[0] == 1
+
+
+def _rows_slot(ws, k, n, b):
+    """The check-in count of a batch-1 :func:`gemm_rows` / ``forward_rows`` call's workspace
+    (an integer of the workspace's item size)."""
+    need = -(-k // vector_block_rows(k, n, b.dtype)) * n
+    slot = _unaliased(ws, need + 1, b)[need:need + 1]
+    return slot.view(np.int64 if slot.itemsize == 8 else np.int32)[0]
+
+
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs two Numba threads")
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_row_products_share_weights_from_a_size(dtype):
+    """A batch-1 product with no backward pass after it (``gemm_rows``) runs its row blocks on
+    one thread below ``VECTOR_THREADS_BYTES`` of weights (1 x 256 @ 256 x 300: float32 300 KiB,
+    float64 600 KiB), so no worker checks in; a layer's forward does too until its first
+    backprop, and from then on splits them as the backprop does."""
+    rng = np.random.default_rng(1)
+    k, n = 256, 300
+    a = rng.standard_normal((1, k)).astype(dtype)
+    b = rng.standard_normal((k, n)).astype(dtype)
+    assert vector_block_rows(k, n, dtype) < k  # summed in row blocks
+    threaded = k * n * np.dtype(dtype).itemsize >= VECTOR_THREADS_BYTES
+    assert threaded == (dtype == np.float64)
+    untouched = np.array([7], dtype).view(np.int64 if dtype == np.float64 else np.int32)[0]
+    with fd.threads(2):
+        ws = np.full(workspace_size(1, n, k, dtype), 7, dtype)
+        gemm_rows(a, b, np.empty((1, n), dtype), ws)
+        assert _rows_slot(ws, k, n, b) == (1 if threaded else untouched)
+        layer = fd.Dense(n, dtype=dtype)
+        y = layer.forward(a)  # builds the layer and its workspace
+        ws = layer._workspace["ws"]
+        for trained in (False, True):
+            if trained:
+                layer.backprop(np.ones_like(y), fd.SGD(0.01))
+            for _ in range(2):  # a call that plans, then its replay
+                ws.fill(7)
+                y = layer.forward(a)
+                expected = 1 if threaded or trained else untouched
+                assert _rows_slot(ws, k, n, layer.weight) == expected
 
 
 ONE_CPU = textwrap.dedent("""
