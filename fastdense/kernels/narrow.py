@@ -140,8 +140,14 @@ def _row_panels(a, b, out, q0, q1, ep, bias, code, y, w, lr, l1, l2, tile, abuf,
     """Row panels ``q0:q1`` (MR rows each) of ``out = a @ b`` and the epilogue ``ep`` (as
     ``gemm._store_tile``: bias and ReLU or the identity, other activations being left to the
     caller; or the SGD step on ``w``: :func:`_store_rows`).  ``tile`` holds a tile, ``abuf``
-    the zero-padded panel of the last rows when fewer than MR, ``tail`` the end of ``b``
+    the zero-padded panel of ``a``'s rows when it has fewer than MR, ``tail`` the end of ``b``
     (:func:`_copy_end`).
+
+    A last panel of fewer than MR rows is computed as the MR rows that end at ``a``'s last row,
+    of which it stores its own: each row's sums are its own, so the bits are the same, and
+    nothing is copied: a zero-padded copy of that panel cost about as much as six more rows
+    (``narrow_matmul``, one thread, float32 784->10: 30 rows 7.6 us, 32 rows 9.8-11.4, 36
+    rows 9.0-9.4; 32 rows 8.9 without the copy).
 
     The tiles read ``b`` (C-contiguous) in place, NR elements from the start of each row: the
     elements past the row's ``n`` are those of the next rows, and only feed tile columns that
@@ -158,10 +164,14 @@ def _row_panels(a, b, out, q0, q1, ep, bias, code, y, w, lr, l1, l2, tile, abuf,
     for q in range(q0, q1):
         i0 = q * MR
         mr = min(MR, m - i0)
+        # The panel's first row in ``a`` (MR rows before the end for a last panel of fewer),
+        # and its tile from the first row it stores.
+        lo = min(i0, m - MR)
+        rows = tile[(i0 - lo) * NR:] if lo >= 0 else tile
         for pc in range(0, k, KC):
             kc = min(KC, k - pc)
-            if mr == MR:
-                a3 = strided_view(a[i0:, pc:], (1, kc, MR), (MR * s0, s1, s0))
+            if lo >= 0:
+                a3 = strided_view(a[lo:, pc:], (1, kc, MR), (MR * s0, s1, s0))
             else:
                 for p in range(kc):
                     for i in range(MR):
@@ -173,7 +183,7 @@ def _row_panels(a, b, out, q0, q1, ep, bias, code, y, w, lr, l1, l2, tile, abuf,
                                 y, False)
             else:
                 _narrow_ukernel(kc, a3, bf, pc * n, n, tile, out, i0, 0, 0, 0.0, bias, y, False)
-            _store_rows(tile, NR, out, i0, mr, n, pc == 0, pc + kc >= k, ep, bias,
+            _store_rows(rows, NR, out, i0, mr, n, pc == 0, pc + kc >= k, ep, bias,
                         code == act.RELU, y, w, lr, l1, l2)
 
 

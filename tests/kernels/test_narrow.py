@@ -24,9 +24,11 @@ KC = BLOCKING["float32"][2]
 # ``b`` (fewer elements than a tile row: all of it read from the copy of its last block), whole
 # panels over exactly KC steps, two KC blocks with a last one of one step, three blocks with
 # partial panels and a few columns (the copy serves rows that read past ``b``'s end), and
-# enough rows for the threads, with a short reduction.
+# enough rows for the threads, with a short reduction.  A last partial panel of the 6-row
+# tiles is computed as the panel ending at the last row (13, 250 and 97 rows), unless there
+# are fewer rows than a panel, which are copied and padded (4 rows).
 SHAPES = [(5, 7, 3), (1, 1, 1), (2, 2, 2), (12, KC, 0), (13, KC + 1, 10), (100, 2 * KC + 1, 3),
-          (250, 64, 0), (97, 784, 10)]
+          (250, 64, 0), (97, 784, 10), (4, 30, 0)]
 # Around the width of the tiles of 256-bit rows (NARROW_HALF_TILES: 8 float32 or 4 float64
 # columns), whose panels are of eight rows: at it and one column past it, in either dtype.
 SHAPES += [(43, 300, 4), (29, 70, 5), (45, 130, 8), (21, 200, 9)]
