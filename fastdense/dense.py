@@ -126,6 +126,11 @@ class Dense:
     by :meth:`build`).  Inputs of rank > 2 are transformed along their last axis; a 1-D input
     is one sample.  :meth:`forward` keeps a reference to its input for :meth:`backprop`: do not
     modify the input in place between the two calls.
+
+    For a batch of one or two rows, a layer that has not run :meth:`backprop` yet streams
+    weights of less than 512 KiB (256 KiB for two rows) on one thread (inference); from its
+    first backprop on, it shares them among the threads as backprop does.  The results have
+    the same bits either way (see ``kernels.dense.rows_threads_from``).
     """
 
     weight = _planned("weight", "The kernel, shape ``(in, units)``; None until built.")
