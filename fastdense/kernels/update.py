@@ -60,7 +60,7 @@ def sgd_value(w, g, lr, l1, l2):
     without the penalty term when ``l1 = l2 = 0`` (so that an infinite weight stays so).
 
     The one place the SGD formula lives: :func:`sgd_step` and the batch-1 backward pass
-    (``dense._row_step``) apply it element by element; the micro-kernels' ``sgd_n`` repeats its
+    (``dense._row_steps``) apply it element by element; the micro-kernels' ``sgd_n`` repeats its
     arithmetic in vector IR.  Callers split their loops on ``l1 == 0.0 and l2 == 0.0`` and pass
     literal zeros in the plain loop, where the test then folds away.
     """

@@ -337,6 +337,31 @@ def test_row_entry_points_match_the_general_ones(name, shape, dtype):
             assert np.array_equal(a, c)
 
 
+@pytest.mark.parametrize("batch", [1, 2])
+@pytest.mark.parametrize("want_dx", [True, False], ids=["dx", "no-dx"])
+@pytest.mark.parametrize("fuse_sgd, l1, l2", [(True, 0.0, 0.0), (True, 0.001, 0.01),
+                                             (False, 0.0, 0.0)], ids=["sgd", "sgd-l1-l2", "grads"])
+def test_row_backward_steps_give_the_general_weights(batch, want_dx, fuse_sgd, l1, l2, dtype):
+    """``backward_rows`` writes or applies each row of the weight gradient by runs of rows
+    (``_row_steps``: four rows after their dot products, or all rows without an input
+    gradient), with the bits of ``backward``, with and without penalties."""
+    rng = np.random.default_rng(batch)
+    n_in, units = 37, 29
+    x, w0, b0 = _layer(rng, batch, n_in, units, dtype)
+    g = rng.standard_normal((batch, units)).astype(dtype)
+    ws = np.empty(kd.workspace_size(n_in, units, dtype), dtype)
+    out = []
+    for backward in (kd.backward, kd.backward_rows):
+        w, b = w0.copy(), b0.copy()
+        dw = np.full_like(w, np.nan)
+        dx = np.empty((batch if want_dx else 0, n_in), dtype)
+        backward(x, w, b, g, g, g, act.LINEAR, np.empty_like(g), dw, np.empty_like(b), dx,
+                 0.01, l1, l2, 0.0, 0.0, fuse_sgd, ws)
+        out.append(w if fuse_sgd else dw)
+    assert np.array_equal(out[0], out[1])
+    assert not np.array_equal(out[1], w0 if fuse_sgd else np.zeros_like(w0))
+
+
 def test_row_entry_points_refuse_a_short_workspace(dtype):
     """Compiled without Numba's runtime, ``forward_rows`` and ``backward_rows`` cannot allocate:
     a workspace too short raises ``ValueError`` before the weights or outputs change."""
