@@ -306,8 +306,9 @@ def forward_rows(x, w, bias, code, z, y, ws, threads_from):
     """:func:`forward` for a batch of one or two rows and ``in > 0``, the same arguments and
     ``threads_from``: the same bits, unless the weights are large enough to be summed in row
     blocks (``gemm.vector_block_rows``), which the threads share from ``threads_from`` bytes
-    of weights times rows on (:func:`rows_threads_from`; see ``gemm.vector_matrix``).  Element-wise
-    activations only, as :func:`forward`: softmax is :func:`forward_rows_softmax`'s."""
+    of weights times rows on (:func:`rows_threads_from`; see ``gemm.vector_matrix``).
+    Element-wise activations only, as :func:`forward`: softmax is
+    :func:`forward_rows_softmax`'s."""
     if code == act.SOFTMAX:
         raise ValueError("forward_rows takes element-wise activations; softmax is "
                          "forward_rows_softmax")

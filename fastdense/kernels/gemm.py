@@ -1084,10 +1084,10 @@ VECTOR_BLOCKS = 4
 #: two threads' calls take about 2 us more while one thread's do not.  ``Dense.forward``,
 #: float32, one thread / two, fast phase (slow phase): batch 1 256x256 3.5 / 3.95 us (6.0),
 #: 784x128 4.7 / 4.5 (6.8), 512x256 6.3 / 5.2; batch 2 256x256 6.2 / 5.3.  A layer that
-#: trains splits the blocks whatever their size
-#: (``threads_from`` 0), as its backward pass does (:func:`thread_blocks`): each core then
-#: keeps its rows in its L2 over the whole step (a training step at 784x128: 24 us; 41 to
-#: 143 us with the forward on one thread and the backward on two).
+#: trains splits the blocks whatever their size (``threads_from`` 0), as its backward pass
+#: does (:func:`thread_blocks`): each core then keeps its rows in its L2 over the whole step
+#: (a training step at 784x128: 24 us; 41 to 143 us with the forward on one thread and the
+#: backward on two).
 VECTOR_THREADS_BYTES = 512 << 10
 
 
@@ -1163,12 +1163,11 @@ def vector_matrix(a, b, out, ep, bias, code, y, w, lr, l1, l2, acc, threads_from
     elements each element is the sum of partial sums over row blocks of ``b``
     (:func:`_vector_block_rows`), added in block order.  Threads take contiguous runs of
     blocks, each streamed row by row (eight rows at a time for a ``b`` read from memory), and
-    the bits do not depend on the thread count; from ``threads_from`` bytes of ``b`` times
-    rows of ``a`` (0: always; see ``VECTOR_THREADS_BYTES``), below which one thread takes them
-    all.  ``acc`` is a scratch (the whole workspace
-    spares the partial sums an allocation; one shorter than the sums raises ``ValueError``:
-    compiled without Numba's runtime, which costs a batch-1 call about 0.3 us, the kernel
-    cannot allocate; :func:`rows_ws_len` is what it needs).
+    the bits do not depend on the thread count: threads from ``threads_from`` bytes of ``b``
+    times rows of ``a`` (0: always; see ``VECTOR_THREADS_BYTES``), one thread below.  ``acc``
+    is a scratch (the whole workspace spares the partial sums an allocation; one shorter than
+    the sums raises ``ValueError``: compiled without Numba's runtime, which costs a batch-1
+    call about 0.3 us, the kernel cannot allocate; :func:`rows_ws_len` is what it needs).
     """
     m, n = out.shape
     k = b.shape[0]
