@@ -13,7 +13,8 @@ import time
 
 import numpy as np
 
-#: ``(batch, in, units)`` of the layers run: a small shape (the direct path), five of few units
+#: ``(batch, in, units)`` of the layers run: a batch of one (the row entry points, before and
+#: after the layer's first backprop: ``kernels.dense.rows_threads_from``), five of few units
 #: (``kernels.dense.uses_narrow``), whose input gradient runs as a product and, for the second
 #: and the fifth, by rows, and whose weight gradient runs in float32 transposed for those of at
 #: most MR units and by row tiles for the others, with either tile set
