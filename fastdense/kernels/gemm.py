@@ -191,12 +191,13 @@ DIRECT_SKINNY_B_BYTES = 8 << 20
 # 256 68.8 / 61.1 (59.9); float32 (read in place either way) 32 x 784 x 512 217 / 182 (181),
 # 32 x 784 x 128 59.2 / 52.4 (46.4).
 DIRECT_F64_B_BYTES = 1 << 20
-# From this size (half the L3 on the target) a B for few rows comes from memory on every call:
+# Half the L3 on the target.  Over this size a B for few rows comes from memory on every call:
 # it is packed whole-row-wise instead of by column chunks (see ``_packed``), and a product of
-# one or two rows streams eight of its rows at a time (see ``_vecmat``).
+# one or two rows streams eight of its rows at a time (see ``_vecmat``).  For more than
+# DIRECT_ROWS rows, a B of this size already is packed by rows.
 OWN_B_BYTES = 16 << 20
-# Up to this many row blocks (MC rows each: 64 rows in float64, 128 in float32), a B of
-# OWN_B_BYTES or more is double-buffered on two threads: the next block is packed while the
+# Up to this many row blocks (MC rows each: 64 rows in float32, 32 in float64), a B over
+# OWN_B_BYTES is double-buffered on two threads: the next block is packed while the
 # current one is used (see ``_packed``).  Float64 x 4096->1024, processes of the old and new
 # code alternating, 2 threads, best of 7: 32 rows 4.05-4.57 -> 3.63-3.97 ms, 64 rows 6.30-6.66
 # -> 5.99-6.51 ms, 128 rows (four row blocks) at parity, 256 rows slower (21.8-22.6 -> 22.5-23.4
@@ -207,6 +208,18 @@ OWN_B_BYTES = 16 << 20
 # 4.54-5.18 -> 4.37-4.89 ms.  Later the same day, with the machine's memory less busy, the
 # 32- and 64-row comparisons gained 0-10%.  Smaller B (2-8 MiB, in the L3) showed no clear
 # gain either way, so those keep column-chunk packing.
+# Since then those 16 MiB are back with the column chunks (now of 8 panels), for fragility: on
+# the Zen 4 guest, phases of seconds (a fifth to a quarter of the time in some runs) make
+# every product that shares a packed block between the cores about twice as slow, the two
+# threads busy throughout, while products whose cores share nothing written (B read in place,
+# or packed by the task that uses it) and NumPy's lose 0-12%.  Dense forward, float32 x
+# 4096->1024, both versions and NumPy in one process, 30 ms blocks in turn for 170 s, median
+# block out of / in those phases, double-buffered (single-buffered row packing for 256 rows)
+# -> column chunks (NumPy): 32 rows 1.70 / 3.54 -> 1.85 / 2.27 ms (2.17 / 2.35), 128 rows
+# 5.51 / 8.03 -> 5.73 / 6.11 (6.34 / 7.17), 256 rows 10.6 / 13.5 -> 10.7 / 11.3 (11.6 /
+# 14.1).  For float64's 32 MiB (from memory) column chunks are slower out of those phases than
+# NumPy: 32 rows 3.94 / 7.64 -> 4.94 / 5.53 ms (4.27 / 4.77), 64 rows 6.70 / 12.4 -> 7.63 /
+# 8.28 (7.26 / 8.22); they keep the double buffering.
 PIPELINE_BLOCKS = 2
 # Packing tasks per pipelined B block, each a share of its rows (64 of a 512-row block).
 NEXT_B_TASKS = 8
@@ -342,7 +355,7 @@ def double_buffers_b(m, n, k, itemsize, MC):
     """Whether a product of ``m`` rows (``MC`` to a row block) by a row-major ``k x n`` B packs
     the next B block while using the current one on two or more threads (see ``_packed``):
     its workspace then holds two B blocks."""
-    return m <= PIPELINE_BLOCKS * MC and k * n * itemsize >= OWN_B_BYTES
+    return m <= PIPELINE_BLOCKS * MC and k * n * itemsize > OWN_B_BYTES
 
 
 @register_jitable
@@ -817,8 +830,7 @@ def _packed(a, b, out, trans_a, trans_b, ep, bias, code, y, w, lr, l1, l2,
     # forward 32 x 1024->1024 went from 0.92 to 0.80 ms and 32 x 4096->1024 from 4.7 to 4.15;
     # in the layer grid on two threads (with that session's other changes) those cells went
     # from 0.64x and 0.62x of NumPy to 1.19x-1.23x and 1.05x-1.18x.
-    own_b = (not direct_b and m <= DIRECT_ROWS and k * n * out.itemsize < OWN_B_BYTES
-             and not (nthreads > 1 and double_buffers_b(m, n, k, out.itemsize, MC)))
+    own_b = not direct_b and m <= DIRECT_ROWS and b_bytes <= OWN_B_BYTES
     # A B beyond that, streamed from memory, is packed into the shared block by rows, each
     # thread a share of whole source rows: a column chunk is a short piece of every row, one
     # per memory page, which the prefetchers cannot follow (single-threaded, 4096 x 1024
@@ -829,7 +841,8 @@ def _packed(a, b, out, trans_a, trans_b, ep, bias, code, y, w, lr, l1, l2,
     # parity both ways and kept column chunks; in whole rows, two threads, one process against
     # the column chunks, best of 7: forward 256 rows 12.9 -> 12.3 ms (twice; NumPy 12.1), 192
     # rows 9.7-10.3 -> 9.3-9.5 ms, 256 x 1024->4096 12.6 -> 12.2 ms; one thread, 256 rows 24.8
-    # -> 24.2 ms, 64 rows 7.30 -> 6.83 ms.  For more rows, where the product dwarfs the
+    # -> 24.2 ms, 64 rows 7.30 -> 6.83 ms (up to DIRECT_ROWS rows, it has the column chunks
+    # again: see OWN_B_BYTES).  For more rows, where the product dwarfs the
     # packing, only a B from memory (OWN_B_BYTES and more), which the shared block had taken in
     # column chunks too: float32 1024 x 4096->1024 +1.0 to +2.6% (four runs, one on one
     # thread), 512 rows +0.1 to +1.9%; float64 1024 x 4096->1024 +1.6%, 300 rows +3.0%,
@@ -855,8 +868,14 @@ def _packed(a, b, out, trans_a, trans_b, ep, bias, code, y, w, lr, l1, l2,
         nc = min(NC, n - jc)
         npan = _b_panels(nc, NR, direct_b, shift)[1]
         if own_b:
-            # Chunks of at most 4 panels (256 KiB, stays in L2) and about 4 per thread.
-            ncol = min(npan, max(4 * nthreads, (npan + 3) // 4))
+            # Chunks of at most 4 panels (256 KiB, stays in L2) and about 4 per thread; of 8
+            # panels and about 2 per thread for a B of half the L3, whose pieces of rows then
+            # stream from the L3 in longer runs: float32 x 4096->1024, medians of 30 ms
+            # blocks in turn, 4 -> 8 panels: 32 rows 2.08 -> 2.01 ms, 128 rows 6.06 -> 5.96.
+            if b_bytes < OWN_B_BYTES:
+                ncol = min(npan, max(4 * nthreads, (npan + 3) // 4))
+            else:
+                ncol = min(npan, max(2 * nthreads, (npan + 7) // 8))
             ntasks = ncol
         else:
             ncol = 1

@@ -72,8 +72,9 @@ SHAPES = [
     # while the current one is used: several NC blocks (the pipeline crosses from one to the
     # next), a partial last panel and a partial last KC block in both dtypes.
     (37, 2100, 2100),
-    # ... from exactly OWN_B_BYTES in float32 (4096->1024, 16 MiB); with two row blocks, the
-    # second partial, in float32 (four in float64: single-buffered row packing there).
+    # ... but not at exactly OWN_B_BYTES (float32 4096->1024, 16 MiB): the tasks pack their own
+    # column chunks of 8 panels there (``own_b``); in float64 (32 MiB) double-buffered for 37
+    # rows, single-buffered row packing for 100 (four row blocks).
     (37, 1024, 4096),
     (100, 1024, 4096),
     # Rows of a transposed A (op(A) columns) of 32 KiB in float64: packed, not read in place
@@ -105,12 +106,12 @@ assert 4096 * 1024 * 4 == OWN_B_BYTES
 assert PIPELINE_BLOCKS * MC_F64 < 100 <= PIPELINE_BLOCKS * MC_F32
 
 
-def test_double_buffering_starts_at_own_b_bytes_and_stops_after_two_row_blocks():
+def test_double_buffering_starts_over_own_b_bytes_and_stops_after_two_row_blocks():
     for mc in (MC_F32, MC_F64):
         rows = PIPELINE_BLOCKS * mc
-        assert double_buffers_b(rows, 1024, 4096, 4, mc)
-        assert not double_buffers_b(rows, 1024, 4095, 4, mc)
-        assert not double_buffers_b(rows + 1, 1024, 4096, 4, mc)
+        assert double_buffers_b(rows, 1024, 4097, 4, mc)
+        assert not double_buffers_b(rows, 1024, 4096, 4, mc)
+        assert not double_buffers_b(rows + 1, 1024, 4097, 4, mc)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
