@@ -352,8 +352,14 @@ def vectors_256(typingctx):
     return types.none(), _vector_width(256)
 
 
-def _prefetch(for_write):
-    """Code of ``llvm.prefetch`` of the cache line of ``arr[idx]`` into all cache levels."""
+@intrinsic
+def prefetch(typingctx, arr, idx):
+    """Prefetch the cache line of ``arr[idx]`` (1-D array) for writing, into all cache levels.
+
+    No code but the ``prefetchw`` instruction; an address out of range is harmless (prefetches
+    never fault).
+    """
+    sig = types.none(arr, idx)
 
     def codegen(context, builder, signature, args):
         from llvmlite import ir
@@ -364,27 +370,10 @@ def _prefetch(for_write):
         i32 = ir.IntType(32)
         fnty = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
         fn = builder.module.declare_intrinsic("llvm.prefetch", [i8p], fnty)
-        builder.call(fn, [builder.bitcast(ptr, i8p), i32(int(for_write)), i32(3), i32(1)])
+        builder.call(fn, [builder.bitcast(ptr, i8p), i32(1), i32(3), i32(1)])
         return context.get_dummy_value()
 
-    return codegen
-
-
-@intrinsic
-def prefetch(typingctx, arr, idx):
-    """Prefetch the cache line of ``arr[idx]`` (1-D array) for writing, into all cache levels.
-
-    No code but the ``prefetchw`` instruction; an address out of range is harmless (prefetches
-    never fault).
-    """
-    return types.none(arr, idx), _prefetch(True)
-
-
-@intrinsic
-def prefetch_read(typingctx, arr, idx):
-    """Prefetch the cache line of ``arr[idx]`` (1-D array) for reading, into all cache levels
-    (``prefetcht0``); harmless out of range, as :func:`prefetch`."""
-    return types.none(arr, idx), _prefetch(False)
+    return sig, codegen
 
 
 def zero_of(a):

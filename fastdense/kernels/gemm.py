@@ -869,9 +869,9 @@ def _packed(a, b, out, trans_a, trans_b, ep, bias, code, y, w, lr, l1, l2,
         npan = _b_panels(nc, NR, direct_b, shift)[1]
         if own_b:
             # Chunks of at most 4 panels (256 KiB, stays in L2) and about 4 per thread; of 8
-            # panels and about 2 per thread for a B of half the L3 (from the L3, half the
-            # tasks start on cold lines): float32 x 4096->1024, medians of 30 ms blocks in
-            # turn, 4 -> 8 panels: 32 rows 2.08 -> 2.01 ms, 128 rows 6.06 -> 5.96.
+            # panels and about 2 per thread for a B of half the L3, whose pieces of rows then
+            # stream from the L3 in longer runs: float32 x 4096->1024, medians of 30 ms
+            # blocks in turn, 4 -> 8 panels: 32 rows 2.08 -> 2.01 ms, 128 rows 6.06 -> 5.96.
             if b_bytes < OWN_B_BYTES:
                 ncol = min(npan, max(4 * nthreads, (npan + 3) // 4))
             else:

@@ -14,21 +14,9 @@ dZ as the B operand of ``dw = x.T @ dz``.
 import numpy as np
 
 from fastdense.kernels import activation as act
-from fastdense.kernels._codegen import copy_n, kernel, no_inline, prefetch_read, transpose8
+from fastdense.kernels._codegen import copy_n, kernel, no_inline, transpose8
 from fastdense.kernels._tiles import _blocking
 from fastdense.kernels.activation_passes import DERIVATIVE, call_derivative_pass, pass_address
-from fastdense.kernels.memory import CACHE_LINE
-
-# A row-major B of more than this (the L2 caches of two cores on the target) is packed with the
-# lines of a row PREFETCH_ROWS ahead prefetched: each row gives a panel group a piece of 512
-# bytes, a page of its own for rows of 4 KiB, where the hardware prefetchers stop.  Dense
-# forward, float32 x 4096->1024 (16 MiB, packed by the tasks), one process alternating 30 ms
-# blocks for 150 s, median blocks without / with (8 rows ahead; 16: in between): 32 rows
-# 1.98 -> 1.86 ms (2.08 -> 2.00 in the phases that slow shared blocks, see
-# ``gemm.OWN_B_BYTES``), 128 rows 5.90 -> 5.77 (6.15 -> 5.98).  With B of 4 MiB and less, in
-# the L3: 128, 256 and 1024 x 1024->1024, 1024 x 784->512 and ->128 within 0.8%.
-PREFETCH_B_BYTES = 2 << 20
-PREFETCH_ROWS = 8
 
 
 @kernel(nrt=False)
@@ -215,18 +203,10 @@ def pack_b(b, trans_b, p0, kc, j0, nc, bp, colsum, db):
         # which the hardware prefetchers follow; measured 1.67 -> 0.91 ms for a 4096 x 1024
         # float32 B, single-threaded (a plain copy of it takes 0.83 ms).
         q_rows = nc // NR
-        ahead = b.size * b.itemsize > PREFETCH_B_BYTES
-        bflat = b.reshape(-1)
-        line = CACHE_LINE // b.itemsize
         for g0 in range(0, q_rows, 4):
             g1 = min(q_rows, g0 + 4)
             for p in range(kc):
                 row = b[p0 + p]
-                if ahead:
-                    # Where these columns of a later row are (beyond B's end: no fault).
-                    at = (p0 + p + PREFETCH_ROWS) * b.shape[1] + j0 + g0 * NR
-                    for c in range(0, (g1 - g0) * NR, line):
-                        prefetch_read(bflat, at + c)
                 for q in range(g0, g1):
                     # One constant-size move per panel row (a copy loop would check for
                     # aliasing each time).
