@@ -217,9 +217,12 @@ OWN_B_BYTES = 16 << 20
 # block out of / in those phases, double-buffered (single-buffered row packing for 256 rows)
 # -> column chunks (NumPy): 32 rows 1.70 / 3.54 -> 1.85 / 2.27 ms (2.17 / 2.35), 128 rows
 # 5.51 / 8.03 -> 5.73 / 6.11 (6.34 / 7.17), 256 rows 10.6 / 13.5 -> 10.7 / 11.3 (11.6 /
-# 14.1).  For float64's 32 MiB (from memory) column chunks are slower out of those phases than
-# NumPy: 32 rows 3.94 / 7.64 -> 4.94 / 5.53 ms (4.27 / 4.77), 64 rows 6.70 / 12.4 -> 7.63 /
-# 8.28 (7.26 / 8.22); they keep the double buffering.
+# 14.1); float64 x 2048->1024 (also 16 MiB), 90 s: 32 rows 1.71 / 3.68 -> 1.94 / 2.13 ms
+# (NumPy 1.79 / 1.87: the same expected time over a run with a fifth of it in those phases, at
+# a tenth of the spread), 128 rows 5.65 / 8.01 -> 5.71 / 6.12 (5.91 / 6.73).  For float64's
+# 32 MiB x 4096->1024 (from memory) column chunks are slower out of those phases than NumPy:
+# 32 rows 3.94 / 7.64 -> 4.94 / 5.53 ms (4.27 / 4.77), 64 rows 6.70 / 12.4 -> 7.63 / 8.28
+# (7.26 / 8.22); B over OWN_B_BYTES keeps the double buffering.
 PIPELINE_BLOCKS = 2
 # Packing tasks per pipelined B block, each a share of its rows (64 of a 512-row block).
 NEXT_B_TASKS = 8
