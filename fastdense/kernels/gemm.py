@@ -52,7 +52,7 @@ from fastdense.kernels._codegen import (
     zero_of,
 )
 from fastdense.kernels._isa import TILES
-from fastdense.kernels._placement import caller_waits, region_opens, worker_arrives
+from fastdense.kernels._placement import caller_waits, region_opens, shorten_spin, worker_arrives
 from fastdense.kernels._tiles import (
     BLOCKING,
     HALF_MR,
@@ -73,7 +73,9 @@ from fastdense.kernels.update import sgd_step
 # the caller uncacheable ("dynamic globals"); this intrinsic is what Numba's own prange lowering
 # uses: a call to the threading layer's exported ``get_num_threads`` symbol.
 # Code loaded from Numba's cache skips the intrinsic's typing, which is what starts the threading
-# layer and registers that symbol, so start it here (as any prange kernel's first call would).
+# layer and registers that symbol, so start it here (as any prange kernel's first call would),
+# with its workers' spin shortened first.
+shorten_spin()
 _launch_threads()
 
 # Whether the AVX-512 tiles are compiled (else the AVX2 ones): some thresholds below differ.

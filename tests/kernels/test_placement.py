@@ -17,10 +17,12 @@ from fastdense.kernels import activation as act
 from fastdense.kernels import dense
 from fastdense.kernels._placement import (
     MAX_YIELDS,
+    SPIN_COUNT,
     caller_waits,
     current_cpu,
     leave_cpu,
     region_opens,
+    shorten_spin,
     worker_arrives,
 )
 from fastdense.kernels.gemm import (
@@ -206,3 +208,31 @@ def test_two_threads_on_one_cpu_finish():
     done = subprocess.run([sys.executable, "-c", ONE_CPU], capture_output=True, text=True,
                           timeout=900, check=True, env=env)
     assert done.stdout.split() == ["ok", "True"]
+
+
+@pytest.mark.parametrize("chosen", [{}, {"GOMP_SPINCOUNT": "300000"}, {"OMP_WAIT_POLICY": "active"},
+                                    {"OMP_WAIT_POLICY": "passive", "GOMP_SPINCOUNT": "7"}])
+@pytest.mark.parametrize("started", [False, True])
+def test_spin_is_shortened_unless_chosen_or_started(chosen, started):
+    environ = dict(chosen)
+    assert shorten_spin(environ, started) == (not chosen and not started)
+    assert environ == (chosen or ({} if started else {"GOMP_SPINCOUNT": str(SPIN_COUNT)}))
+
+
+SPIN_OF_IMPORT = "import os, fastdense; print(os.environ.get('GOMP_SPINCOUNT'))"
+
+
+@pytest.mark.parametrize("chosen", [None, "123"])
+def test_importing_fastdense_shortens_the_spin_before_numba_starts_threads(chosen):
+    env = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
+    if chosen is not None:
+        env["GOMP_SPINCOUNT"] = chosen
+    done = subprocess.run([sys.executable, "-c", SPIN_OF_IMPORT], capture_output=True, text=True,
+                          timeout=300, check=True, env=env)
+    assert done.stdout.split() == [chosen or str(SPIN_COUNT)]
+    # Threads Numba started before fastdense was imported have read their libgomp's setting.
+    started = "import numba.np.ufunc.parallel as p; p._launch_threads(); " + SPIN_OF_IMPORT
+    done = subprocess.run([sys.executable, "-c", started], capture_output=True, text=True,
+                          timeout=300, check=True, env=env)
+    assert done.stdout.split() == [chosen or "None"]
+
