@@ -235,4 +235,3 @@ def test_importing_fastdense_shortens_the_spin_before_numba_starts_threads(chose
     done = subprocess.run([sys.executable, "-c", started], capture_output=True, text=True,
                           timeout=300, check=True, env=env)
     assert done.stdout.split() == [chosen or "None"]
-
