@@ -164,8 +164,26 @@ DIRECT_B_BYTES = 2 << 20
 # 1021-1043; float32 16 x 2048->1024 869-938 -> 705-856, 32 x 2048->1024 1525-1679 ->
 # 1355-1854.  16 MiB (float32 32 x 4096->1024) gained nothing there: 1740-1854 against
 # 1772-2252 us.
+# Later, up to half the L3 (OWN_B_BYTES): both versions and NumPy in one process, 40 ms blocks
+# in turn for 120 s, two threads, best / median block, packed by the tasks (``own_b``) -> in
+# place (NumPy): float32 x 4096->1024 32 rows 1.53 / 2.10 -> 1.44 / 1.94 ms (1.76 / 2.10), 16
+# rows 0.88 / 1.30 -> 0.72 / 1.13 (1.07 / 1.32), 8 rows 0.58 / 0.93 -> 0.39 / 0.70 (0.74 /
+# 0.88), 32 x 1024->4096 (rows of 16 KiB) 1.85 / 2.79 -> 1.61 / 1.95; float64 32 x
+# 2048->1024 1.56 / 2.42 -> 1.35 / 1.83 (1.53 / 1.85).  On one thread at parity (float32 32 x
+# 4096->1024 3.46 / 3.94 -> 3.36 / 4.01 ms).
 DIRECT_SKINNY_ROWS = 32
-DIRECT_SKINNY_B_BYTES = 8 << 20
+DIRECT_SKINNY_B_BYTES = 16 << 20
+# Beyond that (from memory on every call), in place too on several threads while B's rows are
+# at most this long: the packed alternative is a block shared between the cores, which the
+# guest's slow phases make about twice as slow (see OWN_B_BYTES).  Same measurement, best /
+# median / upper quartile, double-buffered -> in place (NumPy): float64 32 x 4096->1024 3.44
+# / 5.27 / 7.66 -> 3.44 / 3.90 / 4.26 ms (3.57 / 4.16 / 4.59), 16 rows 2.11 / 2.61 / 3.31 ->
+# 2.20 / 2.48 / 2.72; over 40 s, float64 32 x 2048->2048 (rows of 16 KiB) 3.37 / 4.47 ->
+# 3.46 / 3.85, float32 32 x 4096->2048 3.44 / 5.60 -> 3.33 / 3.73.  With longer rows the
+# best block lost more than the median gained (float64 32 x 1024->4096, rows of 32 KiB, 3.45 /
+# 4.76 -> 4.00 / 4.63 ms; float32 32 x 1024->8192 3.60 / 6.99 -> 4.10 / 5.09), and one
+# thread streams whole rows faster packed (float64 32 x 4096->1024 6.37 / 7.16 -> 6.94 / 7.55).
+DIRECT_SKINNY_ROW_BYTES = 16 << 10
 # Those were measured with the AVX-512 tiles.  With the AVX2 tiles (a B panel of 16 float32 or 8
 # float64 columns: one cache line a step, at the row stride), reading B in place was mostly
 # slower, so there B is read in place only in float32, for up to DIRECT_SKINNY_ROWS rows and up
@@ -194,9 +212,11 @@ DIRECT_SKINNY_B_BYTES = 8 << 20
 # 32 x 784 x 128 59.2 / 52.4 (46.4).
 DIRECT_F64_B_BYTES = 1 << 20
 # Half the L3 on the target.  Over this size a B for few rows comes from memory on every call:
-# it is packed whole-row-wise instead of by column chunks (see ``_packed``), and a product of
-# one or two rows streams eight of its rows at a time (see ``_vecmat``).  For more than
-# DIRECT_ROWS rows, a B of this size already is packed by rows.
+# it is packed whole-row-wise instead of by column chunks (see ``_packed``; for up to
+# DIRECT_SKINNY_ROWS rows on several threads it is read in place, see
+# DIRECT_SKINNY_ROW_BYTES), and a product of one or two rows streams eight of its rows at a
+# time (see ``_vecmat``).  For more than DIRECT_ROWS rows, a B of this size already is packed
+# by rows.
 OWN_B_BYTES = 16 << 20
 # Up to this many row blocks (MC rows each: 64 rows in float32, 32 in float64), a B over
 # OWN_B_BYTES is double-buffered on two threads: the next block is packed while the
@@ -224,7 +244,8 @@ OWN_B_BYTES = 16 << 20
 # a tenth of the spread), 128 rows 5.65 / 8.01 -> 5.71 / 6.12 (5.91 / 6.73).  For float64's
 # 32 MiB x 4096->1024 (from memory) column chunks are slower out of those phases than NumPy:
 # 32 rows 3.94 / 7.64 -> 4.94 / 5.53 ms (4.27 / 4.77), 64 rows 6.70 / 12.4 -> 7.63 / 8.28
-# (7.26 / 8.22); B over OWN_B_BYTES keeps the double buffering.
+# (7.26 / 8.22); B over OWN_B_BYTES kept the double buffering (since read in place for up to
+# DIRECT_SKINNY_ROWS rows on two threads, see DIRECT_SKINNY_ROW_BYTES).
 PIPELINE_BLOCKS = 2
 # Packing tasks per pipelined B block, each a share of its rows (64 of a 512-row block).
 NEXT_B_TASKS = 8
@@ -798,7 +819,8 @@ def _packed(a, b, out, trans_a, trans_b, ep, bias, code, y, w, lr, l1, l2,
     # B of more than NARROW_B_PANELS panels (see ALIASED_A_BYTES); B when it is not
     # transposed, not summed for the bias gradient, and re-read by few row blocks (below
     # DIRECT_ROWS rows, packing it costs more than it saves) while it is small enough
-    # (DIRECT_B_BYTES, or DIRECT_SKINNY_B_BYTES for up to DIRECT_SKINNY_ROWS rows).
+    # (DIRECT_B_BYTES, or for up to DIRECT_SKINNY_ROWS rows DIRECT_SKINNY_B_BYTES, or on
+    # several threads any size with rows of at most DIRECT_SKINNY_ROW_BYTES).
     lda = a.shape[1] * a.itemsize
     direct_a = dcode == act.LINEAR and not (trans_a and (
         (lda >= ALIASED_A_BYTES and lda % 4096 == 0)
@@ -816,7 +838,10 @@ def _packed(a, b, out, trans_a, trans_b, ep, bias, code, y, w, lr, l1, l2,
     if WIDE_TILES:
         direct_b = (not trans_b and not colsum and m <= DIRECT_ROWS
                     and (b_bytes <= DIRECT_B_BYTES
-                         or (b_bytes <= DIRECT_SKINNY_B_BYTES and m <= DIRECT_SKINNY_ROWS)))
+                         or (m <= DIRECT_SKINNY_ROWS
+                             and (b_bytes <= DIRECT_SKINNY_B_BYTES
+                                  or (nthreads > 1
+                                      and b.strides[0] <= DIRECT_SKINNY_ROW_BYTES)))))
     else:
         direct_b = (not trans_b and not colsum and m <= DIRECT_SKINNY_ROWS
                     and (b_bytes <= DIRECT_B_BYTES if out.itemsize == 4

@@ -233,12 +233,14 @@ def test_bitwise_identical_for_any_thread_count(name, shape, dtype):
 
 
 # Double-buffered up to 64 rows in float64 and 128 in float32 (two row blocks); 100 rows in
-# float64 and 129 in float32 take the single-buffered row packing.
+# float64 and 129 in float32 take the single-buffered row packing; 5 rows of float32 (rows of
+# 8.4 KB, at most DIRECT_SKINNY_ROW_BYTES) are read in place on several threads.
 @pytest.mark.parametrize("batch", [5, 37, 64, 100, 128, 129])
 def test_forward_of_weights_streamed_from_memory(batch, dtype):
     """Weights over OWN_B_BYTES for a small batch: the threads pack each weight block by rows,
-    the next while multiplying by the current.  Against the reference, and the same bits on one
-    thread and on all, with the layer's workspace and without."""
+    the next while multiplying by the current (or read them in place, see above).  Against the
+    reference, and the same bits on one thread and on all, with the layer's workspace and
+    without."""
     n_in = units = 2100
     assert n_in * units * 4 > OWN_B_BYTES
     x, w, b = _layer(np.random.default_rng(batch), batch, n_in, units, dtype)

@@ -14,6 +14,7 @@ from fastdense.kernels.gemm import (
     DIRECT_B_BYTES,
     DIRECT_F64_B_BYTES,
     DIRECT_SKINNY_B_BYTES,
+    DIRECT_SKINNY_ROW_BYTES,
     DIRECT_SKINNY_ROWS,
     OWN_B_BYTES,
     PAGE_BYTES,
@@ -59,9 +60,13 @@ SHAPES = [
     # and float64 (4.8 MB; 2.9 MB), partial last panels, row tiles and KC blocks.
     (20, 601, 1000),
     (31, 600, 601),
-    # ... and over DIRECT_SKINNY_B_BYTES, packed by the tasks (``own_b``) in float32 (9 MB) and
-    # by rows in float64 (18 MB, over OWN_B_BYTES).
+    # ... and up to DIRECT_SKINNY_B_BYTES (float32, 9 MB), or beyond on several threads with
+    # rows of at most DIRECT_SKINNY_ROW_BYTES (float64, 18 MB, rows of 12 KB; packed by rows
+    # on one thread).
     (24, 1500, 1500),
+    # ... but longer rows are packed (float64, 18.5 MB, rows of 16.8 KB: by rows, double-buffered
+    # on two threads; float32, 9.2 MB, in place).
+    (24, 2100, 1100),
     # A row-major B over DIRECT_B_BYTES with few rows: each task packs its own B panels
     # (``own_b``); two row blocks, edge panels, two KC blocks, and two NC blocks in float64.
     (70, 1030, 530),
@@ -99,7 +104,9 @@ SHAPES = [
 assert ALIASED_A_BYTES in (4096, 32 << 10)
 assert DIRECT_B_BYTES < 601 * 1000 * 4 < 601 * 1000 * 8 <= DIRECT_SKINNY_B_BYTES
 assert DIRECT_B_BYTES < 601 * 600 * 8 <= DIRECT_SKINNY_B_BYTES and 31 <= DIRECT_SKINNY_ROWS
-assert DIRECT_SKINNY_B_BYTES < 1500 * 1500 * 4 < OWN_B_BYTES < 1500 * 1500 * 8
+assert 1500 * 1500 * 4 <= DIRECT_SKINNY_B_BYTES < 1500 * 1500 * 8
+assert 1500 * 8 <= DIRECT_SKINNY_ROW_BYTES < 2100 * 8 and 2100 * 1100 * 8 > DIRECT_SKINNY_B_BYTES
+assert 2100 * 2100 * 4 > DIRECT_SKINNY_B_BYTES and 2100 * 4 <= DIRECT_SKINNY_ROW_BYTES
 assert 1000 * 4300 * 4 > OWN_B_BYTES
 assert 2100 * 2100 * 4 > OWN_B_BYTES and 2100 > NC_F32 and 37 <= PIPELINE_BLOCKS * MC_F64
 assert 4096 * 1024 * 4 == OWN_B_BYTES
@@ -193,7 +200,9 @@ def test_nan_and_inf_propagate(dtype):
                                    (70, 1030, 530), (37, 1000, 4300), (37, 2100, 2100),
                                    (32, 1024, 1024), (130, 300, 200), (24, 160, 700),
                                    (4096, 33, 600),
-                                   (37, 1024, 4096), (100, 1024, 4096)])
+                                   (37, 1024, 4096), (100, 1024, 4096),
+                                   # B read in place on several threads, packed by rows on one
+                                   (24, 1500, 1500), (20, 2100, 2100)])
 @pytest.mark.parametrize("trans", [(False, False), (True, True)], ids=["NN", "TT"])
 def test_bitwise_identical_for_any_thread_count(shape, trans, dtype):
     m, n, k = shape
