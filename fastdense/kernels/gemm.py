@@ -171,6 +171,12 @@ DIRECT_B_BYTES = 2 << 20
 # 0.88), 32 x 1024->4096 (rows of 16 KiB) 1.85 / 2.79 -> 1.61 / 1.95; float64 32 x
 # 2048->1024 1.56 / 2.42 -> 1.35 / 1.83 (1.53 / 1.85).  On one thread at parity (float32 32 x
 # 4096->1024 3.46 / 3.94 -> 3.36 / 4.01 ms).
+# With the AVX-512 tiles the same holds up to one row block (MC rows: 32 in float64, 64 in
+# float32), each B panel then read once: same measurement, 90 s, float32 64 x 1024->1024 0.65
+# / 0.68 -> 0.61 / 0.64 ms (NumPy 0.76 / 0.79), 64 x 4096->1024 2.91 / 3.67 -> 2.89 / 3.27
+# (3.12 / 3.58), 48 x 2048->1024 1.02 / 1.14 -> 0.94 / 1.00, 64 x 1024->2048 1.33 / 1.52 ->
+# 1.25 / 1.37; beyond 16 MiB (next paragraph), 64 x 4096->2048 5.94 / 10.8 -> 5.83 / 6.69;
+# one thread at parity or better (64 x 1024->1024 1.30 / 1.39 -> 1.22 / 1.32 ms).
 DIRECT_SKINNY_ROWS = 32
 DIRECT_SKINNY_B_BYTES = 16 << 20
 # Beyond that (from memory on every call), in place too on several threads while B's rows are
@@ -819,8 +825,9 @@ def _packed(a, b, out, trans_a, trans_b, ep, bias, code, y, w, lr, l1, l2,
     # B of more than NARROW_B_PANELS panels (see ALIASED_A_BYTES); B when it is not
     # transposed, not summed for the bias gradient, and re-read by few row blocks (below
     # DIRECT_ROWS rows, packing it costs more than it saves) while it is small enough
-    # (DIRECT_B_BYTES, or for up to DIRECT_SKINNY_ROWS rows DIRECT_SKINNY_B_BYTES, or on
-    # several threads any size with rows of at most DIRECT_SKINNY_ROW_BYTES).
+    # (DIRECT_B_BYTES, or for up to DIRECT_SKINNY_ROWS rows, MC with the AVX-512 tiles,
+    # DIRECT_SKINNY_B_BYTES, or on several threads any size with rows of at most
+    # DIRECT_SKINNY_ROW_BYTES).
     lda = a.shape[1] * a.itemsize
     direct_a = dcode == act.LINEAR and not (trans_a and (
         (lda >= ALIASED_A_BYTES and lda % 4096 == 0)
@@ -836,9 +843,10 @@ def _packed(a, b, out, trans_a, trans_b, ep, bias, code, y, w, lr, l1, l2,
                 and (phase == 0 or (out.strides[0] % CACHE_LINE == 0
                                     and out.ctypes.data % CACHE_LINE == phase)))
     if WIDE_TILES:
+        # (Up to MC rows, one row block: DIRECT_SKINNY_ROWS in float64, 64 rows in float32.)
         direct_b = (not trans_b and not colsum and m <= DIRECT_ROWS
                     and (b_bytes <= DIRECT_B_BYTES
-                         or (m <= DIRECT_SKINNY_ROWS
+                         or (m <= max(MC, DIRECT_SKINNY_ROWS)
                              and (b_bytes <= DIRECT_SKINNY_B_BYTES
                                   or (nthreads > 1
                                       and b.strides[0] <= DIRECT_SKINNY_ROW_BYTES)))))

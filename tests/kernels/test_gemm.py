@@ -67,6 +67,9 @@ SHAPES = [
     # ... but longer rows are packed (float64, 18.5 MB, rows of 16.8 KB: by rows, double-buffered
     # on two threads; float32, 9.2 MB, in place).
     (24, 2100, 1100),
+    # ... and with the AVX-512 tiles up to MC rows, one row block: float32 (4.4 MB) in place for
+    # 60 rows; float64 (8.8 MB, two row blocks) packed by the tasks (``own_b``).
+    (60, 1100, 1000),
     # A row-major B over DIRECT_B_BYTES with few rows: each task packs its own B panels
     # (``own_b``); two row blocks, edge panels, two KC blocks, and two NC blocks in float64.
     (70, 1030, 530),
@@ -107,6 +110,7 @@ assert DIRECT_B_BYTES < 601 * 600 * 8 <= DIRECT_SKINNY_B_BYTES and 31 <= DIRECT_
 assert 1500 * 1500 * 4 <= DIRECT_SKINNY_B_BYTES < 1500 * 1500 * 8
 assert 1500 * 8 <= DIRECT_SKINNY_ROW_BYTES < 2100 * 8 and 2100 * 1100 * 8 > DIRECT_SKINNY_B_BYTES
 assert 2100 * 2100 * 4 > DIRECT_SKINNY_B_BYTES and 2100 * 4 <= DIRECT_SKINNY_ROW_BYTES
+assert DIRECT_B_BYTES < 1100 * 1000 * 4 and MC_F64 < 60 <= MC_F32
 assert 1000 * 4300 * 4 > OWN_B_BYTES
 assert 2100 * 2100 * 4 > OWN_B_BYTES and 2100 > NC_F32 and 37 <= PIPELINE_BLOCKS * MC_F64
 assert 4096 * 1024 * 4 == OWN_B_BYTES
@@ -202,7 +206,7 @@ def test_nan_and_inf_propagate(dtype):
                                    (4096, 33, 600),
                                    (37, 1024, 4096), (100, 1024, 4096),
                                    # B read in place on several threads, packed by rows on one
-                                   (24, 1500, 1500), (20, 2100, 2100)])
+                                   (24, 1500, 1500), (20, 2100, 2100), (60, 2100, 2100)])
 @pytest.mark.parametrize("trans", [(False, False), (True, True)], ids=["NN", "TT"])
 def test_bitwise_identical_for_any_thread_count(shape, trans, dtype):
     m, n, k = shape
