@@ -218,10 +218,10 @@ DIRECT_SKINNY_ROW_BYTES = 16 << 10
 # 32 x 784 x 128 59.2 / 52.4 (46.4).
 DIRECT_F64_B_BYTES = 1 << 20
 # Half the L3 on the target.  Over this size a B for few rows comes from memory on every call:
-# it is packed whole-row-wise instead of by column chunks (see ``_packed``; for up to
-# DIRECT_SKINNY_ROWS rows on several threads it is read in place, see
-# DIRECT_SKINNY_ROW_BYTES), and a product of one or two rows streams eight of its rows at a
-# time (see ``_vecmat``).  For more than DIRECT_ROWS rows, a B of this size already is packed
+# it is packed whole-row-wise instead of by column chunks (see ``_packed``; for a single row
+# block on several threads, with rows of at most DIRECT_SKINNY_ROW_BYTES, it is read in
+# place), and a product of one or two rows streams eight of its rows at a time (see
+# ``_vecmat``).  For more than DIRECT_ROWS rows, a B of this size already is packed
 # by rows.
 OWN_B_BYTES = 16 << 20
 # Up to this many row blocks (MC rows each: 64 rows in float32, 32 in float64), a B over
@@ -250,8 +250,8 @@ OWN_B_BYTES = 16 << 20
 # a tenth of the spread), 128 rows 5.65 / 8.01 -> 5.71 / 6.12 (5.91 / 6.73).  For float64's
 # 32 MiB x 4096->1024 (from memory) column chunks are slower out of those phases than NumPy:
 # 32 rows 3.94 / 7.64 -> 4.94 / 5.53 ms (4.27 / 4.77), 64 rows 6.70 / 12.4 -> 7.63 / 8.28
-# (7.26 / 8.22); B over OWN_B_BYTES kept the double buffering (since read in place for up to
-# DIRECT_SKINNY_ROWS rows on two threads, see DIRECT_SKINNY_ROW_BYTES).
+# (7.26 / 8.22); B over OWN_B_BYTES kept the double buffering (since read in place for a
+# single row block on two threads when its rows are short, see DIRECT_SKINNY_ROW_BYTES).
 PIPELINE_BLOCKS = 2
 # Packing tasks per pipelined B block, each a share of its rows (64 of a 512-row block).
 NEXT_B_TASKS = 8

@@ -233,8 +233,9 @@ def test_bitwise_identical_for_any_thread_count(name, shape, dtype):
 
 
 # Double-buffered up to 64 rows in float64 and 128 in float32 (two row blocks); 100 rows in
-# float64 and 129 in float32 take the single-buffered row packing; 5 rows of float32 (rows of
-# 8.4 KB, at most DIRECT_SKINNY_ROW_BYTES) are read in place on several threads.
+# float64 and 129 in float32 take the single-buffered row packing.  Float32 weights of up to one
+# row block (64 rows; rows of 8.4 KB, at most DIRECT_SKINNY_ROW_BYTES) are read in place on
+# several threads (float64 rows of 16.8 KB are packed).
 @pytest.mark.parametrize("batch", [5, 37, 64, 100, 128, 129])
 def test_forward_of_weights_streamed_from_memory(batch, dtype):
     """Weights over OWN_B_BYTES for a small batch: the threads pack each weight block by rows,
