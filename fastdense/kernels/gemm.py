@@ -236,7 +236,8 @@ OWN_B_BYTES = 16 << 20
 # 4.54-5.18 -> 4.37-4.89 ms.  Later the same day, with the machine's memory less busy, the
 # 32- and 64-row comparisons gained 0-10%.  Smaller B (2-8 MiB, in the L3) showed no clear
 # gain either way, so those keep column-chunk packing.
-# Since then those 16 MiB are back with the column chunks (now of 8 panels), for fragility: on
+# Since then those 16 MiB are back with the column chunks (now of 8 panels; a single row block
+# now reads them in place, see DIRECT_SKINNY_B_BYTES), for fragility: on
 # the Zen 4 guest, phases of seconds (from a fifth to most of the time in a run) make
 # every product that shares a packed block between the cores about twice as slow, the two
 # threads busy throughout, while products whose cores share nothing written (B read in place,
@@ -909,7 +910,8 @@ def _packed(a, b, out, trans_a, trans_b, ep, bias, code, y, w, lr, l1, l2,
             # Chunks of at most 4 panels (256 KiB, stays in L2) and about 4 per thread; of 8
             # panels and about 2 per thread for a B of half the L3 (from the L3: half as many
             # tasks start on cold lines): float32 x 4096->1024, medians of 30 ms blocks in
-            # turn, 4 -> 8 panels: 32 rows 2.08 -> 2.01 ms, 128 rows 6.06 -> 5.96.
+            # turn, 4 -> 8 panels: 32 rows 2.08 -> 2.01 ms (such a single row block now reads
+            # B in place), 128 rows 6.06 -> 5.96.
             width, per_thread = (4, 4) if b_bytes < OWN_B_BYTES else (8, 2)
             ncol = min(npan, max(per_thread * nthreads, (npan + width - 1) // width))
             ntasks = ncol
