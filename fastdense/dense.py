@@ -302,10 +302,11 @@ class Dense:
         z = self._buffer("z", (n, self.units)) if keep_z else y
         bias = self.bias if self.use_bias else _k.empty_bias(self.dtype)
         rows, narrow = _k.product_paths(n, in_dim, self.units, self.dtype)
-        ws = self._kernel_workspace(n, narrow)
+        dots = _k.uses_dots(self.units)
+        ws = self._kernel_workspace(n, narrow, dots)
         act.prepare(self.dtype)
-        forward = _k.forward_for(act.code, rows, narrow)
-        threads_from = _k.rows_threads_from(self._trains) if rows else None
+        forward = _k.forward_for(act.code, rows, narrow, dots)
+        threads_from = _k.rows_threads_from(self._trains) if rows and not dots else None
         args = (x2, self.weight, bias, act.code, z, y, ws)
         if threads_from is not None:
             args += (threads_from,)
@@ -491,10 +492,18 @@ class Dense:
                                   fusable, dz_first)
         return True, (dx if want_dx else None)
 
-    def _kernel_workspace(self, batch: int, narrow: bool) -> np.ndarray:
+    def _kernel_workspace(self, batch: int, narrow: bool, dots: bool = False) -> np.ndarray:
         """The kernels' packing workspace: one per layer shape (sizing costs µs), or for a
         layer of few units (``narrow``, see ``kernels.dense.uses_narrow``) one for ``batch``,
-        grown to the largest batch so far and never shrunk."""
+        grown to the largest batch so far and never shrunk; with ``dots``, that of the forward
+        product of one or two units (``kernels.dense.forward_dots``), likewise."""
+        if dots:
+            size = _k.dots_workspace_size(batch, self.input_dim, self.units,
+                                          numba.config.NUMBA_NUM_THREADS)
+            ws = self._workspace.get("ws_dots")
+            if ws is None or ws.shape[0] < size:
+                ws = self._workspace["ws_dots"] = _aligned.empty((size,), self.dtype)
+            return ws
         if narrow:
             size = _k.narrow_workspace_size(batch, self.input_dim, self.units, self.dtype)
             ws = self._workspace.get("ws_narrow")

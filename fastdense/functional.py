@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+import numba
 import numpy as np
 
 from fastdense import _aligned, activations
@@ -148,11 +149,17 @@ def linear(x: Any, kernel: Any, bias: Any = None, activation: Any = None) -> np.
     y = _aligned.product_output(x2.shape[0], w.shape[0], w)
     m, n_in = x2.shape
     rows, narrow = _dense.product_paths(m, n_in, units, dt)
-    ws = _workspace(_dense.narrow_workspace_size(m, n_in, units, dt) if narrow
-                    else _dense.workspace_size(n_in, units, dt), dt)
+    dots = _dense.uses_dots(units)
+    if dots:
+        size = _dense.dots_workspace_size(m, n_in, units, numba.config.NUMBA_NUM_THREADS)
+    elif narrow:
+        size = _dense.narrow_workspace_size(m, n_in, units, dt)
+    else:
+        size = _dense.workspace_size(n_in, units, dt)
+    ws = _workspace(size, dt)
     act.prepare(x2.dtype)
-    forward = _dense.forward_for(act.code, rows, narrow)
-    if rows:  # no backward pass follows: the threads only from large weights
+    forward = _dense.forward_for(act.code, rows, narrow, dots)
+    if rows and not dots:  # no backward pass follows: the threads only from large weights
         forward(x2, w, b, act.code, y, y, ws, _dense.rows_threads_from(False))
     else:
         forward(x2, w, b, act.code, y, y, ws)

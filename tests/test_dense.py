@@ -779,6 +779,47 @@ def test_a_layer_of_few_units_gives_the_bits_of_the_untransposed_products(dtype,
         assert "ws_narrow" in a._workspace and "ws_narrow" not in b._workspace
 
 
+@pytest.mark.parametrize("units", [1, 2])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_a_layer_of_one_or_two_units_forwards_by_dot_products(dtype, units):
+    """A layer of one or two units (``kernels.uses_dots``) computes its forward product by
+    ``kernels.forward_dots`` at every batch size (one and two rows included), through replays
+    and batch changes (its workspace grows, and is kept when the batch shrinks), and
+    ``fastdense.linear`` gives the same bits; a row's outputs do not depend on its batch."""
+    rng = np.random.default_rng(23)
+    n_in = 70
+    layer = Dense(units, activation="tanh", dtype=dtype, seed=4,
+                  bias_initializer="random_normal")
+    x = _data(rng, (200, n_in), dtype)
+    ys = {}
+    for batch in (200, 3, 1, 2, 200, 200):
+        y = layer(x[:batch]).copy()
+        z_k = np.empty((batch, units), dtype)
+        y_k = np.empty((batch, units), dtype)
+        ws = np.empty(kernels.dots_workspace_size(batch, n_in, units, 8), dtype)
+        kernels.forward_dots(x[:batch], layer.weight, layer.bias, layer.activation.code, z_k,
+                             y_k, ws)
+        np.testing.assert_array_equal(y, y_k)
+        np.testing.assert_array_equal(
+            fd.linear(x[:batch], layer.weight, layer.bias, activation="tanh"), y)
+        ys[batch] = y
+        assert layer._workspace["ws_dots"].shape[0] >= kernels.dots_workspace_size(
+            200, n_in, units, 1)
+    for batch in (1, 2, 3):
+        np.testing.assert_array_equal(ys[batch], ys[200][:batch])
+    ref = NumpyDense(units, activation="tanh", dtype=np.float64)
+    ref.build(n_in)
+    ref.weight, ref.bias = layer.weight.astype(np.float64), layer.bias.astype(np.float64)
+    want = ref.forward(x.astype(np.float64))
+    # The dot products' rounding depth (kernels.forward_dots: lanes, tree, tail, bias), carried
+    # through tanh (slope at most 1), and a few roundings of tanh itself.
+    depth = n_in // 16 + 4 + n_in % 16 + 2
+    mags = (np.abs(x.astype(np.float64)) @ np.abs(layer.weight.astype(np.float64))
+            + np.abs(layer.bias.astype(np.float64)))
+    tol = 2 * depth * unit_roundoff(dtype) * mags + 8 * unit_roundoff(dtype)
+    assert np.all(np.abs(ys[200] - want) <= tol)
+
+
 def _twins(rng, monkeypatch, picker: str, general, dtype, n_in: int, units: int,
            batches: tuple[int, ...]) -> list[tuple[Dense, Dense]]:
     """Twin layers, for ReLU and for softmax, through forward and backprop at each of

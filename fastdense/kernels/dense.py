@@ -15,7 +15,7 @@ from numba.extending import register_jitable
 from numba.np.ufunc.parallel import _iget_num_threads
 
 from fastdense.kernels import activation as act
-from fastdense.kernels._codegen import fma, kernel, strided_view, wide_vectors
+from fastdense.kernels._codegen import fetch_add, fma, kernel, strided_view, wide_vectors, zero_of
 from fastdense.kernels._microkernels import DOT_LANES, DOT_ROWS, dots_1, dots_4
 from fastdense.kernels._placement import caller_waits, region_opens, worker_arrives
 from fastdense.kernels._tiles import BLOCKING, _blocking, _strip_width
@@ -30,6 +30,8 @@ from fastdense.kernels.gemm import (
     SHORT_WORKSPACE,
     SMALL_WORK,
     VECTOR_THREADS_BYTES,
+    _activate_rows,
+    _activated_apart,
     _packed,
     _small,
     _unaliased,
@@ -153,11 +155,14 @@ def _softmax_pass(z, y):
         _softmax_rows(z, y)
 
 
-def forward_for(code: int, rows: bool = False, narrow: bool = False):
+def forward_for(code: int, rows: bool = False, narrow: bool = False, dots: bool = False):
     """The forward kernel for activation ``code``: :func:`forward` and for softmax
     :func:`forward_softmax`, or with ``rows`` (a batch of one or two, ``gemm.uses_rows``)
     :func:`forward_rows` and :func:`forward_rows_softmax`, or with ``narrow`` (few units, as
-    :func:`product_paths` says) :func:`forward_narrow`, for every activation."""
+    :func:`product_paths` says) :func:`forward_narrow`, for every activation; with ``dots``
+    (one or two units, :func:`uses_dots`, taking precedence) :func:`forward_dots`."""
+    if dots:
+        return forward_dots
     if rows:
         return forward_rows_softmax if code == act.SOFTMAX else forward_rows
     if narrow:
@@ -180,6 +185,10 @@ def forward_for(code: int, rows: bool = False, narrow: bool = False):
 # most 6 units ran its forward product transposed with the AVX2 tiles (the units as the 6-row
 # tile's rows), which padded less than the 16 columns of the row tiles; the 8 x 8 tiles were
 # as fast or faster in all but one of eight shapes measured (see the README, 822130f).
+# Layers of one or two units forward by dot products instead (:func:`forward_dots`, every
+# batch size): the 8-row tiles spend one FMA per row and step on one useful lane of eight,
+# which left such a forward at a quarter of NumPy's speed (float32 1024 x 784->1: 103 us
+# against NumPy's matrix-vector product's 24).  Their own summation order, so their own bits.
 #: Columns a transposing pass takes from each row of a transposed result at a time: a cache
 #: line's worth, so that each row's line is read once even when the rows are a multiple of
 #: 4 KiB apart (all in one set of the L1).
@@ -291,6 +300,122 @@ def forward_narrow(x, w, bias, code, z, y, ws):
     # (``x`` as a view of layout "A": the weight gradient's call compiles the same product.)
     narrow_product(strided_view(x, x.shape, x.strides), w, z, EP_BIAS_ACT, bias,
                    act.LINEAR if softmax else code, y, z, 0.0, 0.0, 0.0, workspace_for(ws, z))
+    if softmax:
+        _softmax_pass(z, y)
+
+
+#: Layers of at most this many units take their forward product as dot products, at every batch
+#: size (:func:`forward_dots`).
+DOT_UNITS_MAX = 2
+#: Below this many multiply-adds (rows x inputs x units), :func:`forward_dots` runs on one thread.
+DOTS_SERIAL_WORK = 1 << 16
+# forward_dots' workspace: the check-in count (``._placement``) and the task counter, each on a
+# cache line of its own, then the weights' columns as rows, the products' columns, and each
+# thread's lanes (``_LANES``, whole cache lines).
+_DOTS_COUNTER = 16
+_DOTS_HEAD = 32
+
+
+def uses_dots(units: int) -> bool:
+    """Whether a layer of ``units`` takes its forward product as dot products
+    (:func:`forward_dots`): one or two units (:data:`DOT_UNITS_MAX`).  Decided in Python, so
+    that the kernel is compiled only when a program has such a layer."""
+    return 0 < units <= DOT_UNITS_MAX
+
+
+@register_jitable
+def dots_workspace_size(batch, n_in, units, threads):
+    """Elements of :func:`forward_dots`' workspace for a batch of ``batch`` on ``threads``
+    threads.  Callable from Python and from kernels."""
+    return _DOTS_HEAD + units * (n_in + batch) + threads * _LANES
+
+
+@kernel(nrt=False)
+def _dot_rows(x, wt, zt, z, y, bias, code, r0, r1, lanes):
+    """Rows ``r0:r1`` of :func:`forward_dots`: for every unit ``j``, ``zt[j * m + i] = x[i] .
+    wt[j * k:(j + 1) * k]`` (``_microkernels.dots_4``, four rows at a time while they are in
+    L1, then ``dots_1``), then ``z = zt + bias`` and ``y = act(z)``."""
+    m, n = z.shape
+    k = x.shape[1]
+    p = r0
+    while p + DOT_ROWS <= r1:
+        for j in range(n):
+            dots_4(wt[j * k:(j + 1) * k], x, p, zt[j * m:(j + 1) * m], lanes)
+        p += DOT_ROWS
+    for q in range(p, r1):
+        for j in range(n):
+            dots_1(wt[j * k:(j + 1) * k], x, q, zt[j * m:(j + 1) * m], lanes)
+    zero = zero_of(bias)
+    has_bias = bias.shape[0] > 0
+    relu = code == act.RELU
+    for i in range(r0, r1):
+        zi = z[i]
+        yi = y[i]
+        for j in range(n):
+            v = zt[j * m + i]
+            if has_bias:
+                v = v + bias[j]
+            zi[j] = v
+            yi[j] = (v if not v < 0 else zero) if relu else v
+    if _activated_apart(code):
+        _activate_rows(y, r0, r1 - r0, 0, n, code)
+
+
+@kernel(parallel=True, nrt=False)
+def forward_dots(x, w, bias, code, z, y, ws):
+    """:func:`forward` (and :func:`forward_softmax`) for a layer of one or two units
+    (:func:`uses_dots`), any batch, with ``ws`` of at least :func:`dots_workspace_size`
+    elements for this batch and the threads Numba runs now (``ValueError`` if shorter).
+
+    Each output is a dot product of a row of ``x`` with a column of ``w``, summed as
+    ``_microkernels.dots_4`` sums (16 interleaved FMA chains along the row, a fixed pairwise
+    tree, then the inputs past the last multiple of 16), plus the bias.  Its bits depend on
+    the number of inputs only: the same for a row whatever the batch, the thread count or the
+    rows summed with it, but not those of the general kernels (one chain per output, each FMA
+    waiting for the last, over KC blocks), whose tiles would spend 8 or 32 lanes on one unit.
+    Float32 1024 x 784 @ 784 x 1, one thread: 44 us, against 145 us by the 8-row tiles
+    (NumPy's matrix-vector product 43 us).  Threads take runs of four-row blocks.
+    """
+    require_passes(code, y)
+    softmax = code == act.SOFTMAX
+    m, n = z.shape
+    k = x.shape[1]
+    if m == 0 or n == 0:
+        return
+    nblk = (m + DOT_ROWS - 1) // DOT_ROWS
+    nthreads = min(_iget_num_threads(), nblk)
+    if m * k * n < DOTS_SERIAL_WORK:
+        nthreads = 1
+    if ws.shape[0] < dots_workspace_size(m, k, n, nthreads):
+        raise ValueError(SHORT_WORKSPACE)
+    # The weights' columns as rows, so that each dot product reads two contiguous vectors.
+    wt = ws[_DOTS_HEAD:_DOTS_HEAD + n * k]
+    for j in range(n):
+        wj = wt[j * k:(j + 1) * k]
+        for p in range(k):
+            wj[p] = w[p, j]
+    zt = ws[_DOTS_HEAD + n * k:_DOTS_HEAD + n * (k + m)]
+    lanes = ws[_DOTS_HEAD + n * (k + m):]
+    ecode = act.LINEAR if softmax else code
+    if nthreads == 1:
+        _dot_rows(x, wt, zt, z, y, bias, ecode, 0, m, lanes[:_LANES])
+    else:
+        # Runs of blocks from a shared counter: a thread slowed down does less of the work
+        # (each row's bits are its own).
+        ntasks = min(nblk, 8 * nthreads)
+        ws[_DOTS_COUNTER] = 0
+        caller_cpu = region_opens(ws, 0)
+        for t in prange(nthreads):
+            worker_arrives(ws, 0, caller_cpu)
+            own = lanes[t * _LANES:(t + 1) * _LANES]
+            while True:
+                task = fetch_add(ws, _DOTS_COUNTER, 1)
+                if task >= ntasks:
+                    break
+                r0 = ((nblk * task) // ntasks) * DOT_ROWS
+                r1 = min(m, ((nblk * (task + 1)) // ntasks) * DOT_ROWS)
+                _dot_rows(x, wt, zt, z, y, bias, ecode, r0, r1, own)
+            caller_waits(ws, 0, nthreads)
     if softmax:
         _softmax_pass(z, y)
 

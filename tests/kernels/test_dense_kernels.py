@@ -435,6 +435,132 @@ def test_dots_4_gives_the_bits_of_one_row_at_a_time(n, dtype):
     assert np.all(np.abs(four[1:5] - exact) <= product_tolerance(w[1:5], u[:, None], dtype)[:, 0])
 
 
+# Layers of one or two units: the forward product by dot products (``kd.forward_dots``).
+# Shapes: one row; rows in whole blocks of four and with a tail; no whole lane block (1 and 15
+# inputs), exactly one, one and a remainder; enough work for the threads (DOTS_SERIAL_WORK).
+DOTS_SHAPES = [(1, 784, 1), (2, 15, 2), (3, 1, 1), (4, 16, 2), (37, 17, 1), (70, 33, 2),
+               (600, 130, 1), (1030, 200, 2)]
+
+
+def _dots_tolerance(x, w, b, dtype):
+    """Bound on ``|z - x @ w - b|`` for ``forward_dots``' order: a product passes through at
+    most ``in // 16`` roundings in its lane, 4 in the tree, ``in % 16`` in the tail's chain,
+    and 2 more (adding the tail, then the bias); the rounding unit is ``eps / 2``, so ``eps``
+    per rounding leaves the bound's second-order term room."""
+    k = x.shape[1]
+    depth = k // 16 + 4 + k % 16 + 2
+    mags = np.abs(x.astype(np.float64)) @ np.abs(w.astype(np.float64))
+    if b.size:
+        mags = mags + np.abs(b.astype(np.float64))
+    return depth * np.finfo(dtype).eps * mags + np.finfo(dtype).tiny
+
+
+def _forward_dots(x, w, b, code, z, y, threads=None):
+    ws = np.empty(kd.dots_workspace_size(x.shape[0], x.shape[1], w.shape[1],
+                                         numba.config.NUMBA_NUM_THREADS), x.dtype)
+    before = numba.get_num_threads()
+    try:
+        numba.set_num_threads(threads or numba.config.NUMBA_NUM_THREADS)
+        kd.forward_dots(x, w, b, code, z, y, ws)
+    finally:
+        numba.set_num_threads(before)
+
+
+@pytest.mark.parametrize("use_bias", [True, False], ids=["bias", "no-bias"])
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("shape", DOTS_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_forward_dots_against_the_reference(shape, name, use_bias, dtype):
+    """``z = x @ w + b`` within the bound of the dot products' order, ``y = act(z)``, for every
+    activation, with ``z`` and ``y`` apart or the same array."""
+    batch, n_in, units = shape
+    rng = np.random.default_rng(batch * 7 + n_in)
+    x, w, b = _layer(rng, batch, n_in, units, dtype, use_bias)
+    code = activations.get(name).code
+    z = np.full((batch, units), np.nan, dtype)
+    y = np.full((batch, units), np.nan, dtype)
+    _forward_dots(x, w, b, code, z, y)
+    zref = _z_reference(x, w, b)
+    tol = _dots_tolerance(x, w, b, dtype)
+    assert np.all(np.abs(z - zref) <= tol)
+    yref = reference.act_forward(name, zref)
+    ytol = LIPSCHITZ * tol + 8 * np.finfo(dtype).eps * (np.abs(yref) + 1)
+    assert np.all(np.abs(y - yref) <= ytol)
+    same = np.full((batch, units), np.nan, dtype)
+    _forward_dots(x, w, b, code, same, same)
+    assert np.array_equal(same, y, equal_nan=True)
+
+
+def test_forward_dots_tolerance_can_fail(dtype):
+    """The bound above is tight enough to catch a product summed in the wrong precision or
+    missing its last input."""
+    rng = np.random.default_rng(5)
+    x, w, b = _layer(rng, 70, 33, 2, dtype)
+    z = np.empty((70, 2), dtype)
+    _forward_dots(x, w, b, act.LINEAR, z, z)
+    tol = _dots_tolerance(x, w, b, dtype)
+    short = (x[:, :-1].astype(np.float64) @ w[:-1].astype(np.float64) + b).astype(dtype)
+    assert not np.all(np.abs(short - _z_reference(x, w, b)) <= tol)
+    if dtype == np.float64:
+        single = (x.astype(np.float32) @ w.astype(np.float32) + b.astype(np.float32))
+        assert not np.all(np.abs(single - _z_reference(x, w, b)) <= tol)
+
+
+@pytest.mark.parametrize("shape", [(1030, 200, 2), (600, 130, 1), (37, 17, 1)],
+                         ids=lambda s: "x".join(map(str, s)))
+def test_forward_dots_bits_are_each_rows_own(shape, dtype):
+    """A row's outputs have the same bits whatever the batch around it (alone, in another
+    block of four, in the tail), the thread count and the run; NaN stays in its row."""
+    batch, n_in, units = shape
+    rng = np.random.default_rng(9)
+    x, w, b = _layer(rng, batch, n_in, units, dtype)
+    x[batch // 2, n_in // 3] = np.nan
+    runs = []
+    for threads in (1, None, None):
+        z = np.empty((batch, units), dtype)
+        _forward_dots(x, w, b, act.RELU, z, z, threads)
+        runs.append(z)
+    for other in runs[1:]:
+        assert np.array_equal(runs[0], other, equal_nan=True)
+    z = runs[0]
+    assert np.isnan(z[batch // 2]).all()
+    assert np.isfinite(np.delete(z, batch // 2, axis=0)).all()
+    for lo in (1, 3):
+        shifted = np.empty((batch - lo, units), dtype)
+        _forward_dots(np.ascontiguousarray(x[lo:]), w, b, act.RELU, shifted, shifted)
+        assert np.array_equal(shifted, z[lo:], equal_nan=True)
+    for i in (0, batch - 1):
+        alone = np.empty((1, units), dtype)
+        _forward_dots(np.ascontiguousarray(x[i:i + 1]), w, b, act.RELU, alone, alone)
+        assert np.array_equal(alone, z[i:i + 1])
+
+
+def test_forward_dots_refuses_a_short_workspace(dtype):
+    """Compiled without Numba's runtime, the kernel cannot allocate: a workspace shorter than
+    ``dots_workspace_size`` raises ``ValueError`` before any output is written."""
+    rng = np.random.default_rng(2)
+    x, w, b = _layer(rng, 600, 130, 2, dtype)
+    z = np.full((600, 2), np.nan, dtype)
+    threads = numba.config.NUMBA_NUM_THREADS
+    short = np.empty(kd.dots_workspace_size(600, 130, 2, 1) - 1, dtype)
+    with pytest.raises(ValueError, match="workspace"):
+        kd.forward_dots(x, w, b, act.RELU, z, z, short)
+    assert np.isnan(z).all()
+    kd.forward_dots(x, w, b, act.RELU, z, z,
+                    np.empty(kd.dots_workspace_size(600, 130, 2, threads), dtype))
+    assert np.isfinite(z).all()
+
+
+def test_forward_for_takes_dot_products_for_one_or_two_units():
+    """``uses_dots``: one or two units, whatever the batch; ``forward_for(..., dots=True)``
+    hands out ``forward_dots`` before the row and few-unit kernels, softmax included."""
+    assert kd.uses_dots(1) and kd.uses_dots(kd.DOT_UNITS_MAX)
+    assert not kd.uses_dots(0) and not kd.uses_dots(kd.DOT_UNITS_MAX + 1)
+    for code in (act.RELU, act.SOFTMAX, act.TANH):
+        for rows, narrow in ((False, False), (True, False), (False, True)):
+            assert kd.forward_for(code, rows, narrow, dots=True) is kd.forward_dots
+    assert kd.forward_for(act.RELU, False, True) is kd.forward_narrow
+
+
 @pytest.mark.parametrize("batch", [1, 2])
 @pytest.mark.parametrize("fuse_sgd, l2", [(True, 0.0), (True, 0.01), (False, 0.0)])
 @pytest.mark.parametrize("rows", [(0, 11), (3, 20), (8, 9)], ids=["0-11", "3-20", "8-9"])
