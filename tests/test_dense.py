@@ -770,7 +770,8 @@ def test_a_layer_of_few_units_gives_the_bits_of_the_untransposed_products(dtype,
     """A layer of 1 or 3 units runs its products by its own kernels
     (``kernels.dense.uses_narrow``), with a workspace for its batch: through replays, batch
     changes (the workspace grows, and is kept when the batch shrinks), both optimizer paths
-    and softmax, it returns the bits of a twin that runs the general ones."""
+    and softmax, it returns the bits of a twin that runs the general ones (a layer of one
+    unit forwards by dot products in both twins: ``kernels.uses_dots``)."""
     rng = np.random.default_rng(21)
     n_in = 150
     assert all(kernels.uses_narrow(batch, n_in, units, dtype) for batch in (64, 200))
