@@ -346,17 +346,24 @@ def _dot_rows(x, wt, zt, z, y, bias, code, r0, r1, lanes):
         for j in range(n):
             dots_1(wt[j * k:(j + 1) * k], x, q, zt[j * m:(j + 1) * m], lanes)
     zero = zero_of(bias)
-    has_bias = bias.shape[0] > 0
     relu = code == act.RELU
-    for i in range(r0, r1):
-        zi = z[i]
-        yi = y[i]
-        for j in range(n):
-            v = zt[j * m + i]
-            if has_bias:
-                v = v + bias[j]
-            zi[j] = v
-            yi[j] = (v if not v < 0 else zero) if relu else v
+    # A unit at a time, each a loop without branches (a view per row cost 4 ns a row).
+    for j in range(n):
+        zj = zt[j * m:(j + 1) * m]
+        if bias.shape[0] > 0:
+            bj = bias[j]
+            for i in range(r0, r1):
+                zj[i] = zj[i] + bj
+        if relu:
+            for i in range(r0, r1):
+                v = zj[i]
+                z[i, j] = v
+                y[i, j] = v if not v < 0 else zero
+        else:
+            for i in range(r0, r1):
+                v = zj[i]
+                z[i, j] = v
+                y[i, j] = v
     if _activated_apart(code):
         _activate_rows(y, r0, r1 - r0, 0, n, code)
 
