@@ -70,6 +70,11 @@ SHAPES = [
     # ... and with the AVX-512 tiles up to MC rows, one row block: float32 (4.4 MB) in place for
     # 60 rows; float64 (8.8 MB, two row blocks) packed by the tasks (``own_b``).
     (60, 1100, 1000),
+    # Fewer NR-column panels than threads, up to MC rows (B read in place): a row block per
+    # thread (float32 one panel of 20 columns, float64 two of 10 and 16, the second partial).
+    (32, 20, 784),
+    (32, 10, 784),
+    (24, 26, 600),
     # A row-major B over DIRECT_B_BYTES with few rows: each task packs its own B panels
     # (``own_b``); two row blocks, edge panels, two KC blocks, and two NC blocks in float64.
     (70, 1030, 530),
@@ -127,12 +132,14 @@ def test_double_buffering_starts_over_own_b_bytes_and_stops_after_two_row_blocks
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_row_blocks_are_whole_panels_and_shared_evenly(dtype):
-    MR, _, _, MC, _ = BLOCKING[dtype]
-    for m in (1, MR - 1, MC, MC + 1, 2 * MC + 1, 256, 1000, 1024, 2048, 4099):
+    MR, NR, _, MC, _ = BLOCKING[dtype]
+    for m in (1, MR - 1, MR + 1, MC, MC + 1, 2 * MC + 1, 256, 1000, 1024, 2048, 4099):
         pm = -(-m // MR)
         for nthreads in (1, 2, 3, 4):
-            for own_b in (False, True):
-                nib = _row_blocks(m, MR, MC, nthreads, own_b)
+            for own_b, shared_a, n in ((False, False, 4 * NR), (True, False, 4 * NR),
+                                       (False, False, NR), (False, True, NR),
+                                       (True, False, NR)):
+                nib = _row_blocks(m, n, MR, NR, MC, nthreads, own_b, shared_a)
                 edges = [MR * ((pm * ib) // nib) for ib in range(nib)] + [m]
                 sizes = np.diff(edges)
                 assert edges[0] == 0 and (sizes > 0).all() and (sizes <= MC).all()
@@ -143,6 +150,13 @@ def test_row_blocks_are_whole_panels_and_shared_evenly(dtype):
                     assert nib % nthreads == 0 or nib == pm
                 if nthreads == 1 or own_b:
                     assert nib == -(-m // MC)
+                # Up to MC rows over fewer panels than threads, a block per thread (at most a
+                # panel each), unless the single A block is shared.
+                few = m <= MC and nthreads > 1 and not own_b and n <= NR * (nthreads - 1)
+                if few and not shared_a:
+                    assert nib == min(pm, nthreads)
+                elif m <= MC:
+                    assert nib == 1
 
 
 def _operands(rng, m, n, k, ta, tb, dtype):
@@ -206,7 +220,9 @@ def test_nan_and_inf_propagate(dtype):
                                    (4096, 33, 600),
                                    (37, 1024, 4096), (100, 1024, 4096),
                                    # B read in place on several threads, packed by rows on one
-                                   (24, 1500, 1500), (20, 2100, 2100), (60, 2100, 2100)])
+                                   (24, 1500, 1500), (20, 2100, 2100), (60, 2100, 2100),
+                                   # fewer column panels than threads: a row block each
+                                   (32, 20, 784), (32, 10, 784), (64, 24, 784), (16, 9, 784)])
 @pytest.mark.parametrize("trans", [(False, False), (True, True)], ids=["NN", "TT"])
 def test_bitwise_identical_for_any_thread_count(shape, trans, dtype):
     m, n, k = shape
