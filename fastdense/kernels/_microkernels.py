@@ -3743,11 +3743,13 @@ def dots_4(u, w, p, out, lanes):
     chains (lane ``j % 16``, increasing ``j``), a fixed pairwise tree, then the
     columns past the last multiple of 16, so the bits depend on the length only
     (the same for any number of rows at a time).  ``lanes``: a scratch of
-    64 elements.
+    128 elements.
 
     With the lanes of 4 rows stored to ``lanes`` before the trees, each row's
     chains are one zmm register (two in float64), and each load of ``u`` serves
-    4 rows.
+    4 rows.  The trees' levels but the last, for all rows at once, go to the
+    scratch after the lanes: a few vector additions a level (float32 forward of
+    a 1-unit layer, 1024 x 784 inputs, two threads: 28.1 -> 26.4 us).
     """
     wide_vectors()
     n = u.shape[0]
@@ -3955,11 +3957,65 @@ def dots_4(u, w, p, out, lanes):
     lanes[61] = s3_13
     lanes[62] = s3_14
     lanes[63] = s3_15
+    lanes[64] = lanes[0] + lanes[8]
+    lanes[65] = lanes[1] + lanes[9]
+    lanes[66] = lanes[2] + lanes[10]
+    lanes[67] = lanes[3] + lanes[11]
+    lanes[68] = lanes[4] + lanes[12]
+    lanes[69] = lanes[5] + lanes[13]
+    lanes[70] = lanes[6] + lanes[14]
+    lanes[71] = lanes[7] + lanes[15]
+    lanes[72] = lanes[16] + lanes[24]
+    lanes[73] = lanes[17] + lanes[25]
+    lanes[74] = lanes[18] + lanes[26]
+    lanes[75] = lanes[19] + lanes[27]
+    lanes[76] = lanes[20] + lanes[28]
+    lanes[77] = lanes[21] + lanes[29]
+    lanes[78] = lanes[22] + lanes[30]
+    lanes[79] = lanes[23] + lanes[31]
+    lanes[80] = lanes[32] + lanes[40]
+    lanes[81] = lanes[33] + lanes[41]
+    lanes[82] = lanes[34] + lanes[42]
+    lanes[83] = lanes[35] + lanes[43]
+    lanes[84] = lanes[36] + lanes[44]
+    lanes[85] = lanes[37] + lanes[45]
+    lanes[86] = lanes[38] + lanes[46]
+    lanes[87] = lanes[39] + lanes[47]
+    lanes[88] = lanes[48] + lanes[56]
+    lanes[89] = lanes[49] + lanes[57]
+    lanes[90] = lanes[50] + lanes[58]
+    lanes[91] = lanes[51] + lanes[59]
+    lanes[92] = lanes[52] + lanes[60]
+    lanes[93] = lanes[53] + lanes[61]
+    lanes[94] = lanes[54] + lanes[62]
+    lanes[95] = lanes[55] + lanes[63]
+    lanes[96] = lanes[64] + lanes[68]
+    lanes[97] = lanes[65] + lanes[69]
+    lanes[98] = lanes[66] + lanes[70]
+    lanes[99] = lanes[67] + lanes[71]
+    lanes[100] = lanes[72] + lanes[76]
+    lanes[101] = lanes[73] + lanes[77]
+    lanes[102] = lanes[74] + lanes[78]
+    lanes[103] = lanes[75] + lanes[79]
+    lanes[104] = lanes[80] + lanes[84]
+    lanes[105] = lanes[81] + lanes[85]
+    lanes[106] = lanes[82] + lanes[86]
+    lanes[107] = lanes[83] + lanes[87]
+    lanes[108] = lanes[88] + lanes[92]
+    lanes[109] = lanes[89] + lanes[93]
+    lanes[110] = lanes[90] + lanes[94]
+    lanes[111] = lanes[91] + lanes[95]
+    lanes[112] = lanes[96] + lanes[98]
+    lanes[113] = lanes[97] + lanes[99]
+    lanes[114] = lanes[100] + lanes[102]
+    lanes[115] = lanes[101] + lanes[103]
+    lanes[116] = lanes[104] + lanes[106]
+    lanes[117] = lanes[105] + lanes[107]
+    lanes[118] = lanes[108] + lanes[110]
+    lanes[119] = lanes[109] + lanes[111]
     for r in range(4):
         wr = w[p + r]
         t = zero
         for j in range(nl, n):
             t = fma(u[j], wr[j], t)
-        q = lanes[r * 16:(r + 1) * 16]
-        out[p + r] = ((((q[0] + q[8]) + (q[4] + q[12])) + ((q[2] + q[10]) + (q[6] + q[14])))
-                + (((q[1] + q[9]) + (q[5] + q[13])) + ((q[3] + q[11]) + (q[7] + q[15])))) + t
+        out[p + r] = (lanes[112 + 2 * r] + lanes[113 + 2 * r]) + t

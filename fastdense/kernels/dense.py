@@ -532,8 +532,8 @@ def _column_sums_serial(a, out):
 #: 930 / 1802 us; float64 1024x1024 264 / 215 us and 306 / 330 us, 2048x1024 633 / 743 us
 #: and 885 / 1675 us.
 ROW_DOTS_MAX_BYTES = 8 << 20
-#: Scratch elements per thread for ``dots_4``'s lanes.
-_LANES = DOT_ROWS * DOT_LANES
+#: Scratch elements per thread for ``dots_4``'s lanes and the levels of their trees.
+_LANES = 2 * DOT_ROWS * DOT_LANES
 
 
 @kernel(nrt=False)
