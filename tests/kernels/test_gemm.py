@@ -71,7 +71,7 @@ SHAPES = [
     # 60 rows; float64 (8.8 MB, two row blocks) packed by the tasks (``own_b``).
     (60, 1100, 1000),
     # Fewer NR-column panels than threads, up to MC rows (B read in place): a row block per
-    # thread (float32 one panel of 20 columns, float64 two of 10 and 16, the second partial).
+    # thread (float32: one panel each; float64: 10 columns one panel, 20 and 26 two, as before).
     (32, 20, 784),
     (32, 10, 784),
     (24, 26, 600),
@@ -222,7 +222,7 @@ def test_nan_and_inf_propagate(dtype):
                                    # B read in place on several threads, packed by rows on one
                                    (24, 1500, 1500), (20, 2100, 2100), (60, 2100, 2100),
                                    # fewer column panels than threads: a row block each
-                                   (32, 20, 784), (32, 10, 784), (64, 24, 784), (16, 9, 784)])
+                                   (32, 20, 784), (32, 10, 784), (64, 24, 784), (16, 9, 2100)])
 @pytest.mark.parametrize("trans", [(False, False), (True, True)], ids=["NN", "TT"])
 def test_bitwise_identical_for_any_thread_count(shape, trans, dtype):
     m, n, k = shape
