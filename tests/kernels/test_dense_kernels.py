@@ -6,6 +6,7 @@ import numba
 import numpy as np
 import pytest
 
+import fastdense
 from fastdense import activations, reference
 from fastdense.kernels import activation as act
 from fastdense.kernels import dense as kd
@@ -458,12 +459,8 @@ def _dots_tolerance(x, w, b, dtype):
 def _forward_dots(x, w, b, code, z, y, threads=None):
     ws = np.empty(kd.dots_workspace_size(x.shape[0], x.shape[1], w.shape[1],
                                          numba.config.NUMBA_NUM_THREADS), x.dtype)
-    before = numba.get_num_threads()
-    try:
-        numba.set_num_threads(threads or numba.config.NUMBA_NUM_THREADS)
+    with fastdense.threads(threads or numba.config.NUMBA_NUM_THREADS):
         kd.forward_dots(x, w, b, code, z, y, ws)
-    finally:
-        numba.set_num_threads(before)
 
 
 @pytest.mark.parametrize("use_bias", [True, False], ids=["bias", "no-bias"])
