@@ -497,18 +497,17 @@ class Dense:
         layer of few units (``narrow``, see ``kernels.dense.uses_narrow``) one for ``batch``,
         grown to the largest batch so far and never shrunk; with ``dots``, that of the forward
         product of one or two units (``kernels.dense.forward_dots``), likewise."""
-        if dots:
-            size = _k.dots_workspace_size(batch, self.input_dim, self.units,
-                                          numba.config.NUMBA_NUM_THREADS)
-            ws = self._workspace.get("ws_dots")
+        if dots or narrow:
+            if dots:
+                key = "ws_dots"
+                size = _k.dots_workspace_size(batch, self.input_dim, self.units,
+                                              numba.config.NUMBA_NUM_THREADS)
+            else:
+                key = "ws_narrow"
+                size = _k.narrow_workspace_size(batch, self.input_dim, self.units, self.dtype)
+            ws = self._workspace.get(key)
             if ws is None or ws.shape[0] < size:
-                ws = self._workspace["ws_dots"] = _aligned.empty((size,), self.dtype)
-            return ws
-        if narrow:
-            size = _k.narrow_workspace_size(batch, self.input_dim, self.units, self.dtype)
-            ws = self._workspace.get("ws_narrow")
-            if ws is None or ws.shape[0] < size:
-                ws = self._workspace["ws_narrow"] = _aligned.empty((size,), self.dtype)
+                ws = self._workspace[key] = _aligned.empty((size,), self.dtype)
             return ws
         ws = self._workspace.get("ws")
         if ws is None:

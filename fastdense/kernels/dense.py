@@ -398,10 +398,7 @@ def forward_dots(x, w, bias, code, z, y, ws):
         raise ValueError(SHORT_WORKSPACE)
     # The weights' columns as rows, so that each dot product reads two contiguous vectors.
     wt = ws[_DOTS_HEAD:_DOTS_HEAD + n * k]
-    for j in range(n):
-        wj = wt[j * k:(j + 1) * k]
-        for p in range(k):
-            wj[p] = w[p, j]
+    _transposed_block(w, 0, n, wt)
     zt = ws[_DOTS_HEAD + n * k:_DOTS_HEAD + n * (k + m)]
     lanes = ws[_DOTS_HEAD + n * (k + m):]
     ecode = act.LINEAR if softmax else code
