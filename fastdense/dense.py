@@ -302,7 +302,7 @@ class Dense:
         z = self._buffer("z", (n, self.units)) if keep_z else y
         bias = self.bias if self.use_bias else _k.empty_bias(self.dtype)
         rows, narrow = _k.product_paths(n, in_dim, self.units, self.dtype)
-        dots = _k.uses_dots(self.units)
+        dots = _k.uses_dots(self.units, self.dtype)
         ws = self._kernel_workspace(n, narrow, dots)
         act.prepare(self.dtype)
         forward = _k.forward_for(act.code, rows, narrow, dots)

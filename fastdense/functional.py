@@ -149,7 +149,7 @@ def linear(x: Any, kernel: Any, bias: Any = None, activation: Any = None) -> np.
     y = _aligned.product_output(x2.shape[0], w.shape[0], w)
     m, n_in = x2.shape
     rows, narrow = _dense.product_paths(m, n_in, units, dt)
-    dots = _dense.uses_dots(units)
+    dots = _dense.uses_dots(units, dt)
     if dots:
         size = _dense.dots_workspace_size(m, n_in, units, numba.config.NUMBA_NUM_THREADS)
     elif narrow:

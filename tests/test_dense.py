@@ -780,10 +780,15 @@ def test_a_layer_of_few_units_gives_the_bits_of_the_untransposed_products(dtype,
         assert "ws_narrow" in a._workspace and "ws_narrow" not in b._workspace
 
 
-@pytest.mark.parametrize("units", [1, 2])
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_a_layer_of_one_or_two_units_forwards_by_dot_products(dtype, units):
-    """A layer of one or two units (``kernels.uses_dots``) computes its forward product by
+# Every layer that forwards by dot products: up to four float32 units with the AVX-512 tiles.
+_DOT_LAYERS = [(dtype, units) for dtype in DTYPES
+               for units in range(1, kernels.DOT_UNITS_MAX[np.dtype(dtype).name] + 1)]
+
+
+@pytest.mark.parametrize(("dtype", "units"), _DOT_LAYERS,
+                         ids=[f"{np.dtype(d).name}-{u}" for d, u in _DOT_LAYERS])
+def test_a_layer_of_few_units_forwards_by_dot_products(dtype, units):
+    """A layer of few units (``kernels.uses_dots``) computes its forward product by
     ``kernels.forward_dots`` at every batch size (one and two rows included), through replays
     and batch changes (its workspace grows, and is kept when the batch shrinks), and
     ``fastdense.linear`` gives the same bits; a row's outputs do not depend on its batch."""

@@ -18,6 +18,7 @@ from numba.extending import overload
 
 from fastdense.kernels._isa import TILES
 from fastdense.kernels._microkernels import (
+    DOT_UNITS,
     HALF_MR_AVX2,
     MR_F32,
     MR_F32_AVX2,
@@ -32,6 +33,8 @@ from fastdense.kernels._microkernels import (
     NR_F64_AVX2,
     STRIP_F32,
     STRIP_F64,
+    dots_4,
+    dots_4x4,
     rows_8x4,
     rows_8x8,
     strip_32,
@@ -260,3 +263,31 @@ def _strip_columns(a):
 def _strip_columns_ol(a):
     columns = _STRIP_COLUMNS[_dtype_name(a), TILES]
     return lambda a: columns
+
+
+# Layers of a few float32 units forward by dot products (``dense.forward_dots``) DOT_UNITS
+# units at a time with the AVX-512 tiles (``dots_4x4``: 16 zmm of sums); with AVX2's 16
+# registers, or in float64, those sums would not fit, and the group is summed a unit at a time
+# (``dots_4``, the same bits).
+def _unit_dots(w, x, p, out, m, lanes):
+    """Dispatch to the dot products of DOT_UNITS units with DOT_ROWS rows at once (resolved at
+    compile time)."""
+
+
+@overload(_unit_dots, jit_options={"cache": True})
+def _unit_dots_ol(w, x, p, out, m, lanes):
+    if (_dtype_name(x), TILES) == ("float32", "avx512"):
+        def impl(w, x, p, out, m, lanes):
+            dots_4x4(w, x, p, out, m, lanes)
+    else:
+        units = DOT_UNITS
+
+        def impl(w, x, p, out, m, lanes):
+            k = x.shape[1]
+            for u in range(units):
+                dots_4(w[u * k:(u + 1) * k], x, p, out[u * m:(u + 1) * m], lanes)
+    return impl
+
+
+#: The most units of a layer that forwards by dot products, by dtype name.
+DOT_UNITS_MAX = {"float32": 4 if TILES == "avx512" else 2, "float64": 2}

@@ -10,6 +10,7 @@ import fastdense
 from fastdense import activations, reference
 from fastdense.kernels import activation as act
 from fastdense.kernels import dense as kd
+from fastdense.kernels._isa import TILES
 from fastdense.kernels.gemm import OWN_B_BYTES, vector_block_rows
 from tests.kernels.conftest import product_tolerance
 
@@ -436,11 +437,15 @@ def test_dots_4_gives_the_bits_of_one_row_at_a_time(n, dtype):
     assert np.all(np.abs(four[1:5] - exact) <= product_tolerance(w[1:5], u[:, None], dtype)[:, 0])
 
 
-# Layers of one or two units: the forward product by dot products (``kd.forward_dots``).
+# Layers of few units: the forward product by dot products (``kd.forward_dots``).
 # Shapes: one row; rows in whole blocks of four and with a tail; no whole lane block (1 and 15
-# inputs), exactly one, one and a remainder; enough work for the threads (DOTS_SERIAL_WORK).
+# inputs), exactly one, one and a remainder; enough work for the threads (DOTS_SERIAL_WORK);
+# units in groups of four (``_tiles._unit_dots``), with a unit of zeros added to three, seven,
+# and one or two units left over (the kernel takes any number; ``uses_dots`` says which layers
+# it serves).
 DOTS_SHAPES = [(1, 784, 1), (2, 15, 2), (3, 1, 1), (4, 16, 2), (37, 17, 1), (70, 33, 2),
-               (600, 130, 1), (1030, 200, 2)]
+               (600, 130, 1), (1030, 200, 2), (5, 31, 3), (8, 16, 4), (37, 49, 7),
+               (70, 100, 6), (9, 64, 5), (1030, 200, 4), (600, 130, 3)]
 
 
 def _dots_tolerance(x, w, b, dtype):
@@ -502,7 +507,8 @@ def test_forward_dots_tolerance_can_fail(dtype):
         assert not np.all(np.abs(single - _z_reference(x, w, b)) <= tol)
 
 
-@pytest.mark.parametrize("shape", [(1030, 200, 2), (600, 130, 1), (37, 17, 1)],
+@pytest.mark.parametrize("shape", [(1030, 200, 2), (600, 130, 1), (37, 17, 1), (1030, 200, 4),
+                                   (37, 49, 7)],
                          ids=lambda s: "x".join(map(str, s)))
 def test_forward_dots_bits_are_each_rows_own(shape, dtype):
     """A row's outputs have the same bits whatever the batch around it (alone, in another
@@ -547,11 +553,54 @@ def test_forward_dots_refuses_a_short_workspace(dtype):
     assert np.isfinite(z).all()
 
 
-def test_forward_for_takes_dot_products_for_one_or_two_units():
-    """``uses_dots``: one or two units, whatever the batch; ``forward_for(..., dots=True)``
-    hands out ``forward_dots`` before the row and few-unit kernels, softmax included."""
-    assert kd.uses_dots(1) and kd.uses_dots(kd.DOT_UNITS_MAX)
-    assert not kd.uses_dots(0) and not kd.uses_dots(kd.DOT_UNITS_MAX + 1)
+@pytest.mark.parametrize("shape", [(37, 49, 7), (1030, 200, 4), (9, 64, 5)],
+                         ids=lambda s: "x".join(map(str, s)))
+def test_forward_dots_bits_are_each_units_own(shape, dtype):
+    """A unit's outputs have the same bits whatever the units beside it: a layer of several
+    units (summed four at a time, with a unit of zeros added to three) gives the bits of the
+    layers of its units alone."""
+    batch, n_in, units = shape
+    rng = np.random.default_rng(12)
+    x, w, b = _layer(rng, batch, n_in, units, dtype)
+    z = np.empty((batch, units), dtype)
+    _forward_dots(x, w, b, act.LINEAR, z, z)
+    for j in range(units):
+        alone = np.empty((batch, 1), dtype)
+        _forward_dots(x, np.ascontiguousarray(w[:, j:j + 1]), b[j:j + 1], act.LINEAR, alone,
+                      alone)
+        np.testing.assert_array_equal(alone[:, 0].view(np.uint8), z[:, j].copy().view(np.uint8))
+
+
+@pytest.mark.parametrize("n", [1, 15, 16, 17, 64, 255, 784])
+def test_dots_4x4_gives_the_bits_of_a_unit_at_a_time(n):
+    """Four units' dot products with four rows at once keep each product's order: the bits of
+    ``dots_4`` a unit at a time, writing nothing else."""
+    from fastdense.kernels._microkernels import dots_4, dots_4x4
+
+    rng = np.random.default_rng(n)
+    x = rng.standard_normal((6, n)).astype(np.float32)
+    w = rng.standard_normal(4 * n).astype(np.float32)
+    m = 7
+    group = np.full(4 * m, np.nan, np.float32)
+    dots_4x4(w, x, 1, group, m, np.empty(kd._DOTS_LANES, np.float32))
+    apart = np.full(4 * m, np.nan, np.float32)
+    for u in range(4):
+        dots_4(w[u * n:(u + 1) * n], x, 1, apart[u * m:(u + 1) * m],
+               np.empty(kd._LANES, np.float32))
+    np.testing.assert_array_equal(group.view(np.uint8), apart.view(np.uint8))
+    assert np.isnan(group.reshape(4, m)[:, [0, 5, 6]]).all()
+
+
+def test_forward_for_takes_dot_products_for_few_units():
+    """``uses_dots``: up to ``DOT_UNITS_MAX`` units of the dtype, whatever the batch;
+    ``forward_for(..., dots=True)`` hands out ``forward_dots`` before the row and few-unit
+    kernels, softmax included."""
+    for dtype in (np.float32, np.float64):
+        most = kd.DOT_UNITS_MAX[np.dtype(dtype).name]
+        assert kd.uses_dots(1, dtype) and kd.uses_dots(most, dtype)
+        assert not kd.uses_dots(0, dtype) and not kd.uses_dots(most + 1, dtype)
+    assert kd.DOT_UNITS_MAX["float64"] == 2
+    assert kd.DOT_UNITS_MAX["float32"] == (4 if TILES == "avx512" else 2)
     for code in (act.RELU, act.SOFTMAX, act.TANH):
         for rows, narrow in ((False, False), (True, False), (False, True)):
             assert kd.forward_for(code, rows, narrow, dots=True) is kd.forward_dots
