@@ -305,7 +305,7 @@ class Dense:
         dots = _k.uses_dots(self.units, self.dtype)
         ws = self._kernel_workspace(n, narrow, dots)
         act.prepare(self.dtype)
-        forward = _k.forward_for(act.code, rows, narrow, dots)
+        forward = _k.forward_for(act.code, rows, narrow, self.units if dots else 0)
         threads_from = _k.rows_threads_from(self._trains) if rows and not dots else None
         args = (x2, self.weight, bias, act.code, z, y, ws)
         if threads_from is not None:

@@ -158,7 +158,7 @@ def linear(x: Any, kernel: Any, bias: Any = None, activation: Any = None) -> np.
         size = _dense.workspace_size(n_in, units, dt)
     ws = _workspace(size, dt)
     act.prepare(x2.dtype)
-    forward = _dense.forward_for(act.code, rows, narrow, dots)
+    forward = _dense.forward_for(act.code, rows, narrow, units if dots else 0)
     if rows and not dots:  # no backward pass follows: the threads only from large weights
         forward(x2, w, b, act.code, y, y, ws, _dense.rows_threads_from(False))
     else:

@@ -789,9 +789,10 @@ _DOT_LAYERS = [(dtype, units) for dtype in DTYPES
                          ids=[f"{np.dtype(d).name}-{u}" for d, u in _DOT_LAYERS])
 def test_a_layer_of_few_units_forwards_by_dot_products(dtype, units):
     """A layer of few units (``kernels.uses_dots``) computes its forward product by
-    ``kernels.forward_dots`` at every batch size (one and two rows included), through replays
-    and batch changes (its workspace grows, and is kept when the batch shrinks), and
-    ``fastdense.linear`` gives the same bits; a row's outputs do not depend on its batch."""
+    ``kernels.forward_dots`` (or ``forward_unit_dots``) at every batch size (one and two rows
+    included), through replays and batch changes (its workspace grows, and is kept when the
+    batch shrinks), and ``fastdense.linear`` gives the same bits; a row's outputs do not
+    depend on its batch."""
     rng = np.random.default_rng(23)
     n_in = 70
     layer = Dense(units, activation="tanh", dtype=dtype, seed=4,
@@ -803,8 +804,8 @@ def test_a_layer_of_few_units_forwards_by_dot_products(dtype, units):
         z_k = np.empty((batch, units), dtype)
         y_k = np.empty((batch, units), dtype)
         ws = np.empty(kernels.dots_workspace_size(batch, n_in, units, 8), dtype)
-        kernels.forward_dots(x[:batch], layer.weight, layer.bias, layer.activation.code, z_k,
-                             y_k, ws)
+        kernels.forward_for(layer.activation.code, dots=units)(
+            x[:batch], layer.weight, layer.bias, layer.activation.code, z_k, y_k, ws)
         np.testing.assert_array_equal(y, y_k)
         np.testing.assert_array_equal(
             fd.linear(x[:batch], layer.weight, layer.bias, activation="tanh"), y)

@@ -155,14 +155,15 @@ def _softmax_pass(z, y):
         _softmax_rows(z, y)
 
 
-def forward_for(code: int, rows: bool = False, narrow: bool = False, dots: bool = False):
+def forward_for(code: int, rows: bool = False, narrow: bool = False, dots: int = 0):
     """The forward kernel for activation ``code``: :func:`forward` and for softmax
     :func:`forward_softmax`, or with ``rows`` (a batch of one or two, ``gemm.uses_rows``)
     :func:`forward_rows` and :func:`forward_rows_softmax`, or with ``narrow`` (few units, as
     :func:`product_paths` says) :func:`forward_narrow`, for every activation; with ``dots``
-    (one or two units, :func:`uses_dots`, taking precedence) :func:`forward_dots`."""
+    (the units of a layer that :func:`uses_dots`, taking precedence) :func:`forward_dots`, or
+    for units summed in groups :func:`forward_unit_dots`."""
     if dots:
-        return forward_dots
+        return forward_unit_dots if _dots_padded(dots) >= DOT_UNITS else forward_dots
     if rows:
         return forward_rows_softmax if code == act.SOFTMAX else forward_rows
     if narrow:
@@ -320,17 +321,21 @@ def forward_narrow(x, w, bias, code, z, y, ws):
 
 
 #: Below this much work (rows x inputs x :func:`_dots_steps`), :func:`forward_dots` runs on one
-#: thread.
-DOTS_SERIAL_WORK = 1 << 16
+#: thread.  Float32 forward, 784 inputs, one thread / two (best of 15 s in turn): one unit,
+#: batch 96 4.2 / 4.8 us, 128 5.5 / 5.6, 192 7.9 / 6.9; four units, batch 64 6.5 / 6.9, 96
+#: 9.0 / 8.2; 256 inputs to four units, batch 128 5.9 / 6.0, 256 10.7 / 8.6.
+DOTS_SERIAL_WORK = 1 << 17
 
 
 @register_jitable
 def _dots_steps(units):
     """The cost of ``units`` units' dot products per row and input, in single units: a group
-    of DOT_UNITS units (``_tiles._unit_dots``) costs two (one thread, float32: 1024 x 784 by
-    784 x 4 72 us, a unit at a time 36 us each).  Float32 forward, one thread / two, 784 inputs
-    to 4 units: batch 32 4.1 / 5.3 us, 64 6.5 / 6.6, 128 11.1 / 9.4."""
-    return 2 * (units // DOT_UNITS) + units % DOT_UNITS
+    of DOT_UNITS units (``_tiles._unit_dots``, three padded to one) costs two (one thread,
+    float32: 1024 x 784 by 784 x 4 72 us, a unit at a time 36 us each)."""
+    padded = _dots_padded(units)
+    return 2 * (padded // DOT_UNITS) + padded % DOT_UNITS
+
+
 # forward_dots' workspace: the check-in count (``._placement``) and the task counter, each on a
 # cache line of its own, then the weights' columns as rows, the products' columns, and each
 # thread's lanes (``_LANES``, whole cache lines).
@@ -363,10 +368,23 @@ def _dots_padded(units):
 @kernel(nrt=False)
 def _dot_rows(x, wt, zt, z, y, bias, code, r0, r1, lanes):
     """Rows ``r0:r1`` of :func:`forward_dots`: for every unit ``j``, ``zt[j * m + i] = x[i] .
-    wt[j * k:(j + 1) * k]`` (four rows at a time while they are in L1, by groups of DOT_UNITS
-    units, ``_tiles._unit_dots``, then ``_microkernels.dots_4`` a unit at a time; the last rows
-    by ``dots_1``: the same bits), then ``z = zt + bias`` and ``y = act(z)``.  ``zt`` holds
-    the padded units' columns (:func:`_dots_padded`)."""
+    wt[j * k:(j + 1) * k]`` (``_microkernels.dots_4``, four rows at a time while they are in
+    L1, then ``dots_1``), then ``z = zt + bias`` and ``y = act(z)``."""
+    m, n = z.shape
+    k = x.shape[1]
+    p = r0
+    while p + DOT_ROWS <= r1:
+        for j in range(n):
+            dots_4(wt[j * k:(j + 1) * k], x, p, zt[j * m:(j + 1) * m], lanes)
+        p += DOT_ROWS
+    _dots_end(x, wt, zt, z, y, bias, code, r0, r1, p, n, lanes)
+
+
+@kernel(nrt=False)
+def _unit_dot_rows(x, wt, zt, z, y, bias, code, r0, r1, lanes):
+    """:func:`_dot_rows` for :func:`forward_unit_dots`: four rows at a time by groups of
+    DOT_UNITS units (``_tiles._unit_dots``), the units left a unit at a time (``dots_4``);
+    the same bits.  ``zt`` holds the padded units' columns (:func:`_dots_padded`)."""
     m, n = z.shape
     k = x.shape[1]
     nd = zt.shape[0] // m
@@ -380,6 +398,15 @@ def _dot_rows(x, wt, zt, z, y, bias, code, r0, r1, lanes):
         for u in range(j, nd):
             dots_4(wt[u * k:(u + 1) * k], x, p, zt[u * m:(u + 1) * m], lanes)
         p += DOT_ROWS
+    _dots_end(x, wt, zt, z, y, bias, code, r0, r1, p, n, lanes)
+
+
+@kernel(nrt=False, inline="always")
+def _dots_end(x, wt, zt, z, y, bias, code, r0, r1, p, n, lanes):
+    """The rows ``p:r1`` past the last block of four (``dots_1``), then the epilogue of rows
+    ``r0:r1``: ``z = zt + bias`` and ``y = act(z)``."""
+    m = z.shape[0]
+    k = x.shape[1]
     for q in range(p, r1):
         for j in range(n):
             dots_1(wt[j * k:(j + 1) * k], x, q, zt[j * m:(j + 1) * m], lanes)
@@ -410,8 +437,9 @@ def _dot_rows(x, wt, zt, z, y, bias, code, r0, r1, lanes):
 @kernel(parallel=True, nrt=False)
 def forward_dots(x, w, bias, code, z, y, ws):
     """:func:`forward` (and :func:`forward_softmax`) for a layer of one or two units
-    (:func:`uses_dots`), any batch, with ``ws`` of at least :func:`dots_workspace_size`
-    elements for this batch and the threads Numba runs now (``ValueError`` if shorter).
+    (:func:`uses_dots`, :func:`forward_for`), any batch, with ``ws`` of at least
+    :func:`dots_workspace_size` elements for this batch and the threads Numba runs now
+    (``ValueError`` if shorter).
 
     Each output is a dot product of a row of ``x`` with a column of ``w``, summed as
     ``_microkernels.dots_4`` sums (16 interleaved FMA chains along the row, a fixed pairwise
@@ -422,47 +450,102 @@ def forward_dots(x, w, bias, code, z, y, ws):
     Float32 1024 x 784 @ 784 x 1, one thread: 48-53 us, against 145 us by the 8-row tiles
     (NumPy's matrix-vector product 43 us).  Threads take runs of four-row blocks.
     """
-    require_passes(code, y)
-    softmax = code == act.SOFTMAX
-    m, n = z.shape
-    k = x.shape[1]
-    if m == 0 or n == 0:
-        return
-    nblk = (m + DOT_ROWS - 1) // DOT_ROWS
-    nthreads = min(_iget_num_threads(), nblk)
-    if m * k * _dots_steps(n) < DOTS_SERIAL_WORK:
-        nthreads = 1
-    if ws.shape[0] < dots_workspace_size(m, k, n, nthreads):
-        raise ValueError(SHORT_WORKSPACE)
-    # The weights' columns as rows, so that each dot product reads two contiguous vectors.
-    nd = _dots_padded(n)
-    wt = ws[_DOTS_HEAD:_DOTS_HEAD + nd * k]
-    _transposed_block(w, 0, n, wt)
-    for i in range(n * k, nd * k):
-        wt[i] = 0
-    zt = ws[_DOTS_HEAD + nd * k:_DOTS_HEAD + nd * (k + m)]
-    lanes = ws[_DOTS_HEAD + nd * (k + m):]
-    ecode = act.LINEAR if softmax else code
+    wt, zt, lanes, nthreads, ntasks = _dots_setup(x, w, code, z, y, ws)
     if nthreads == 1:
-        _dot_rows(x, wt, zt, z, y, bias, ecode, 0, m, lanes[:_DOTS_LANES])
-    else:
-        # Runs of blocks from a shared counter: a thread slowed down does less of the work
-        # (each row's bits are its own).
-        ntasks = min(nblk, 8 * nthreads)
-        ws[_DOTS_COUNTER] = 0
+        _dot_rows(x, wt, zt, z, y, bias, _dots_code(code), 0, z.shape[0], lanes[:_DOTS_LANES])
+    elif nthreads > 1:
         caller_cpu = region_opens(ws, 0)
         for t in prange(nthreads):
             worker_arrives(ws, 0, caller_cpu)
             own = lanes[t * _DOTS_LANES:(t + 1) * _DOTS_LANES]
             while True:
-                task = fetch_add(ws, _DOTS_COUNTER, 1)
-                if task >= ntasks:
+                r0, r1 = _dots_task(ws, z.shape[0], ntasks)
+                if r0 >= r1:
                     break
-                r0 = ((nblk * task) // ntasks) * DOT_ROWS
-                r1 = min(m, ((nblk * (task + 1)) // ntasks) * DOT_ROWS)
-                _dot_rows(x, wt, zt, z, y, bias, ecode, r0, r1, own)
+                _dot_rows(x, wt, zt, z, y, bias, _dots_code(code), r0, r1, own)
             caller_waits(ws, 0, nthreads)
-    if softmax:
+    _dots_finish(code, z, y)
+
+
+# Apart from forward_dots, so that a layer of one or two units does not compile the groups'
+# kernel (float32, cold: one unit's forward 9 s, with the groups 30 s).
+@kernel(parallel=True, nrt=False)
+def forward_unit_dots(x, w, bias, code, z, y, ws):
+    """:func:`forward_dots` for layers of more units (:func:`forward_for`), the same
+    arguments and bits: four rows and four units at a time (float32, one thread, 1024 x 784
+    @ 784 x 4: 72 us, a unit at a time 144 us), three units with a fourth of zeros."""
+    wt, zt, lanes, nthreads, ntasks = _dots_setup(x, w, code, z, y, ws)
+    if nthreads == 1:
+        _unit_dot_rows(x, wt, zt, z, y, bias, _dots_code(code), 0, z.shape[0],
+                       lanes[:_DOTS_LANES])
+    elif nthreads > 1:
+        caller_cpu = region_opens(ws, 0)
+        for t in prange(nthreads):
+            worker_arrives(ws, 0, caller_cpu)
+            own = lanes[t * _DOTS_LANES:(t + 1) * _DOTS_LANES]
+            while True:
+                r0, r1 = _dots_task(ws, z.shape[0], ntasks)
+                if r0 >= r1:
+                    break
+                _unit_dot_rows(x, wt, zt, z, y, bias, _dots_code(code), r0, r1, own)
+            caller_waits(ws, 0, nthreads)
+    _dots_finish(code, z, y)
+
+
+@kernel(nrt=False)
+def _dots_setup(x, w, code, z, y, ws):
+    """The dot products' threads and workspace: ``(wt, zt, lanes, nthreads, ntasks)``, the
+    weights' columns as rows (padded, :func:`_dots_padded`), the products' columns, the
+    threads' lanes, the thread count (0: nothing to do) and the tasks, the task counter
+    zeroed.  ``ValueError`` for a short workspace, before anything is written."""
+    require_passes(code, y)
+    m, n = z.shape
+    k = x.shape[1]
+    nd = _dots_padded(n)
+    nblk = (m + DOT_ROWS - 1) // DOT_ROWS
+    nthreads = min(_iget_num_threads(), nblk)
+    if m * k * _dots_steps(n) < DOTS_SERIAL_WORK:
+        nthreads = 1
+    if m == 0 or n == 0:
+        nthreads = 0
+    elif ws.shape[0] < dots_workspace_size(m, k, n, nthreads):
+        raise ValueError(SHORT_WORKSPACE)
+    # The weights' columns as rows, so that each dot product reads two contiguous vectors.
+    wt = ws[_DOTS_HEAD:_DOTS_HEAD + nd * k]
+    zt = ws[_DOTS_HEAD + nd * k:_DOTS_HEAD + nd * (k + m)]
+    lanes = ws[_DOTS_HEAD + nd * (k + m):]
+    if nthreads > 0:
+        _transposed_block(w, 0, n, wt)
+        for i in range(n * k, nd * k):
+            wt[i] = 0
+        ws[_DOTS_COUNTER] = 0
+    # Runs of blocks from a shared counter: a thread slowed down does less of the work (each
+    # row's bits are its own).
+    return wt, zt, lanes, nthreads, min(nblk, 8 * nthreads)
+
+
+@kernel(nrt=False, inline="always")
+def _dots_task(ws, m, ntasks):
+    """The rows ``(r0, r1)`` of the next task from the shared counter (empty when none is
+    left)."""
+    task = fetch_add(ws, _DOTS_COUNTER, 1)
+    if task >= ntasks:
+        return 0, 0
+    nblk = (m + DOT_ROWS - 1) // DOT_ROWS
+    r0 = ((nblk * task) // ntasks) * DOT_ROWS
+    return r0, min(m, ((nblk * (task + 1)) // ntasks) * DOT_ROWS)
+
+
+@kernel(nrt=False, inline="always")
+def _dots_code(code):
+    """The activation the rows apply: none for softmax (:func:`_dots_finish`'s pass)."""
+    return act.LINEAR if code == act.SOFTMAX else code
+
+
+@kernel(nrt=False, inline="always")
+def _dots_finish(code, z, y):
+    """Softmax over the finished rows."""
+    if code == act.SOFTMAX and z.shape[0] > 0 and z.shape[1] > 0:
         _softmax_pass(z, y)
 
 

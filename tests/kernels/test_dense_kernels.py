@@ -437,7 +437,8 @@ def test_dots_4_gives_the_bits_of_one_row_at_a_time(n, dtype):
     assert np.all(np.abs(four[1:5] - exact) <= product_tolerance(w[1:5], u[:, None], dtype)[:, 0])
 
 
-# Layers of few units: the forward product by dot products (``kd.forward_dots``).
+# Layers of few units: the forward product by dot products (``kd.forward_dots``, in groups
+# ``kd.forward_unit_dots``).
 # Shapes: one row; rows in whole blocks of four and with a tail; no whole lane block (1 and 15
 # inputs), exactly one, one and a remainder; enough work for the threads (DOTS_SERIAL_WORK);
 # units in groups of four (``_tiles._unit_dots``), with a unit of zeros added to three, seven,
@@ -446,6 +447,7 @@ def test_dots_4_gives_the_bits_of_one_row_at_a_time(n, dtype):
 DOTS_SHAPES = [(1, 784, 1), (2, 15, 2), (3, 1, 1), (4, 16, 2), (37, 17, 1), (70, 33, 2),
                (600, 130, 1), (1030, 200, 2), (5, 31, 3), (8, 16, 4), (37, 49, 7),
                (70, 100, 6), (9, 64, 5), (1030, 200, 4), (600, 130, 3)]
+assert max(b * k * n for b, k, n in DOTS_SHAPES) > 2 * kd.DOTS_SERIAL_WORK
 
 
 def _dots_tolerance(x, w, b, dtype):
@@ -461,11 +463,13 @@ def _dots_tolerance(x, w, b, dtype):
     return depth * np.finfo(dtype).eps * mags + np.finfo(dtype).tiny
 
 
-def _forward_dots(x, w, b, code, z, y, threads=None):
+def _forward_dots(x, w, b, code, z, y, threads=None, kernel=None):
+    """The dot products' kernel for the units (``forward_for``), or ``kernel``."""
     ws = np.empty(kd.dots_workspace_size(x.shape[0], x.shape[1], w.shape[1],
                                          numba.config.NUMBA_NUM_THREADS), x.dtype)
+    kernel = kernel or kd.forward_for(code, dots=w.shape[1])
     with fastdense.threads(threads or numba.config.NUMBA_NUM_THREADS):
-        kd.forward_dots(x, w, b, code, z, y, ws)
+        kernel(x, w, b, code, z, y, ws)
 
 
 @pytest.mark.parametrize("use_bias", [True, False], ids=["bias", "no-bias"])
@@ -537,19 +541,21 @@ def test_forward_dots_bits_are_each_rows_own(shape, dtype):
         assert np.array_equal(alone, z[i:i + 1])
 
 
-def test_forward_dots_refuses_a_short_workspace(dtype):
-    """Compiled without Numba's runtime, the kernel cannot allocate: a workspace shorter than
+@pytest.mark.parametrize("units", [2, 3])
+def test_forward_dots_refuses_a_short_workspace(units, dtype):
+    """Compiled without Numba's runtime, the kernels cannot allocate: a workspace shorter than
     ``dots_workspace_size`` raises ``ValueError`` before any output is written."""
     rng = np.random.default_rng(2)
-    x, w, b = _layer(rng, 600, 130, 2, dtype)
-    z = np.full((600, 2), np.nan, dtype)
+    x, w, b = _layer(rng, 600, 130, units, dtype)
+    z = np.full((600, units), np.nan, dtype)
     threads = numba.config.NUMBA_NUM_THREADS
-    short = np.empty(kd.dots_workspace_size(600, 130, 2, 1) - 1, dtype)
+    kernel = kd.forward_for(act.RELU, dots=units)
+    short = np.empty(kd.dots_workspace_size(600, 130, units, 1) - 1, dtype)
     with pytest.raises(ValueError, match="workspace"):
-        kd.forward_dots(x, w, b, act.RELU, z, z, short)
+        kernel(x, w, b, act.RELU, z, z, short)
     assert np.isnan(z).all()
-    kd.forward_dots(x, w, b, act.RELU, z, z,
-                    np.empty(kd.dots_workspace_size(600, 130, 2, threads), dtype))
+    kernel(x, w, b, act.RELU, z, z,
+           np.empty(kd.dots_workspace_size(600, 130, units, threads), dtype))
     assert np.isfinite(z).all()
 
 
@@ -557,8 +563,8 @@ def test_forward_dots_refuses_a_short_workspace(dtype):
                          ids=lambda s: "x".join(map(str, s)))
 def test_forward_dots_bits_are_each_units_own(shape, dtype):
     """A unit's outputs have the same bits whatever the units beside it: a layer of several
-    units (summed four at a time, with a unit of zeros added to three) gives the bits of the
-    layers of its units alone."""
+    units (``forward_unit_dots``: four at a time, with a unit of zeros added to three) gives
+    the bits of the layers of its units alone, and of ``forward_dots`` (a unit at a time)."""
     batch, n_in, units = shape
     rng = np.random.default_rng(12)
     x, w, b = _layer(rng, batch, n_in, units, dtype)
@@ -569,6 +575,9 @@ def test_forward_dots_bits_are_each_units_own(shape, dtype):
         _forward_dots(x, np.ascontiguousarray(w[:, j:j + 1]), b[j:j + 1], act.LINEAR, alone,
                       alone)
         np.testing.assert_array_equal(alone[:, 0].view(np.uint8), z[:, j].copy().view(np.uint8))
+    apart = np.empty((batch, units), dtype)
+    _forward_dots(x, w, b, act.LINEAR, apart, apart, kernel=kd.forward_dots)
+    np.testing.assert_array_equal(apart.view(np.uint8), z.view(np.uint8))
 
 
 @pytest.mark.parametrize("n", [1, 15, 16, 17, 64, 255, 784])
@@ -601,9 +610,14 @@ def test_forward_for_takes_dot_products_for_few_units():
         assert not kd.uses_dots(0, dtype) and not kd.uses_dots(most + 1, dtype)
     assert kd.DOT_UNITS_MAX["float64"] == 2
     assert kd.DOT_UNITS_MAX["float32"] == (4 if TILES == "avx512" else 2)
+    # Layers of one or two units never compile the groups' kernel (``forward_unit_dots``).
+    assert kd.forward_for(act.RELU, dots=1) is kd.forward_dots
+    assert kd.forward_for(act.RELU, dots=2) is kd.forward_dots
+    for units in (3, 4, 5, 7):
+        assert kd.forward_for(act.SOFTMAX, True, True, dots=units) is kd.forward_unit_dots
     for code in (act.RELU, act.SOFTMAX, act.TANH):
         for rows, narrow in ((False, False), (True, False), (False, True)):
-            assert kd.forward_for(code, rows, narrow, dots=True) is kd.forward_dots
+            assert kd.forward_for(code, rows, narrow, dots=1) is kd.forward_dots
     assert kd.forward_for(act.RELU, False, True) is kd.forward_narrow
 
 
