@@ -18,8 +18,9 @@ import numpy as np
 #: (``kernels.dense.uses_narrow``), whose input gradient runs as a product and, for the second
 #: and the fifth, by rows, and whose weight gradient runs in float32 transposed for those of at
 #: most MR units and by row tiles for the others, with either tile set
-#: (``kernels.dense.backward_narrow_for``: MR 8, so 3 and 7 units transposed and 9 by row
-#: tiles, or MR 6, 3 transposed and 7 by row tiles), and by strips for the fifth (one unit);
+#: (``kernels.dense.backward_narrow_for``: MR 8, so 7 units transposed and 9 by row tiles, 3
+#: by strips of three units at once; or MR 6, 3 transposed and 7 by row tiles), and by strips
+#: for the fifth (one unit);
 #: one of 10 units over 300 rows, whose input gradient runs by rows on the
 #: general kernels where it does not take those of few units (float64 with the AVX-512
 #: tiles: ``kernels.dense.backward_for``); and one large enough for the packed, threaded path

@@ -48,6 +48,9 @@ def test_warmup_shapes_reach_the_aligned_outputs_and_few_units():
                   if kdense.uses_narrow(batch, n_in, units, dtype)}
         assert {rows for rows, _ in picked} == {True, False}
         assert {"strips", "tiles"} <= {by for _, by in picked}
+        # ... and by strips of several units (three) with the AVX-512 tiles.
+        assert ("unit_strips" in {by for _, by in picked}) == (
+            kdense.STRIPS_UNITS_MAX[dtype] > kdense.STRIPS_UNITS)
     # A layer of few units on the general kernels with its input gradient by rows, in float64
     # with the AVX-512 tiles (MR 8, few-unit kernels up to 8 float64 units).
     assert any(8 < units <= kdense.SHORT_DX_UNITS and batch > kdense.DIRECT_ROWS

@@ -49,6 +49,10 @@ NARROW_ROW_KERNELS = (("rows_8x8", 8, 8), ("rows_8x4", 8, 4))
 # (name, strip width): vector-matrix strips, for either dtype: 8 zmm accumulators at 128
 # float32 or 64 float64 columns, and strips of half that width for the columns left over.
 ROW_KERNELS = (("strip_128", 128), ("strip_64", 64), ("strip_32", 32))
+# Strips of four or three rows of sums at once (a few-unit layer's weight gradient): 64 float32
+# or 32 float64 columns, 16 or 12 zmm of sums.
+UNIT_STRIP_KERNELS = (("unit_strip_64", 64, 4), ("unit_strip_32", 32, 4),
+                      ("unit_strip3_64", 64, 3), ("unit_strip3_32", 32, 3))
 # Dot products of one vector with DOT_ROWS rows at once, each in DOT_LANES interleaved chains.
 DOT_ROWS, DOT_LANES = 4, 16
 # ... and of DOT_UNITS vectors (a layer's units) with DOT_ROWS rows at once: 16 zmm of float32
@@ -264,6 +268,38 @@ def _row_kernel(name: str, nv: int) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _unit_strip_kernel(name: str, nv: int, units: int) -> str:
+    """``units`` vector-matrix strips of ``nv`` columns at once, over the same rows of ``b``."""
+    ind = "    "
+    body = ind * 2
+    lines = [
+        "",
+        "@kernel(nrt=False)",
+        f"def {name}(d, b, j0, out):",
+        f'{ind}"""``out[u, j0:j0 + {nv}] = d[u] @ b[:, j0:j0 + {nv}]`` for ``u < {units}``',
+        f"{ind}(``d`` of ``b.shape[0]`` columns), one FMA chain per element in increasing row",
+        f"{ind}order: the bits of :func:`strip_{nv}` a row of ``d`` at a time.",
+        "",
+        f"{ind}Each row of ``b``'s strip is loaded once for the {units} rows of ``d`` (a",
+        f"{ind}few-unit layer's weight gradient, ``d`` holding ``dz``'s columns), where a strip",
+        f"{ind}a row of ``d`` at a time reads it {units} times.",
+        f'{ind}"""',
+        f"{ind}wide_vectors()",
+        f"{ind}zero = zero_of(out)",
+    ]
+    lines.extend(f"{ind}d{u} = d[{u}]" for u in range(units))
+    lines.extend(f"{ind}c{u}_{j} = zero" for u in range(units) for j in range(nv))
+    lines.append(f"{ind}for p in range(b.shape[0]):")
+    lines.append(f"{body}pb = b[p, j0:j0 + {nv}]")
+    for u in range(units):
+        lines.append(f"{body}a = d{u}[p]")
+        lines.extend(f"{body}c{u}_{j} = fma(a, pb[{j}], c{u}_{j})" for j in range(nv))
+    for u in range(units):
+        lines.append(f"{ind}o = out[{u}, j0:j0 + {nv}]")
+        lines.extend(f"{ind}o[{j}] = c{u}_{j}" for j in range(nv))
+    return "\n".join(lines) + "\n"
+
+
 def _narrow_row_kernel(name: str, mr: int, nr: int) -> str:
     """A tile of ``mr`` rows, each an array of its own, by ``nr`` columns, for either dtype."""
     ind = "    "
@@ -459,6 +495,8 @@ def render() -> str:
     parts.append("\nSTRIP_F32, STRIP_F64 = 128, 64\n")
     for name, nv in ROW_KERNELS:
         parts.append("\n" + _row_kernel(name, nv))
+    for name, nv, units in UNIT_STRIP_KERNELS:
+        parts.append("\n" + _unit_strip_kernel(name, nv, units))
     parts.append(f"\nDOT_ROWS, DOT_LANES = {DOT_ROWS}, {DOT_LANES}\n")
     for rows in (1, DOT_ROWS):
         parts.append("\n" + _dots_kernel(rows))

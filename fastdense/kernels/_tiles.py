@@ -46,6 +46,10 @@ from fastdense.kernels._microkernels import (
     ukernel_6x16,
     ukernel_8x16,
     ukernel_8x32,
+    unit_strip3_32,
+    unit_strip3_64,
+    unit_strip_32,
+    unit_strip_64,
 )
 
 # Cache blocking, ``(MR, NR, KC, MC, NC)`` by dtype and tile set.  KC * NR (B micro-panel) stays
@@ -291,3 +295,54 @@ def _unit_dots_ol(w, x, p, out, m, lanes):
 
 #: The most units of a layer that forwards by dot products, by dtype name.
 DOT_UNITS_MAX = {"float32": 4 if TILES == "avx512" else 2, "float64": 2}
+
+
+# A few-unit layer's weight gradient by strips (``dense._weight_grad_span``) takes three or
+# four units at a time with the AVX-512 tiles: 64 float32 or 32 float64 columns for each unit,
+# 12 or 16 zmm of sums.  AVX2's 16 registers would not hold them, and the units run a strip at
+# a time (``gemm.strips_between``, the same bits).
+def _unit_strip(d, b, j0, out):
+    """Dispatch to the strips of :func:`_unit_strip_width` columns for the three or four rows
+    of ``d`` at once (resolved at compile time)."""
+
+
+@overload(_unit_strip, jit_options={"cache": True})
+def _unit_strip_ol(d, b, j0, out):
+    name = _dtype_name(out)
+    if TILES == "avx512":
+        four = unit_strip_64 if name == "float32" else unit_strip_32
+        three = unit_strip3_64 if name == "float32" else unit_strip3_32
+
+        def impl(d, b, j0, out):
+            if d.shape[0] == 4:
+                four(d, b, j0, out)
+            else:
+                three(d, b, j0, out)
+    else:
+        from fastdense.kernels.gemm import strips_between
+
+        width = _UNIT_STRIP_WIDTH[name]
+
+        def impl(d, b, j0, out):
+            for u in range(d.shape[0]):
+                strips_between(d[u], b, j0, j0 + width, out[u])
+    return impl
+
+
+_UNIT_STRIP_WIDTH = {"float32": 64, "float64": 32}
+
+
+def _unit_strip_width(a):
+    """Columns of :func:`_unit_strip` for ``a``'s dtype (a compile-time constant)."""
+
+
+@overload(_unit_strip_width, jit_options={"cache": True})
+def _unit_strip_width_ol(a):
+    width = _UNIT_STRIP_WIDTH[_dtype_name(a)]
+    return lambda a: width
+
+
+#: The most units of a layer whose weight gradient runs by strips, by dtype name: groups of
+#: DOT_UNITS with the AVX-512 tiles.
+STRIPS_UNITS_MAX = {"float32": 4 if TILES == "avx512" else 2,
+                    "float64": 4 if TILES == "avx512" else 2}

@@ -18,7 +18,16 @@ from fastdense.kernels import activation as act
 from fastdense.kernels._codegen import fetch_add, fma, kernel, strided_view, wide_vectors, zero_of
 from fastdense.kernels._microkernels import DOT_LANES, DOT_ROWS, DOT_UNITS, dots_1, dots_4
 from fastdense.kernels._placement import caller_waits, region_opens, worker_arrives
-from fastdense.kernels._tiles import BLOCKING, DOT_UNITS_MAX, _blocking, _strip_width, _unit_dots
+from fastdense.kernels._tiles import (
+    BLOCKING,
+    DOT_UNITS_MAX,
+    STRIPS_UNITS_MAX,
+    _blocking,
+    _strip_width,
+    _unit_dots,
+    _unit_strip,
+    _unit_strip_width,
+)
 from fastdense.kernels.activation_passes import require_passes
 from fastdense.kernels.gemm import (
     DIRECT_ROWS,
@@ -259,9 +268,10 @@ _STRIPS_COUNTER = 16
 @register_jitable
 def _strips_head(batch, n_in, units, threads):
     """Elements of the workspace's head the weight gradient by strips needs
-    (:func:`_weight_grad_strips`): the counter, ``dz``'s columns as rows and a row of partial
-    sums per thread."""
-    return _STRIPS_COUNTER + units * batch + threads * n_in
+    (:func:`_weight_grad_strips`): the counter, ``dz``'s columns as rows, a row of partial
+    sums per thread and for groups of units (three or more) DOT_UNITS more."""
+    groups = DOT_UNITS if units >= DOT_UNITS - 1 else 0
+    return _STRIPS_COUNTER + units * batch + threads * n_in * (1 + groups)
 
 
 @register_jitable
@@ -967,21 +977,40 @@ def _weight_grad_transposed(x, w, d, dw, fuse_sgd, lr, l1, l2, ws):
 
 
 @kernel(nrt=False)
-def _weight_grad_span(x, dcols, dwt, j0, j1, part):
+def _weight_grad_span(x, dcols, dwt, j0, j1, part, gpart):
     """Columns ``j0:j1`` of ``dwt = dcols @ x`` (``dcols`` holds the columns of ``dz`` as rows,
     ``units x batch``), a strip of columns at a time, by register strips
     (``gemm.strips_between``) over KC-row blocks of ``x``.  A block's sums land in ``part`` (a
     row of ``x``'s width) and are added to the running sums in increasing block order, as the
     packed product adds its KC blocks: the bits of ``x.T @ dz``.  For each strip and block, the
-    units read the same lines of ``x``, from this core's cache after the first."""
+    units read the same lines of ``x``, from this core's cache after the first.  With
+    ``gpart`` (DOT_UNITS rows of ``x``'s width; ``None`` compiles without), four units at a
+    time, or three (``_tiles._unit_strip``, the same bits), their block sums in ``gpart``."""
     m = x.shape[0]
+    units = dwt.shape[0]
     KC = _blocking(dwt)[2]
     sw = _strip_width(dwt)
     for s0 in range(j0, j1, sw):
         s1 = min(j1, s0 + sw)
         for pc in range(0, m, KC):
             xb = x[pc:min(m, pc + KC)]
-            for u in range(dwt.shape[0]):
+            apart = 0
+            if gpart is not None:
+                # Groups of four units, and of three for what is left.
+                while units - apart >= DOT_UNITS - 1:
+                    g = min(DOT_UNITS, units - apart)
+                    dg = dcols[apart:apart + g, pc:pc + xb.shape[0]]
+                    if pc == 0:
+                        _unit_strips_between(dg, xb, s0, s1, dwt[apart:apart + g])
+                    else:
+                        _unit_strips_between(dg, xb, s0, s1, gpart[:g])
+                        for q in range(g):
+                            o = dwt[apart + q]
+                            pq = gpart[q]
+                            for j in range(s0, s1):
+                                o[j] = pq[j] + o[j]
+                    apart += g
+            for u in range(apart, units):
                 dcol = dcols[u, pc:pc + xb.shape[0]]
                 if pc == 0:
                     strips_between(dcol, xb, s0, s1, dwt[u])
@@ -992,13 +1021,29 @@ def _weight_grad_span(x, dcols, dwt, j0, j1, part):
                     o[j] = part[j] + o[j]
 
 
+@kernel(nrt=False, inline="always")
+def _unit_strips_between(d, b, j0, j1, out):
+    """``out[u, j0:j1] = d[u] @ b[:, j0:j1]`` for the three or four rows of ``d``: by
+    ``_tiles._unit_strip`` while whole strips fit, the columns left a unit at a time
+    (``gemm.strips_between``); one FMA chain per element either way."""
+    width = _unit_strip_width(out)
+    j = j0
+    while j + width <= j1:
+        _unit_strip(d, b, j, out)
+        j += width
+    if j < j1:
+        for u in range(d.shape[0]):
+            strips_between(d[u], b, j, j1, out[u])
+
+
 @kernel(parallel=True, nrt=False)
-def _weight_grad_by_strips(x, d, dwt, dcols, part, ctr):
+def _weight_grad_by_strips(x, d, dwt, dcols, part, ctr, gpart):
     """``dwt = d.T @ x``, the weight gradient transposed (``units x in``), by
     :func:`_weight_grad_span`: contiguous runs of strips of columns over the threads (output
     columns, so the bits are the same for any thread count), unless the work is below
     ``gemm.SERIAL_WORK``.  ``dcols`` (``units x batch``) receives ``d``'s columns, ``part``
-    holds a row of partial sums per thread (at most its rows of threads run) and ``ctr[0]``
+    holds a row of partial sums per thread (at most its rows of threads run), ``gpart``
+    (``None``, or DOT_UNITS such rows per thread) those of the units' groups, and ``ctr[0]``
     counts the workers that started (:mod:`._placement`)."""
     m, n_in = x.shape
     units = d.shape[1]
@@ -1009,22 +1054,33 @@ def _weight_grad_by_strips(x, d, dwt, dcols, part, ctr):
     nstrips = (n_in + sw - 1) // sw
     nthreads = min(_iget_num_threads(), nstrips, part.shape[0])
     if nthreads == 1 or m * n_in * units < SERIAL_WORK:
-        _weight_grad_span(x, dcols, dwt, 0, n_in, part[0])
+        _weight_grad_span(x, dcols, dwt, 0, n_in, part[0], _thread_rows(gpart, 0))
         return
     caller_cpu = region_opens(ctr, 0)
     for t in prange(nthreads):
         worker_arrives(ctr, 0, caller_cpu)
         s0, s1 = thread_blocks(nstrips, t, nthreads)
-        _weight_grad_span(x, dcols, dwt, s0 * sw, min(n_in, s1 * sw), part[t])
+        _weight_grad_span(x, dcols, dwt, s0 * sw, min(n_in, s1 * sw), part[t],
+                          _thread_rows(gpart, t))
         caller_waits(ctr, 0, nthreads)
 
 
+# (Not inlined: the parallel region's array analysis rejects the two inlined copies.)
+@kernel(nrt=False)
+def _thread_rows(gpart, t):
+    """Thread ``t``'s rows of ``gpart`` (``None`` stays ``None``)."""
+    if gpart is None:
+        return None
+    return gpart[t]
+
+
 @kernel
-def _weight_grad_strips(x, w, d, dw, fuse_sgd, lr, l1, l2, ws):
-    """The weight gradient of a layer of one or two units (:func:`backward_narrow_for`) by
-    strips: ``dw.T = d.T @ x`` as rows of ``x`` weighted by ``d``'s columns and summed
-    (:func:`_weight_grad_by_strips`), every lane of the vectors a column of ``x``; then applied
-    to ``w`` by SGD or written to ``dw`` as it is transposed."""
+def _weight_grad_strips(x, w, d, dw, fuse_sgd, lr, l1, l2, ws, grouped):
+    """The weight gradient of a few-unit layer (:func:`backward_narrow_for`) by strips:
+    ``dw.T = d.T @ x`` as rows of ``x`` weighted by ``d``'s columns and summed
+    (:func:`_weight_grad_by_strips`), every lane of the vectors a column of ``x``, with
+    ``grouped`` (``None`` compiles without) three or four units at a time; then applied to
+    ``w`` by SGD or written to ``dw`` as it is transposed."""
     m, n_in = x.shape
     units = d.shape[1]
     head, dwt, block = _narrow_split(ws, units, n_in, dw)
@@ -1033,9 +1089,16 @@ def _weight_grad_strips(x, w, d, dw, fuse_sgd, lr, l1, l2, ws):
     if head.shape[0] < need:
         head = np.empty(need, dtype=dw.dtype)
     rows = head[_STRIPS_COUNTER:_STRIPS_COUNTER + units * m]
-    part = head[_STRIPS_COUNTER + units * m:need]
-    _weight_grad_by_strips(x, d, dwt, rows.reshape((units, m)), part.reshape((threads, n_in)),
-                           head[:_STRIPS_COUNTER])
+    part = head[_STRIPS_COUNTER + units * m:_STRIPS_COUNTER + units * m + threads * n_in]
+    ctr = head[:_STRIPS_COUNTER]
+    if grouped is None:
+        _weight_grad_by_strips(x, d, dwt, rows.reshape((units, m)),
+                               part.reshape((threads, n_in)), ctr, None)
+    else:
+        gpart = head[_STRIPS_COUNTER + units * m + threads * n_in:need]
+        _weight_grad_by_strips(x, d, dwt, rows.reshape((units, m)),
+                               part.reshape((threads, n_in)), ctr,
+                               gpart.reshape((threads, DOT_UNITS, n_in)))
     _transposed_update(dwt, w, dw, fuse_sgd, lr, l1, l2, block)
 
 
@@ -1048,7 +1111,9 @@ def _backward_narrow(dx_by_rows: bool, dw_by: str):
     compiles the row-by-row input gradient and the transposed weight gradient, which took 8 of
     the 51 s of a cold compile of the README's model)."""
     transposed = dw_by == "transposed"
-    by_strips = dw_by == "strips"
+    by_strips = dw_by in ("strips", "unit_strips")
+    # (None: the strips' kernel compiled without the groups of units.)
+    grouped = True if dw_by == "unit_strips" else None
 
     @kernel
     def backward_narrow(x, w, bias, z, y, g, code, dz, dw, db, dx, lr, l1w, l2w, l1b, l2b,
@@ -1081,7 +1146,7 @@ def _backward_narrow(dx_by_rows: bool, dw_by: str):
         if db.shape[0] > 0:
             _column_sums_serial(d, db)
         if by_strips:
-            _weight_grad_strips(x, w, d, dw, fuse_sgd, lr, l1w, l2w, ws)
+            _weight_grad_strips(x, w, d, dw, fuse_sgd, lr, l1w, l2w, ws, grouped)
         elif transposed:
             _weight_grad_transposed(x, w, d, dw, fuse_sgd, lr, l1w, l2w, ws)
         else:
@@ -1095,9 +1160,9 @@ def _backward_narrow(dx_by_rows: bool, dw_by: str):
     return backward_narrow
 
 
-#: How a few-unit layer's backward computes the weight gradient: by row tiles, transposed or
-#: by strips (see :func:`backward_narrow_for`).
-DW_BY = ("tiles", "transposed", "strips")
+#: How a few-unit layer's backward computes the weight gradient: by row tiles, transposed, by
+#: strips or by strips of several units at once (see :func:`backward_narrow_for`).
+DW_BY = ("tiles", "transposed", "strips", "unit_strips")
 #: :func:`backward_narrow_for`'s kernels by ``(dx_by_rows, dw_by)``; each compiles on its
 #: first call.
 _BACKWARD_NARROW = {(rows, dw_by): _backward_narrow(rows, dw_by)
@@ -1120,8 +1185,11 @@ _BACKWARD_NARROW = {(rows, dw_by): _backward_narrow(rows, dw_by)
 # 784 x 1 over 32 rows 1.6 / 9.3 us (2.1), over 128 5.0 / 23.1 (4.8), over 1024 31 / 132 (28);
 # 784 x 2 over 1024 57 / 142 (133); float64 784 x 1 over 1024 55 / 149 (47), 784 x 2 over
 # 128 21 / 23 (14).  For three and four units the strips lost in float64 (100 x 4 over 256
-# rows, 784 x 4 over 1024), each unit reading the strip of ``x`` again.
-#: Layers of at most this many units take their weight gradient by strips.
+# rows, 784 x 4 over 1024), each unit reading the strip of ``x`` again; with the AVX-512 tiles
+# they take the strip of ``x`` for three or four units at once (``_tiles._unit_strip``, up to
+# ``_tiles.STRIPS_UNITS_MAX`` units).
+#: Layers of at most this many units take their input gradient by rows at any batch and (all
+#: tile sets) their weight gradient by strips a unit at a time.
 STRIPS_UNITS = 2
 # The input gradient ``dz @ w.T`` by rows (each row of ``dx`` from register strips) against
 # the packed product, two threads, float32 (Zen 4), NumPy's in brackets: 32 x 784 over 3 4.7 /
@@ -1144,13 +1212,16 @@ def backward_narrow_for(batch: int, n_in: int, units: int, dtype, want_dx: bool 
     input gradient, when wanted, by rows (see :func:`_input_grad_by_rows`) for layers of at
     most ``STRIPS_UNITS`` units, of ``ROWS_DX_INPUTS`` inputs or more, or above
     ``DIRECT_ROWS`` rows, else as a product; the weight gradient by strips for layers of at
-    most ``STRIPS_UNITS`` units, transposed for float32 layers of at most MR units (one panel
+    most ``STRIPS_UNITS`` units, by strips of three or four units at once up to
+    ``_tiles.STRIPS_UNITS_MAX``, transposed for float32 layers of at most MR units (one panel
     of the general tiles' rows), else by row tiles."""
     few = units <= STRIPS_UNITS
     rows = want_dx and (few or n_in >= ROWS_DX_INPUTS or batch > DIRECT_ROWS)
     if few:
         return _BACKWARD_NARROW[rows, "strips"]
     name = np.dtype(dtype).name
+    if units <= STRIPS_UNITS_MAX[name]:
+        return _BACKWARD_NARROW[rows, "unit_strips"]
     transposed = name == "float32" and units <= BLOCKING[name][0]
     return _BACKWARD_NARROW[rows, "transposed" if transposed else "tiles"]
 

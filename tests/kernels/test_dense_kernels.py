@@ -725,16 +725,19 @@ def test_narrow_entry_points_give_the_bits_of_the_general_ones(shape, name, fuse
 @pytest.mark.parametrize("fuse_sgd, l2", [(True, 0.0), (True, 0.01), (False, 0.0)],
                          ids=["sgd", "sgd-l2", "grads"])
 @pytest.mark.parametrize("shape, by", [
-    (shape, by) for shape in NARROW_SHAPES for by in ("transposed", "strips")
+    (shape, by) for shape in NARROW_SHAPES for by in ("transposed", "strips", "unit_strips")
     if by == "strips" or shape[2] > kd.STRIPS_UNITS],
     ids=lambda v: v if isinstance(v, str) else "x".join(map(str, v)))
 def test_weight_gradient_transposed_or_by_strips_gives_the_bits_of_the_general_one(
         shape, by, fuse_sgd, l2, dtype):
     """The weight gradient of few-unit layers transposed (``dw.T = dz.T @ x``), which
     ``backward_narrow_for`` picks for float32 layers of 3 to MR units, or by strips (picked
-    for one or two units, here for every layer) gives ``backward``'s weights or gradient in
-    either dtype, on one thread and on all.  (Transposed, a layer of one or two units would
-    take the direct path, whose reduction over the batch is one FMA chain, not KC blocks.)"""
+    for one or two units, here for every layer), or by strips of three or four units at once
+    (picked up to ``STRIPS_UNITS_MAX`` units; here groups of four, then of three, then single
+    units: 5 units are a group and one, 10 two groups and two) gives ``backward``'s weights or
+    gradient in either dtype, on one thread and on all.  (Transposed, a layer of one or two
+    units would take the direct path, whose reduction over the batch is one FMA chain, not KC
+    blocks.)"""
     batch, n_in, units = shape
     units = min(units, kd.BLOCKING[np.dtype(dtype).name][1] // 2)
     rng = np.random.default_rng(batch + units)
@@ -745,7 +748,13 @@ def test_weight_gradient_transposed_or_by_strips_gives_the_bits_of_the_general_o
     kd.backward(x, w, b, z, z, g, act.LINEAR, np.empty_like(g), dw, np.empty_like(b),
                 np.empty((0, n_in), dtype), 0.01, 0.0, l2, 0.0, 0.0, fuse_sgd)
     expected = w if fuse_sgd else dw
-    kernel = kd._weight_grad_transposed if by == "transposed" else kd._weight_grad_strips
+    if by == "transposed":
+        kernel = kd._weight_grad_transposed
+    else:
+        grouped = True if by == "unit_strips" else None
+
+        def kernel(*args):
+            kd._weight_grad_strips(*args, grouped)
     before = numba.get_num_threads()
     try:
         for threads in (1, numba.config.NUMBA_NUM_THREADS):
@@ -760,9 +769,9 @@ def test_weight_gradient_transposed_or_by_strips_gives_the_bits_of_the_general_o
 
 @pytest.mark.parametrize("fuse_sgd", [True, False], ids=["sgd", "grads"])
 def test_every_narrow_backward_variant_gives_the_bits_of_backward(fuse_sgd, dtype):
-    """The six variants of ``backward_narrow`` (input gradient by rows or as a product,
-    weight gradient by row tiles, transposed or by strips) give ``backward``'s bits at a batch
-    below and one above ``DIRECT_ROWS``."""
+    """The eight variants of ``backward_narrow`` (input gradient by rows or as a product,
+    weight gradient by row tiles, transposed, by strips or by strips of several units) give
+    ``backward``'s bits at a batch below and one above ``DIRECT_ROWS``."""
     n_in, units, code = 70, 3, act.RELU
     for batch in (37, kd.DIRECT_ROWS + 44):
         rng = np.random.default_rng(batch)
@@ -772,7 +781,7 @@ def test_every_narrow_backward_variant_gives_the_bits_of_backward(fuse_sgd, dtyp
         ws = np.empty(kd.narrow_workspace_size(batch, n_in, units, dtype), dtype)
         outs = []
         kernels = [kd.backward, *kd._BACKWARD_NARROW.values()]
-        assert len(set(kernels)) == 7
+        assert len(set(kernels)) == 9
         for backward in kernels:
             w, b = w0.copy(), b0.copy()
             dz, dw, db, dx = (np.empty_like(g), np.full_like(w, np.nan), np.empty_like(b),
@@ -788,12 +797,16 @@ def test_every_narrow_backward_variant_gives_the_bits_of_backward(fuse_sgd, dtyp
 def test_backward_narrow_for_picks_by_batch_inputs_units_and_dtype():
     """The input gradient, when wanted, by rows for layers of one or two units, of
     ROWS_DX_INPUTS inputs or more, or above DIRECT_ROWS rows; the weight gradient by strips for
-    one or two units, transposed for float32 layers of at most MR units."""
+    one or two units, by strips of several units up to STRIPS_UNITS_MAX (four with the AVX-512
+    tiles), transposed for float32 layers of at most MR units."""
     wide = kd.ROWS_DX_INPUTS
     for dtype in ("float32", "float64"):
         mr = kd.BLOCKING[dtype][0]
-        for units in (1, kd.STRIPS_UNITS, 3, mr, mr + 1):
+        most = kd.STRIPS_UNITS_MAX[dtype]
+        assert most == (4 if TILES == "avx512" else kd.STRIPS_UNITS)
+        for units in (1, kd.STRIPS_UNITS, 3, 4, 5, mr, mr + 1):
             dw_by = ("strips" if units <= kd.STRIPS_UNITS
+                     else "unit_strips" if units <= most
                      else "transposed" if dtype == "float32" and units <= mr else "tiles")
             few = units <= kd.STRIPS_UNITS
             for batch, n_in, want_dx, rows in ((kd.DIRECT_ROWS, wide - 1, True, few),
