@@ -444,7 +444,7 @@ def _dots_end(x, wt, zt, z, y, bias, code, r0, r1, p, n, lanes):
         _activate_rows(y, r0, r1 - r0, 0, n, code)
 
 
-@kernel(parallel=True, nrt=False)
+@kernel(nrt=False)
 def forward_dots(x, w, bias, code, z, y, ws):
     """:func:`forward` (and :func:`forward_softmax`) for a layer of one or two units
     (:func:`uses_dots`, :func:`forward_for`), any batch, with ``ws`` of at least
@@ -461,33 +461,29 @@ def forward_dots(x, w, bias, code, z, y, ws):
     (NumPy's matrix-vector product 43 us).  Threads take runs of four-row blocks.
     """
     wt, zt, lanes, nthreads, ntasks = _dots_setup(x, w, code, z, y, ws)
-    if nthreads == 1:
-        _dot_rows(x, wt, zt, z, y, bias, _dots_code(code), 0, z.shape[0], lanes[:_DOTS_LANES])
-    elif nthreads > 1:
-        caller_cpu = region_opens(ws, 0)
-        for t in prange(nthreads):
-            worker_arrives(ws, 0, caller_cpu)
-            own = lanes[t * _DOTS_LANES:(t + 1) * _DOTS_LANES]
-            while True:
-                r0, r1 = _dots_task(ws, z.shape[0], ntasks)
-                if r0 >= r1:
-                    break
-                _dot_rows(x, wt, zt, z, y, bias, _dots_code(code), r0, r1, own)
-            caller_waits(ws, 0, nthreads)
+    _dots_run(x, wt, zt, z, y, bias, _dots_code(code), lanes, nthreads, ntasks, ws, None)
     _dots_finish(code, z, y)
 
 
 # Apart from forward_dots, so that a layer of one or two units does not compile the groups'
 # kernel (float32, cold: one unit's forward 9 s, with the groups 30 s).
-@kernel(parallel=True, nrt=False)
+@kernel(nrt=False)
 def forward_unit_dots(x, w, bias, code, z, y, ws):
     """:func:`forward_dots` for layers of more units (:func:`forward_for`), the same
     arguments and bits: four rows and four units at a time (float32, one thread, 1024 x 784
     @ 784 x 4: 72 us, a unit at a time 144 us), three units with a fourth of zeros."""
     wt, zt, lanes, nthreads, ntasks = _dots_setup(x, w, code, z, y, ws)
+    _dots_run(x, wt, zt, z, y, bias, _dots_code(code), lanes, nthreads, ntasks, ws, True)
+    _dots_finish(code, z, y)
+
+
+@kernel(parallel=True, nrt=False)
+def _dots_run(x, wt, zt, z, y, bias, code, lanes, nthreads, ntasks, ws, grouped):
+    """The rows of :func:`forward_dots` (``grouped`` None: :func:`_dot_rows`) or
+    :func:`forward_unit_dots` (:func:`_unit_dot_rows`) on ``nthreads`` threads (none: no
+    rows), as :func:`_dots_setup` prepared them."""
     if nthreads == 1:
-        _unit_dot_rows(x, wt, zt, z, y, bias, _dots_code(code), 0, z.shape[0],
-                       lanes[:_DOTS_LANES])
+        _dots_rows(x, wt, zt, z, y, bias, code, 0, z.shape[0], lanes[:_DOTS_LANES], grouped)
     elif nthreads > 1:
         caller_cpu = region_opens(ws, 0)
         for t in prange(nthreads):
@@ -497,9 +493,18 @@ def forward_unit_dots(x, w, bias, code, z, y, ws):
                 r0, r1 = _dots_task(ws, z.shape[0], ntasks)
                 if r0 >= r1:
                     break
-                _unit_dot_rows(x, wt, zt, z, y, bias, _dots_code(code), r0, r1, own)
+                _dots_rows(x, wt, zt, z, y, bias, code, r0, r1, own, grouped)
             caller_waits(ws, 0, nthreads)
-    _dots_finish(code, z, y)
+
+
+@kernel(nrt=False, inline="always")
+def _dots_rows(x, wt, zt, z, y, bias, code, r0, r1, lanes, grouped):
+    """:func:`_dot_rows`, or with ``grouped`` (not None: Numba prunes the other branch)
+    :func:`_unit_dot_rows`."""
+    if grouped is None:
+        _dot_rows(x, wt, zt, z, y, bias, code, r0, r1, lanes)
+    else:
+        _unit_dot_rows(x, wt, zt, z, y, bias, code, r0, r1, lanes)
 
 
 @kernel(nrt=False)
