@@ -496,7 +496,8 @@ class Dense:
         """The kernels' packing workspace: one per layer shape (sizing costs µs), or for a
         layer of few units (``narrow``, see ``kernels.dense.uses_narrow``) one for ``batch``,
         grown to the largest batch so far and never shrunk; with ``dots``, that of the forward
-        product of one or two units (``kernels.dense.forward_dots``), likewise."""
+        product by dot products (``kernels.dense.uses_dots``: one or two units, or up to four
+        float32 units with the AVX-512 tiles), likewise."""
         if dots or narrow:
             if dots:
                 key = "ws_dots"

@@ -35,3 +35,17 @@ def matmul_bound(a: np.ndarray, b: np.ndarray, dtype, extra_terms: int = 0) -> n
     b = np.abs(np.asarray(b, np.float64))
     k = a.shape[-1]
     return gamma(k + extra_terms + 1, dtype) * (a @ b)
+
+
+def dots_bound(x: np.ndarray, w: np.ndarray, b: np.ndarray, dtype) -> np.ndarray:
+    """Bound on ``|fl(x @ w + b) - (x @ w + b)|`` in the order of the dot-product kernels
+    (``kernels.dense.forward_dots``): a product passes through at most ``in // 16`` roundings in
+    its lane, 4 in the tree, ``in % 16`` in the tail's chain, and 2 more (adding the tail, then
+    the bias); ``eps`` (twice the unit roundoff) per rounding leaves the bound's second-order
+    term room.  ``b`` may be empty (no bias)."""
+    k = x.shape[-1]
+    depth = k // 16 + 4 + k % 16 + 2
+    mags = np.abs(np.asarray(x, np.float64)) @ np.abs(np.asarray(w, np.float64))
+    if b.size:
+        mags = mags + np.abs(np.asarray(b, np.float64))
+    return depth * float(np.finfo(dtype).eps) * mags

@@ -16,7 +16,7 @@ from fastdense import Dense, DtypeWarning, LayerStateError
 from fastdense.dense import _ForwardPlan
 from fastdense.kernels import dense as kernels
 from fastdense.reference import NumpyDense
-from tests.bounds import unit_roundoff
+from tests.bounds import dots_bound, unit_roundoff
 from tests.helpers import (
     ACTIVATIONS,
     Plain,
@@ -818,12 +818,9 @@ def test_a_layer_of_few_units_forwards_by_dot_products(dtype, units):
     ref.build(n_in)
     ref.weight, ref.bias = layer.weight.astype(np.float64), layer.bias.astype(np.float64)
     want = ref.forward(x.astype(np.float64))
-    # The dot products' rounding depth (kernels.forward_dots: lanes, tree, tail, bias), carried
-    # through tanh (slope at most 1), and a few roundings of tanh itself.
-    depth = n_in // 16 + 4 + n_in % 16 + 2
-    mags = (np.abs(x.astype(np.float64)) @ np.abs(layer.weight.astype(np.float64))
-            + np.abs(layer.bias.astype(np.float64)))
-    tol = 2 * depth * unit_roundoff(dtype) * mags + 8 * unit_roundoff(dtype)
+    # The dot products' bound (kernels.forward_dots: lanes, tree, tail, bias), carried through
+    # tanh (slope at most 1), and a few roundings of tanh itself.
+    tol = dots_bound(x, layer.weight, layer.bias, dtype) + 8 * unit_roundoff(dtype)
     assert np.all(np.abs(ys[200] - want) <= tol)
 
 

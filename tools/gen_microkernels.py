@@ -51,8 +51,9 @@ NARROW_ROW_KERNELS = (("rows_8x8", 8, 8), ("rows_8x4", 8, 4))
 ROW_KERNELS = (("strip_128", 128), ("strip_64", 64), ("strip_32", 32))
 # Strips of four or three rows of sums at once (a few-unit layer's weight gradient): 64 float32
 # or 32 float64 columns, 16 or 12 zmm of sums.
-UNIT_STRIP_KERNELS = (("unit_strip_64", 64, 4), ("unit_strip_32", 32, 4),
-                      ("unit_strip3_64", 64, 3), ("unit_strip3_32", 32, 3))
+UNIT_STRIP_F32, UNIT_STRIP_F64 = 64, 32
+UNIT_STRIP_KERNELS = tuple((f"unit_strip{'' if units == 4 else units}_{nv}", nv, units)
+                           for units in (4, 3) for nv in (UNIT_STRIP_F32, UNIT_STRIP_F64))
 # Dot products of one vector with DOT_ROWS rows at once, each in DOT_LANES interleaved chains.
 DOT_ROWS, DOT_LANES = 4, 16
 # ... and of DOT_UNITS vectors (a layer's units) with DOT_ROWS rows at once: 16 zmm of float32
@@ -341,6 +342,25 @@ def _lane_tree(q: str) -> str:
             f" + {lane(11)}) + ({lane(7)} + {lane(15)}))))")
 
 
+def _tree_levels(lines: list[str], ind: str, outs: int) -> int:
+    """Append the levels but the last of the lane trees of ``outs`` dot products whose
+    DOT_LANES lanes are stored one output after the other from ``lanes[0]``; return where the
+    last level's pairs start.
+
+    All outputs at once, each level into the scratch after the previous one (the pairs of
+    _lane_tree: lane q and q + half), so that each is a few vector additions; written over the
+    lanes, the stores of the lanes no longer vectorized.
+    """
+    src, half = 0, DOT_LANES // 2
+    while half > 1:
+        dst = src + outs * 2 * half
+        lines.extend(f"{ind}lanes[{dst + o * half + q}] = lanes[{src + o * 2 * half + q}] + "
+                     f"lanes[{src + o * 2 * half + q + half}]"
+                     for o in range(outs) for q in range(half))
+        src, half = dst, half // 2
+    return src
+
+
 def _dots_kernel(rows: int) -> str:
     """``out[p + r] = u . w[p + r]`` for ``rows`` rows, each in the same order."""
     ind = "    "
@@ -396,16 +416,7 @@ def _dots_kernel(rows: int) -> str:
         lines.append(f"{body}q = lanes[r * {lanes}:(r + 1) * {lanes}]")
         lines.append(f"{body}out[p + r] = {_lane_tree('q')} + t")
         return "\n".join(lines) + "\n"
-    # The tree's levels but the last for all rows at once, each level into the scratch after
-    # the previous one (the pairs of _lane_tree: lane q and q + half), so that each is a few
-    # vector additions; written over the lanes, the stores of the lanes no longer vectorized.
-    src, half = 0, lanes // 2
-    while half > 1:
-        dst = src + rows * 2 * half
-        lines.extend(f"{ind}lanes[{dst + r * half + q}] = lanes[{src + r * 2 * half + q}] + "
-                     f"lanes[{src + r * 2 * half + q + half}]"
-                     for r in range(rows) for q in range(half))
-        src, half = dst, half // 2
+    src = _tree_levels(lines, ind, rows)
     lines.append(f"{ind}for r in range({rows}):")
     lines.append(f"{body}wr = w[p + r]")
     lines.append(f"{body}t = zero")
@@ -454,14 +465,7 @@ def _unit_dots_kernel(rows: int, units: int) -> str:
                  for r in range(rows) for u in range(units) for q in range(lanes))
     lines.extend(f"{ind}lanes[{(r * units + u) * lanes + q}] = s{r}_{u}_{q}"
                  for r in range(rows) for u in range(units) for q in range(lanes))
-    # The trees' levels but the last, as in _dots_kernel.
-    src, half = 0, lanes // 2
-    while half > 1:
-        dst = src + outs * 2 * half
-        lines.extend(f"{ind}lanes[{dst + o * half + q}] = lanes[{src + o * 2 * half + q}] + "
-                     f"lanes[{src + o * 2 * half + q + half}]"
-                     for o in range(outs) for q in range(half))
-        src, half = dst, half // 2
+    src = _tree_levels(lines, ind, outs)
     for r in range(rows):
         for u in range(units):
             o = r * units + u
@@ -495,6 +499,7 @@ def render() -> str:
     parts.append("\nSTRIP_F32, STRIP_F64 = 128, 64\n")
     for name, nv in ROW_KERNELS:
         parts.append("\n" + _row_kernel(name, nv))
+    parts.append(f"\nUNIT_STRIP_F32, UNIT_STRIP_F64 = {UNIT_STRIP_F32}, {UNIT_STRIP_F64}\n")
     for name, nv, units in UNIT_STRIP_KERNELS:
         parts.append("\n" + _unit_strip_kernel(name, nv, units))
     parts.append(f"\nDOT_ROWS, DOT_LANES = {DOT_ROWS}, {DOT_LANES}\n")

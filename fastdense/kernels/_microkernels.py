@@ -3655,6 +3655,8 @@ def strip_32(x, b, j0, out):
     o[30] = c30
     o[31] = c31
 
+UNIT_STRIP_F32, UNIT_STRIP_F64 = 64, 32
+
 
 @kernel(nrt=False)
 def unit_strip_64(d, b, j0, out):

@@ -33,6 +33,8 @@ from fastdense.kernels._microkernels import (
     NR_F64_AVX2,
     STRIP_F32,
     STRIP_F64,
+    UNIT_STRIP_F32,
+    UNIT_STRIP_F64,
     dots_4,
     dots_4x4,
     rows_8x4,
@@ -329,7 +331,7 @@ def _unit_strip_ol(d, b, j0, out):
     return impl
 
 
-_UNIT_STRIP_WIDTH = {"float32": 64, "float64": 32}
+_UNIT_STRIP_WIDTH = {"float32": UNIT_STRIP_F32, "float64": UNIT_STRIP_F64}
 
 
 def _unit_strip_width(a):

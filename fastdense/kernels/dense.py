@@ -1095,15 +1095,14 @@ def _weight_grad_strips(x, w, d, dw, fuse_sgd, lr, l1, l2, ws, grouped):
         head = np.empty(need, dtype=dw.dtype)
     rows = head[_STRIPS_COUNTER:_STRIPS_COUNTER + units * m]
     part = head[_STRIPS_COUNTER + units * m:_STRIPS_COUNTER + units * m + threads * n_in]
-    ctr = head[:_STRIPS_COUNTER]
+    # (Numba prunes the branch not taken, so gpart has one type.)
     if grouped is None:
-        _weight_grad_by_strips(x, d, dwt, rows.reshape((units, m)),
-                               part.reshape((threads, n_in)), ctr, None)
+        gpart = None
     else:
-        gpart = head[_STRIPS_COUNTER + units * m + threads * n_in:need]
-        _weight_grad_by_strips(x, d, dwt, rows.reshape((units, m)),
-                               part.reshape((threads, n_in)), ctr,
-                               gpart.reshape((threads, DOT_UNITS, n_in)))
+        gpart = head[_STRIPS_COUNTER + units * m + threads * n_in:need].reshape(
+            (threads, DOT_UNITS, n_in))
+    _weight_grad_by_strips(x, d, dwt, rows.reshape((units, m)), part.reshape((threads, n_in)),
+                           head[:_STRIPS_COUNTER], gpart)
     _transposed_update(dwt, w, dw, fuse_sgd, lr, l1, l2, block)
 
 

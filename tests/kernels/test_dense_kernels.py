@@ -12,6 +12,7 @@ from fastdense.kernels import activation as act
 from fastdense.kernels import dense as kd
 from fastdense.kernels._isa import TILES
 from fastdense.kernels.gemm import OWN_B_BYTES, vector_block_rows
+from tests.bounds import dots_bound
 from tests.kernels.conftest import product_tolerance
 
 NAMES = ["linear", "relu", "sigmoid", "tanh", "softmax", "gelu", "leaky_relu", "elu", "selu",
@@ -451,16 +452,9 @@ assert max(b * k * n for b, k, n in DOTS_SHAPES) > 2 * kd.DOTS_SERIAL_WORK
 
 
 def _dots_tolerance(x, w, b, dtype):
-    """Bound on ``|z - x @ w - b|`` for ``forward_dots``' order: a product passes through at
-    most ``in // 16`` roundings in its lane, 4 in the tree, ``in % 16`` in the tail's chain,
-    and 2 more (adding the tail, then the bias); the rounding unit is ``eps / 2``, so ``eps``
-    per rounding leaves the bound's second-order term room."""
-    k = x.shape[1]
-    depth = k // 16 + 4 + k % 16 + 2
-    mags = np.abs(x.astype(np.float64)) @ np.abs(w.astype(np.float64))
-    if b.size:
-        mags = mags + np.abs(b.astype(np.float64))
-    return depth * np.finfo(dtype).eps * mags + np.finfo(dtype).tiny
+    """Bound on ``|z - x @ w - b|`` for ``forward_dots``' order (``tests.bounds.dots_bound``)
+    and the smallest normal number."""
+    return dots_bound(x, w, b, dtype) + np.finfo(dtype).tiny
 
 
 def _forward_dots(x, w, b, code, z, y, threads=None, kernel=None):
