@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
+
 import numba
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from fastdense import activations
+from fastdense.kernels import activation as act
 from fastdense.kernels._tiles import BLOCKING, KC_F32, MC_F32, MC_F64, NC_F32
 from fastdense.kernels.gemm import (
     ALIASED_A_BYTES,
@@ -16,6 +22,8 @@ from fastdense.kernels.gemm import (
     DIRECT_SKINNY_B_BYTES,
     DIRECT_SKINNY_ROW_BYTES,
     DIRECT_SKINNY_ROWS,
+    EP_BIAS_ACT,
+    EP_STORE,
     OWN_B_BYTES,
     PAGE_BYTES,
     PIPELINE_BLOCKS,
@@ -27,6 +35,7 @@ from fastdense.kernels.gemm import (
     gemm,
     gemm_rows,
     is_small,
+    product,
     rows_ws_len,
     vector_block_rows,
     workspace_size,
@@ -279,6 +288,88 @@ def test_same_bits_wherever_b_lies(shape, dtype):
     a, b = _operands(rng, m, n, k, False, False, dtype)
     assert b.nbytes <= DIRECT_F64_B_BYTES and m <= DIRECT_SKINNY_ROWS
     _assert_same_bits_whereverplaced(a, b, place_out=False)
+
+
+# A B of fewer columns than a panel (a layer of 17 to 31 float32 or 9 to 15 float64 units with
+# the AVX-512 tiles; shapes as (m, n, k), "-c" for NR - c columns) is read in place, NR elements
+# from the start of each row, its end from a copy (``gemm._narrow_b_tail``): one column (the
+# copy then starts a block early, the last NR - 1 rows passing B's end), a block of one step
+# after KC, several blocks, one block, rows of one tile and of more than DIRECT_ROWS.
+@pytest.mark.parametrize("shape", [(5, 1, KC + 1), (300, 1, 40), (13, 3, 2 * KC + 5),
+                                   (9, "-1", 700), (260, "-1", KC), (300, 5, 7), (40, "-3", 33)],
+                         ids=lambda s: "x".join(map(str, s)))
+def test_a_b_of_fewer_columns_than_a_panel_gives_the_bits_of_its_transpose(shape, dtype):
+    """Such a B read in place gives the bits of the same product with B transposed (packed),
+    on one thread and on all, for the plain store and the forward's epilogue (bias and ReLU
+    stored with the partial tiles, or the identity then tanh applied to them: the bits of
+    ``z + bias`` and of the activation of ``z``)."""
+    m, n, k = shape
+    nr = BLOCKING[np.dtype(dtype).name][1]
+    n = nr + int(n) if isinstance(n, str) else n
+    rng = np.random.default_rng(m + n + k)
+    a, b = _operands(rng, m, n, k, False, False, dtype)
+    bias = rng.standard_normal(n).astype(dtype)
+    activations.get("tanh").prepare(dtype)
+    ws = np.empty(workspace_size(m, n, k, dtype), dtype)
+    e = np.empty(0, dtype)
+    before = numba.get_num_threads()
+    try:
+        for nt in (1, numba.config.NUMBA_NUM_THREADS):
+            numba.set_num_threads(nt)
+            want = np.full((m, n), np.nan, dtype)
+            product(a, np.ascontiguousarray(b.T), want, False, True, EP_STORE, e, act.LINEAR,
+                    want, want, 0.0, 0.0, 0.0, ws)
+            got = np.full((m, n), np.nan, dtype)
+            product(a, b, got, False, False, EP_STORE, e, act.LINEAR, got, got, 0.0, 0.0, 0.0,
+                    ws)
+            assert np.array_equal(got, want)
+            z_want = want + bias
+            for code in (act.RELU, act.TANH):
+                y_want = np.empty_like(z_want)
+                act.activate(code, z_want, y_want)
+                z, y = np.full((m, n), np.nan, dtype), np.full((m, n), np.nan, dtype)
+                product(a, b, z, False, False, EP_BIAS_ACT, bias, code, y, z, 0.0, 0.0, 0.0, ws)
+                assert np.array_equal(z, z_want)
+                assert np.array_equal(y, y_want)
+    finally:
+        numba.set_num_threads(before)
+    ref = a.astype(np.float64) @ b.astype(np.float64)
+    assert np.all(np.abs(got - ref) <= product_tolerance(a, b, dtype))
+
+
+@pytest.mark.parametrize("dtype_name", ["float32", "float64"])
+def test_a_b_of_fewer_columns_than_a_panel_is_never_read_past_its_end(dtype_name):
+    """Read in place, such a B's rows are read past their end (into the next rows) but never
+    past the end of B: here B ends where an unreadable page begins, and a read there would
+    kill the process."""
+    script = textwrap.dedent(f"""
+        import ctypes, mmap
+        import numpy as np
+        from fastdense.kernels._tiles import BLOCKING
+        from fastdense.kernels.gemm import gemm
+        dt = np.dtype("{dtype_name}")
+        page = mmap.PAGESIZE
+        end = 64 * page
+        buf = mmap.mmap(-1, end + page)
+        base = ctypes.addressof(ctypes.c_char.from_buffer(buf))
+        libc = ctypes.CDLL(None)
+        libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+        assert libc.mprotect(base + end, page, 0) == 0
+        nr, kc = BLOCKING[dt.name][1], BLOCKING[dt.name][2]
+        for m, k, n in ((40, 300, 1), (40, kc + 1, 3), (300, 100, nr - 1), (9, 2 * kc + 1, 5),
+                        (64, 33, nr - 1)):
+            count = k * n
+            b = np.frombuffer(buf, dt, count, end - count * dt.itemsize).reshape(k, n)
+            b[...] = 1
+            out = np.empty((m, n), dt)
+            gemm(np.ones((m, k), dt), b, out, False, False)
+            assert np.all(out == k), (m, k, n)
+        print("ok")
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "ok"
 
 
 # Rows of whole cache lines (n a multiple of 16), so that a B read in place at the output's
