@@ -11,7 +11,7 @@ from fastdense import activations, reference
 from fastdense.kernels import activation as act
 from fastdense.kernels import dense as kd
 from fastdense.kernels._isa import TILES
-from fastdense.kernels.gemm import OWN_B_BYTES, vector_block_rows
+from fastdense.kernels.gemm import OWN_B_BYTES, gemm, vector_block_rows
 from tests.bounds import dots_bound
 from tests.kernels.conftest import product_tolerance
 
@@ -145,6 +145,39 @@ def test_backward(name, shape, entry, fuse_sgd, dtype):
     else:
         assert np.all(np.abs(dw - dw_ref) <= dw_tol)
         assert np.array_equal(w, w0) and np.array_equal(b, b0)
+
+
+# Layers of fewer units than a register panel on the general kernels (float32 17 to 31 and
+# float64 9 to 15 units with the AVX-512 tiles; here NR - 3 units, and one): their weight
+# gradient reads dz in place (``gemm._narrow_b_tail``) and sums the bias gradient apart.  Over
+# one KC block (512 steps) and several, for fewer and more inputs than DIRECT_ROWS.
+@pytest.mark.parametrize("units", [1, -3], ids=["1", "NR-3"])
+@pytest.mark.parametrize("batch, n_in", [(40, 200), (513, 300), (1027, 90)],
+                         ids=lambda v: str(v))
+def test_gradients_of_fewer_units_than_a_panel_give_the_bits_of_packed_ones(batch, n_in, units,
+                                                                            dtype):
+    """The weight gradient has the bits of ``x.T @ dz`` with ``dz`` transposed (packed), the
+    bias gradient those of the rows' sums in order, and the input gradient is untouched by
+    that path."""
+    name = np.dtype(dtype).name
+    units = units if units > 0 else kd.BLOCKING[name][1] + units
+    rng = np.random.default_rng(batch + n_in + units)
+    x, w, b = _layer(rng, batch, n_in, units, dtype)
+    g = rng.standard_normal((batch, units)).astype(dtype)
+    dz, dw, db, dx = (np.empty_like(g), np.empty_like(w), np.empty_like(b), np.empty_like(x))
+    ws = np.empty(kd.workspace_size(n_in, units, dtype), dtype)
+    kd.backward(x, w, b, g, g, g, act.LINEAR, dz, dw, db, dx, 0.0, 0.0, 0.0, 0.0, 0.0, False,
+                ws)
+    dw_ref = np.empty_like(w)
+    gemm(x, np.ascontiguousarray(g.T), dw_ref, True, True)
+    db_ref = np.zeros(units, dtype)
+    for row in g:
+        db_ref += row
+    dx_ref = np.empty_like(x)
+    gemm(g, w, dx_ref, False, True)
+    assert np.array_equal(dw, dw_ref)
+    assert np.array_equal(db, db_ref)
+    assert np.array_equal(dx, dx_ref)
 
 
 def test_backward_without_bias_and_empty_batch(dtype):
