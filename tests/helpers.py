@@ -3,6 +3,10 @@ within cache lines."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
+
 import numpy as np
 from numba import njit
 
@@ -144,3 +148,35 @@ def generic_derivative(g, z, y, code, dz):
     for i in range(g.shape[0]):
         for j in range(g.shape[1]):
             dz[i, j] = g[i, j] * kact.derivative(code, z[i, j], y[i, j])
+
+
+# The start of run_beside_a_guard_page's scripts: ``guarded(shape, dtype)`` places an array so
+# that it ends where a page that cannot be read begins.
+_GUARD_PAGE_PROLOGUE = """
+import ctypes, mmap
+import numpy as np
+_page = mmap.PAGESIZE
+_end = 64 * _page
+_buf = mmap.mmap(-1, _end + _page)
+_libc = ctypes.CDLL(None)
+_libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+assert _libc.mprotect(ctypes.addressof(ctypes.c_char.from_buffer(_buf)) + _end, _page, 0) == 0
+
+
+def guarded(shape, dtype):
+    count = int(np.prod(shape))
+    return np.frombuffer(_buf, dtype, count, _end - count * np.dtype(dtype).itemsize).reshape(
+        shape)
+"""
+
+
+def run_beside_a_guard_page(body: str) -> None:
+    """Run ``body`` (Python source, dedented) in a new interpreter, after a prologue that
+    defines ``guarded(shape, dtype)``: an array of at most 256 KiB that ends where an
+    unreadable page begins, so that a read past its end kills the process.  The script must
+    run to its end."""
+    script = _GUARD_PAGE_PROLOGUE + textwrap.dedent(body) + '\nprint("ok")\n'
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "ok"

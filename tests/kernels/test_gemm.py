@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import textwrap
-
 import numba
 import numpy as np
 import pytest
@@ -41,7 +37,7 @@ from fastdense.kernels.gemm import (
     workspace_size,
 )
 from fastdense.kernels.memory import CACHE_LINE
-from tests.helpers import placed
+from tests.helpers import placed, run_beside_a_guard_page
 from tests.kernels.conftest import product_tolerance
 
 # The tiles of this machine's tile set (``_tiles``); test_tiles.py runs the other set.
@@ -342,34 +338,19 @@ def test_a_b_of_fewer_columns_than_a_panel_is_never_read_past_its_end(dtype_name
     """Read in place, such a B's rows are read past their end (into the next rows) but never
     past the end of B: here B ends where an unreadable page begins, and a read there would
     kill the process."""
-    script = textwrap.dedent(f"""
-        import ctypes, mmap
-        import numpy as np
+    run_beside_a_guard_page(f"""
         from fastdense.kernels._tiles import BLOCKING
         from fastdense.kernels.gemm import gemm
         dt = np.dtype("{dtype_name}")
-        page = mmap.PAGESIZE
-        end = 64 * page
-        buf = mmap.mmap(-1, end + page)
-        base = ctypes.addressof(ctypes.c_char.from_buffer(buf))
-        libc = ctypes.CDLL(None)
-        libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-        assert libc.mprotect(base + end, page, 0) == 0
         nr, kc = BLOCKING[dt.name][1], BLOCKING[dt.name][2]
         for m, k, n in ((40, 300, 1), (40, kc + 1, 3), (300, 100, nr - 1), (9, 2 * kc + 1, 5),
                         (64, 33, nr - 1)):
-            count = k * n
-            b = np.frombuffer(buf, dt, count, end - count * dt.itemsize).reshape(k, n)
+            b = guarded((k, n), dt)
             b[...] = 1
             out = np.empty((m, n), dt)
             gemm(np.ones((m, k), dt), b, out, False, False)
             assert np.all(out == k), (m, k, n)
-        print("ok")
     """)
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          timeout=600)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.strip() == "ok"
 
 
 # Rows of whole cache lines (n a multiple of 16), so that a B read in place at the output's
