@@ -159,9 +159,10 @@ def test_tile_shapes_give_the_same_bits(kc):
 
 
 # Shapes around both sets' MR, NR and KC, read in place and packed, one and several KC and
-# row blocks; (m, k, n).
+# row blocks, and B of fewer columns than a panel (read in place with the AVX-512 tiles, see
+# ``gemm._narrow_b_tail``); (m, k, n).
 _CROSS_SHAPES = [(7, 511, 33), (13, 1030, 17), (50, 300, 129), (33, 1024, 1024), (100, 600, 70),
-                 (32, 784, 128), (28, 520, 40), (4, 300, 50)]
+                 (32, 784, 128), (28, 520, 40), (4, 300, 50), (20, 600, 7), (300, 100, 12)]
 _FEW_UNITS = [(64, 300, 4), (37, 600, 3)]
 _CROSS_SCRIPT = textwrap.dedent("""
     import sys
