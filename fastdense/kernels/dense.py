@@ -46,6 +46,7 @@ from fastdense.kernels.gemm import (
     _unaliased,
     _vector_block_rows,
     _ws_len,
+    column_sums_serial,
     double_buffers_b,
     is_small,
     product,
@@ -645,17 +646,6 @@ def column_sums(a, out):
                 out[j] += ai[j]
 
 
-@kernel(nrt=False)
-def _column_sums_serial(a, out):
-    m, n = a.shape
-    for j in range(n):
-        out[j] = 0.0
-    for i in range(m):
-        ai = a[i]
-        for j in range(n):
-            out[j] += ai[j]
-
-
 #: Up to this many bytes touched by a batch-1 backward pass (the weights, and ``dw`` when it is
 #: written rather than applied), the input gradient is taken four rows of weights at a time
 #: (``_microkernels.dots_4``); above it, one row at a time (``dots_1``).  Same bits either
@@ -860,7 +850,7 @@ def backward(x, w, bias, z, y, g, code, dz, dw, db, dx, lr, l1w, l2w, l1b, l2b, 
     lr_w = lr if fuse_sgd else 0.0
     if batch == 0 or is_small(n_in, units, batch):
         if has_bias:
-            _column_sums_serial(d, db)
+            column_sums_serial(d, db)
         acc = buf[:units] if buf.shape[0] >= units else np.empty(units, dtype=dw.dtype)
         _small(x, d, dw, True, False, ep, e1, act.LINEAR, dw, w, lr_w, l1w, l2w, acc)
     else:
@@ -1148,7 +1138,7 @@ def _backward_narrow(dx_by_rows: bool, dw_by: str):
                 product(d, w, dx, False, True, EP_STORE, e1, act.LINEAR, dx, dx, 0.0, 0.0, 0.0,
                         head)
         if db.shape[0] > 0:
-            _column_sums_serial(d, db)
+            column_sums_serial(d, db)
         if by_strips:
             _weight_grad_strips(x, w, d, dw, fuse_sgd, lr, l1w, l2w, ws, grouped)
         elif transposed:
@@ -1244,7 +1234,7 @@ def backward_rows(x, w, bias, z, y, g, code, dz, dw, db, dx, lr, l1w, l2w, l1b, 
         d = dz
         _activation_grad_serial(g, z, y, code, dz)
     if db.shape[0] > 0:
-        _column_sums_serial(d, db)
+        column_sums_serial(d, db)
     _small_batch_backward(x, w, d, dx, dw, dx.shape[0] > 0, fuse_sgd, lr, l1w, l2w, ws)
     if fuse_sgd and db.shape[0] > 0:
         sgd_step(bias, db, lr, l1b, l2b)

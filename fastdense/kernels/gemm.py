@@ -344,6 +344,30 @@ def _sgd_row(w, wi, t, ti, lr, n):
         sgd_n(w, wi, t, ti, lr, 1)
 
 
+@kernel(nrt=False, inline="always")
+def bias_relu_row(t, o, yr, bias, j0, has_bias, relu):
+    """``o = t + bias[j0:]`` (none unless ``has_bias``) and ``yr = relu(o)``, or ``yr = o``
+    without ``relu``: the stores of a tile row's bias and activation (as in _epilogue_row),
+    in a loop of the caller's own."""
+    for j in range(t.shape[0]):
+        v = t[j] + bias[j0 + j] if has_bias else t[j]
+        o[j] = v
+        yr[j] = v if not (relu and v < 0) else zero_of(v)
+
+
+@kernel(nrt=False)
+def column_sums_serial(a, out):
+    """``out[j] = sum_i a[i, j]``, row after row (the order in which ``pack_b`` sums the
+    columns it packs)."""
+    m, n = a.shape
+    for j in range(n):
+        out[j] = 0.0
+    for i in range(m):
+        ai = a[i]
+        for j in range(n):
+            out[j] += ai[j]
+
+
 @kernel(nrt=False)
 def _store_tile(tile, NR, out, i0, mr, j0, nr, first, last, ep, bias, code, y, w, lr, l1, l2):
     no_inline()
@@ -372,11 +396,7 @@ def _store_tile(tile, NR, out, i0, mr, j0, nr, first, last, ep, bias, code, y, w
         if last and plain_sgd:
             _sgd_row(w[i0 + r], j0, tile, r * NR, lr, nr)
         elif last and ep == EP_BIAS_ACT:
-            yr = y[i0 + r, j0:j0 + nr]
-            for j in range(nr):
-                v = t[j] + bias[j0 + j] if has_bias else t[j]
-                o[j] = v
-                yr[j] = v if not (relu and v < 0) else zero_of(v)
+            bias_relu_row(t, o, y[i0 + r, j0:j0 + nr], bias, j0, has_bias, relu)
         elif last:
             _epilogue_row(t, o, j0, ep, bias, code, y[i0 + r, j0:j0 + nr],
                           w[i0 + r, j0:j0 + nr], lr, l1, l2)
@@ -976,11 +996,8 @@ def _packed(a, b, out, trans_a, trans_b, ep, bias, code, y, w, lr, l1, l2,
     nib = _row_blocks(m, n, MR, NR, MC, nthreads, own_b, shared_a)
     if direct_b and colsum:
         # The column sums pack_b would take as it packs (a layer's bias gradient, from the dz
-        # of a layer of fewer units than a panel), in the same order: row after row.
-        for p in range(k):
-            bp = b[p]
-            for j in range(n):
-                db[j] += bp[j]
+        # of a layer of fewer units than a panel), in the same order.
+        column_sums_serial(b, db)
     if direct_b and n < NR:
         # The end of a B of fewer columns than a panel, read by every task from here (the
         # shared B block: not packed when B is read in place).

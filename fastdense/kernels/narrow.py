@@ -19,7 +19,7 @@ from numba.extending import register_jitable
 from numba.np.ufunc.parallel import _iget_num_threads
 
 from fastdense.kernels import activation as act
-from fastdense.kernels._codegen import copy_n, fetch_add, kernel, strided_view, zero_of
+from fastdense.kernels._codegen import copy_n, fetch_add, kernel, strided_view
 from fastdense.kernels._placement import caller_waits, region_opens, worker_arrives
 from fastdense.kernels._tiles import (
     BLOCKING,
@@ -38,6 +38,7 @@ from fastdense.kernels.gemm import (
     SHORT_WORKSPACE,
     _activate_rows,
     _activated_apart,
+    bias_relu_row,
     is_small,
 )
 from fastdense.kernels.update import sgd_step
@@ -120,11 +121,7 @@ def _store_rows(tile, NR, out, i0, mr, n, first, last, ep, bias, relu, y, w, lr,
             for j in range(n):
                 t[j] += o[j]
         if last and ep == EP_BIAS_ACT:
-            yr = y[i0 + r, :n]
-            for j in range(n):
-                v = t[j] + bias[j] if has_bias else t[j]
-                o[j] = v
-                yr[j] = v if not (relu and v < 0) else zero_of(v)
+            bias_relu_row(t, o, y[i0 + r, :n], bias, 0, has_bias, relu)
         elif last and ep == EP_SGD:
             sgd_step(w[i0 + r, :n], t, lr, l1, l2)
         else:
