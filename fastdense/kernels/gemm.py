@@ -128,6 +128,21 @@ SERIAL_WORK = 64 * 64 * 64
 # 6.10 -> 5.34, 5.59 -> 5.07 ms; two threads, 784x512 over 1024 5.42 -> 4.92 ms (float32) and
 # 11.9 -> 9.9 ms (float64), 1024^3 (already packed: the faster ``pack_a`` only) 14.6 -> 14.1 and
 # 28.8 -> 27.6 ms; 4096x1024 over 128 at parity.
+# With the AVX-512 tiles on an Intel core (Emerald Rapids: 48 KiB L1, 2 MiB L2), a transposed A
+# read in place was up to twice as slow as packed, and at any row length: the AVX-512 tiles pack
+# every transposed A over more than PACKED_A_STEPS steps, or with rows of a multiple of 4 KiB.
+# ``x.T @ dz`` (out = in x units, over the batch), three variants and NumPy in one process, 30 ms
+# blocks in turn, best over 3 s: in place (as before) / packed thus (NumPy), two threads,
+# float32 1024x1024 over 1024 17.8 / 8.8 ms (9.2), 784x512 over 1024 4.19 / 3.50 (2.94-3.41),
+# 784x512 over 256 0.97-1.26 / 0.79-1.01 ms (0.79-1.04), 256x256 over 256 175 / 154 us (182),
+# 1024x1024 over 128 1.24 / 0.99 ms (1.16), 4096x1024 over 32 1.37 / 1.18 (1.45), 784x128 over
+# 1024 1.11 / 0.85 (0.83); 784x128 over 32 and 64 (read in place either way: 38.4 / 38.6 us)
+# was faster in place than packed (40.2); 64x64 over 64, packed, twice as slow (13.5 / 6.9 us).
+# Float64 1024x1024 over 1024 38.5 / 20.4 ms (16.9), 784x512 over 1024 8.8 / 7.3 (6.4), 1024x1024
+# over 64 1.38 / 1.14 ms (1.39); one thread, float32 1024^3 28.2 / 15.5 ms (15.1), 512^3 2.15
+# / 1.87 (1.81), 784x512 over 1024 6.83 / 5.57 (5.59).  Float32 Dense training step, two
+# threads, 1024 x 1024->1024 42.3 / 34.0 ms (NumPy 40.2), 128 x 4096->1024 20.6 / 19.9 (27.0).
+# (Not measured on Zen 4, where the 32 KiB threshold was set.)
 ALIASED_A_BYTES = (32 << 10) if WIDE_TILES else (4 << 10)
 # ... but not for a reduction of this many steps or fewer: a micro-panel read in place then
 # takes at most 8 KiB of lines (one per step), which stay in L1 beside the B micro-panel, and
@@ -895,7 +910,8 @@ def _packed(a, b, out, trans_a, trans_b, ep, bias, code, y, w, lr, l1, l2,
     ctr = ws[:_CTR]
     nib = (m + MC - 1) // MC
     # Operands read in place, unpacked: A unless the activation derivative is fused into its
-    # packing, or it is read transposed with rows a multiple of 4 KiB and at least
+    # packing, or it is read transposed: with the AVX-512 tiles over more than PACKED_A_STEPS
+    # steps or with rows a multiple of 4 KiB; otherwise with rows a multiple of 4 KiB and at least
     # ALIASED_A_BYTES long (a micro-panel then takes one line per row at that stride, all in a
     # few L2 sets, and is evicted before the next B panel re-reads it) or, with the AVX2
     # tiles, for more than DIRECT_ROWS output rows over more than PACKED_A_STEPS steps, times a
@@ -907,7 +923,8 @@ def _packed(a, b, out, trans_a, trans_b, ep, bias, code, y, w, lr, l1, l2,
     # DIRECT_SKINNY_ROW_BYTES).
     lda = a.shape[1] * a.itemsize
     direct_a = dcode == act.LINEAR and not (trans_a and (
-        (lda >= ALIASED_A_BYTES and lda % 4096 == 0)
+        (WIDE_TILES and (k > PACKED_A_STEPS or lda % 4096 == 0))
+        or (lda >= ALIASED_A_BYTES and lda % 4096 == 0)
         or (not WIDE_TILES and m > DIRECT_ROWS and k > PACKED_A_STEPS
             and n > NR * (NARROW_B_PANELS_F32 if out.itemsize == 4 else NARROW_B_PANELS_F64))))
     b_bytes = k * n * out.itemsize
