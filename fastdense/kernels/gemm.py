@@ -51,7 +51,7 @@ from fastdense.kernels._codegen import (
     wide_vectors,
     zero_of,
 )
-from fastdense.kernels._isa import TILES
+from fastdense.kernels._isa import TILES, VENDOR
 from fastdense.kernels._placement import caller_waits, region_opens, shorten_spin, worker_arrives
 from fastdense.kernels._tiles import (
     BLOCKING,
@@ -129,8 +129,9 @@ SERIAL_WORK = 64 * 64 * 64
 # 11.9 -> 9.9 ms (float64), 1024^3 (already packed: the faster ``pack_a`` only) 14.6 -> 14.1 and
 # 28.8 -> 27.6 ms; 4096x1024 over 128 at parity.
 # With the AVX-512 tiles on an Intel core (Emerald Rapids: 48 KiB L1, 2 MiB L2), a transposed A
-# read in place was up to twice as slow as packed, and at any row length: the AVX-512 tiles pack
-# every transposed A over more than PACKED_A_STEPS steps, or with rows of a multiple of 4 KiB.
+# read in place was up to twice as slow as packed, and at any row length: there
+# (PACKS_TRANSPOSED_A) every transposed A over more than PACKED_A_STEPS steps, or with rows of a
+# multiple of 4 KiB, is packed.
 # ``x.T @ dz`` (out = in x units, over the batch), three variants and NumPy in one process, 30 ms
 # blocks in turn, best over 3 s: in place (as before) / packed thus (NumPy), two threads,
 # float32 1024x1024 over 1024 17.8 / 8.8 ms (9.2), 784x512 over 1024 4.19 / 3.50 (2.94-3.41),
@@ -142,8 +143,9 @@ SERIAL_WORK = 64 * 64 * 64
 # over 64 1.38 / 1.14 ms (1.39); one thread, float32 1024^3 28.2 / 15.5 ms (15.1), 512^3 2.15
 # / 1.87 (1.81), 784x512 over 1024 6.83 / 5.57 (5.59).  Float32 Dense training step, two
 # threads, 1024 x 1024->1024 42.3 / 34.0 ms (NumPy 40.2), 128 x 4096->1024 20.6 / 19.9 (27.0).
-# (Not measured on Zen 4, where the 32 KiB threshold was set.)
+# The AVX-512 tiles on other cores keep the 32 KiB threshold, measured before on Zen 4.
 ALIASED_A_BYTES = (32 << 10) if WIDE_TILES else (4 << 10)
+PACKS_TRANSPOSED_A = WIDE_TILES and VENDOR == "intel"
 # ... but not for a reduction of this many steps or fewer: a micro-panel read in place then
 # takes at most 8 KiB of lines (one per step), which stay in L1 beside the B micro-panel, and
 # the packing is a larger share of a short product (training step, batch 128, 784->128: 0.97x
@@ -206,6 +208,19 @@ DIRECT_SKINNY_B_BYTES = 16 << 20
 # 4.76 -> 4.00 / 4.63 ms; float32 32 x 1024->8192 3.60 / 6.99 -> 4.10 / 5.09), and one
 # thread streams whole rows faster packed (float64 32 x 4096->1024 6.37 / 7.16 -> 6.94 / 7.55).
 DIRECT_SKINNY_ROW_BYTES = 16 << 10
+# On an Intel core (Emerald Rapids, AVX-512 tiles) a B beyond DIRECT_B_BYTES read in place is a
+# line or two per 4 KiB page a step, which the prefetchers do not follow across pages; each
+# further row panel re-reads it so.  There such a B is read in place for one row panel (MR
+# rows), or for two while it is at most INTEL_SKINNY_B_BYTES; more rows pack it (column chunks
+# by the tasks, or from OWN_B_BYTES whole rows).  ``a @ b``, two threads, both versions and
+# NumPy in one process, 30 ms blocks in turn for 2 s, best, in place for up to MC rows / these
+# (NumPy): float32 x 1024->1024 8 rows 143 / 143 us (276), 16 rows 224 / 224 (363), 24 rows 443
+# / 449 (498), 32 rows 570 / 548 (519), 48 rows 963 / 641 (662), 64 rows 1123 / 703 (736);
+# x 4096->1024 8 rows 894 / 894 (1227), 16 rows 1523 / 1338 (1390), 32 rows 2755 / 1591
+# (2029), 64 rows 5915 / 3468 (3624); 32 x 2048->1024 1150 / 843 (933); float64 x 1024->1024
+# 8 rows 382 / 382 (521), 16 rows 530 / 530 (578), 32 rows 1376 / 973 (755); x 4096->1024 8
+# rows 2826 / 2826 (2149), 16 rows 4637 / 3541 (2385), 32 rows 7027 / 4442 (3347).
+INTEL_SKINNY_B_BYTES = 8 << 20
 # Those were measured with the AVX-512 tiles.  With the AVX2 tiles (a B panel of 16 float32 or 8
 # float64 columns: one cache line a step, at the row stride), reading B in place was mostly
 # slower, so there B is read in place only in float32, for up to DIRECT_SKINNY_ROWS rows and up
@@ -910,7 +925,7 @@ def _packed(a, b, out, trans_a, trans_b, ep, bias, code, y, w, lr, l1, l2,
     ctr = ws[:_CTR]
     nib = (m + MC - 1) // MC
     # Operands read in place, unpacked: A unless the activation derivative is fused into its
-    # packing, or it is read transposed: with the AVX-512 tiles over more than PACKED_A_STEPS
+    # packing, or it is read transposed: with PACKS_TRANSPOSED_A over more than PACKED_A_STEPS
     # steps or with rows a multiple of 4 KiB; otherwise with rows a multiple of 4 KiB and at least
     # ALIASED_A_BYTES long (a micro-panel then takes one line per row at that stride, all in a
     # few L2 sets, and is evicted before the next B panel re-reads it) or, with the AVX2
@@ -923,7 +938,7 @@ def _packed(a, b, out, trans_a, trans_b, ep, bias, code, y, w, lr, l1, l2,
     # DIRECT_SKINNY_ROW_BYTES).
     lda = a.shape[1] * a.itemsize
     direct_a = dcode == act.LINEAR and not (trans_a and (
-        (WIDE_TILES and (k > PACKED_A_STEPS or lda % 4096 == 0))
+        (PACKS_TRANSPOSED_A and (k > PACKED_A_STEPS or lda % 4096 == 0))
         or (lda >= ALIASED_A_BYTES and lda % 4096 == 0)
         or (not WIDE_TILES and m > DIRECT_ROWS and k > PACKED_A_STEPS
             and n > NR * (NARROW_B_PANELS_F32 if out.itemsize == 4 else NARROW_B_PANELS_F64))))
@@ -954,12 +969,14 @@ def _packed(a, b, out, trans_a, trans_b, ep, bias, code, y, w, lr, l1, l2,
         # (54.5), 256 x 784->10 232 / 228 (296), 1024 x 784->12 974 / 961 (1089), 64 x
         # 256->15 49.5 / 43.7 (49.9); float32 32 x 784->20 52.1 / 49.2 (53.5), 256 x 784->20
         # 209 / 204 (232), 1024 x 784->24 802 / 776 (818), 64 x 256->30 45.3 / 38.7 (49.9).
+        if VENDOR == "intel":
+            skinny = m <= MR or (m <= 2 * MR and b_bytes <= INTEL_SKINNY_B_BYTES)
+        else:
+            skinny = (m <= max(MC, DIRECT_SKINNY_ROWS)
+                      and (b_bytes <= DIRECT_SKINNY_B_BYTES
+                           or (nthreads > 1 and b.strides[0] <= DIRECT_SKINNY_ROW_BYTES)))
         direct_b = (not trans_b and (not colsum or n < NR) and (m <= DIRECT_ROWS or n < NR)
-                    and (b_bytes <= DIRECT_B_BYTES
-                         or (m <= max(MC, DIRECT_SKINNY_ROWS)
-                             and (b_bytes <= DIRECT_SKINNY_B_BYTES
-                                  or (nthreads > 1
-                                      and b.strides[0] <= DIRECT_SKINNY_ROW_BYTES)))))
+                    and (b_bytes <= DIRECT_B_BYTES or skinny))
     else:
         direct_b = (not trans_b and not colsum and m <= DIRECT_SKINNY_ROWS
                     and (b_bytes <= DIRECT_B_BYTES if out.itemsize == 4

@@ -13,7 +13,7 @@ import pytest
 
 from fastdense.kernels import _microkernels as mk
 from fastdense.kernels import dense as kdense
-from fastdense.kernels._isa import TILE_SETS, TILES, target_tile_set
+from fastdense.kernels._isa import TILE_SETS, TILES, target_tile_set, target_vendor
 from fastdense.kernels._tiles import BLOCKING, HALF_MR
 from fastdense.kernels.dense import forward
 from fastdense.kernels.gemm import gemm
@@ -49,6 +49,15 @@ def test_tile_set_override():
     assert target_tile_set({"FASTDENSE_TILES": ""}, avx512) == "avx512"
     with pytest.raises(ValueError, match=r"FASTDENSE_TILES must be one of avx512, avx2, got 'sse'"):
         target_tile_set({"FASTDENSE_TILES": "sse"}, avx512)
+
+
+@pytest.mark.parametrize(("cpu_name", "expected"), [
+    ("emeraldrapids", "intel"), ("sapphirerapids", "intel"), ("skylake-avx512", "intel"),
+    ("icelake-server", "intel"), ("haswell", "intel"), ("znver4", "other"),
+    ("znver3", "other"), ("generic", "other"), ("x86-64-v4", "other"),
+])
+def test_vendor_follows_the_cpu_name(cpu_name, expected):
+    assert target_vendor(cpu_name) == expected
 
 
 def test_blocking_of_the_active_set():
