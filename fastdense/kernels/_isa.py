@@ -59,11 +59,13 @@ _INTEL_CPUS = ("skylake", "cascadelake", "cooperlake", "cannonlake", "icelake", 
 def target_vendor(cpu_name: str | None = None) -> str:
     """``"intel"`` where Numba compiles for an Intel core, else ``"other"``.
 
-    Some blocking choices are made per vendor, as a BLAS does per core: on an Intel core
+    Some blocking choices are made per vendor, as a BLAS does per core.  On an Intel core
     (Emerald Rapids measured: 48 KiB L1, 2 MiB L2, prefetchers that stop at page boundaries) a
     weight matrix read in place a line per 4 KiB page, over several row panels, is much slower
     than packed, where the Zen 4 cores the other thresholds were measured on read it fastest
-    in place (see ``kernels.gemm``).
+    in place; so is a transposed A (``kernels.gemm``); and float64 row blocks are twice as
+    tall (``kernels._tiles``).  The choices change where data are read from, never the order
+    of any sum: the bits are the same on every vendor.
 
     Parameters
     ----------
