@@ -15,6 +15,7 @@ from fastdense.kernels.gemm import (
     ALIASED_A_BYTES,
     DIRECT_B_BYTES,
     DIRECT_F64_B_BYTES,
+    DIRECT_ROWS,
     DIRECT_SKINNY_B_BYTES,
     DIRECT_SKINNY_ROW_BYTES,
     DIRECT_SKINNY_ROWS,
@@ -59,6 +60,9 @@ SHAPES = [
     (37, 5, 1),  # direct path
     (2, 300, 300),  # direct path (m <= 2)
     (200, 3, 2),
+    # (The paths named below for B beyond DIRECT_B_BYTES are those of cores other than Intel's;
+    # on those, B is read in place for at most 16 rows, ``gemm.INTEL_SKINNY_B_BYTES``, and
+    # packed by the tasks or by rows otherwise, as for the shapes after these.)
     # A row-major B between DIRECT_B_BYTES and DIRECT_SKINNY_B_BYTES, read in place for up to
     # DIRECT_SKINNY_ROWS rows with the AVX-512 tiles (packed with the AVX2 ones, which read in
     # place only float32 B of up to DIRECT_B_BYTES, as in the shapes above): float32 (2.4 MB)
@@ -73,7 +77,8 @@ SHAPES = [
     # on two threads; float32, 9.2 MB, in place).
     (24, 2100, 1100),
     # ... and with the AVX-512 tiles up to MC rows, one row block: float32 (4.4 MB) in place for
-    # 60 rows; float64 (8.8 MB, two row blocks) packed by the tasks (``own_b``).
+    # 60 rows; float64 (8.8 MB, two row blocks, one with Intel's MC) packed by the tasks
+    # (``own_b``).
     (60, 1100, 1000),
     # Fewer NR-column panels than threads, up to MC rows (B read in place): a row block per
     # thread (float32: one panel each; float64: 10 columns one panel, 20 and 26 two, as before).
@@ -92,9 +97,9 @@ SHAPES = [
     (37, 2100, 2100),
     # ... but not at exactly OWN_B_BYTES (float32 4096->1024, 16 MiB): the tasks pack their own
     # column chunks of 8 panels there (``own_b``); in float64 (32 MiB) double-buffered for 37
-    # rows, single-buffered row packing for 100 (four row blocks).
+    # rows, single-buffered row packing for 140 (three or five row blocks).
     (37, 1024, 4096),
-    (100, 1024, 4096),
+    (140, 1024, 4096),
     # Rows of a transposed A (op(A) columns) of 32 KiB in float64: packed, not read in place
     # (16 KiB in float32: in place with the AVX-512 tiles, packed with the AVX2 ones); a
     # partial last NR panel and two KC blocks, the second partial.
@@ -120,11 +125,11 @@ assert DIRECT_B_BYTES < 601 * 600 * 8 <= DIRECT_SKINNY_B_BYTES and 31 <= DIRECT_
 assert 1500 * 1500 * 4 <= DIRECT_SKINNY_B_BYTES < 1500 * 1500 * 8
 assert 1500 * 8 <= DIRECT_SKINNY_ROW_BYTES < 2100 * 8 and 2100 * 1100 * 8 > DIRECT_SKINNY_B_BYTES
 assert 2100 * 2100 * 4 > DIRECT_SKINNY_B_BYTES and 2100 * 4 <= DIRECT_SKINNY_ROW_BYTES
-assert DIRECT_B_BYTES < 1100 * 1000 * 4 and MC_F64 < 60 <= MC_F32
+assert DIRECT_B_BYTES < 1100 * 1000 * 4 and 60 <= MC_F32
 assert 1000 * 4300 * 4 > OWN_B_BYTES
 assert 2100 * 2100 * 4 > OWN_B_BYTES and 2100 > NC_F32 and 37 <= PIPELINE_BLOCKS * MC_F64
 assert 4096 * 1024 * 4 == OWN_B_BYTES
-assert PIPELINE_BLOCKS * MC_F64 < 100 <= PIPELINE_BLOCKS * MC_F32
+assert PIPELINE_BLOCKS * MC_F64 < 140 <= DIRECT_ROWS
 
 
 def test_double_buffering_starts_over_own_b_bytes_and_stops_after_two_row_blocks():
