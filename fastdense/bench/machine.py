@@ -18,7 +18,7 @@ import numpy as np
 
 import fastdense
 from fastdense.bench.pinning import available_cores, pinned_threads
-from fastdense.kernels._isa import TILES
+from fastdense.kernels._isa import TILES, VENDOR
 
 ENV_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS",
             "MKL_NUM_THREADS", "NUMBA_NUM_THREADS", "NUMBA_THREADING_LAYER", "NUMBA_DISABLE_JIT")
@@ -95,6 +95,8 @@ def describe(threads: int) -> dict[str, Any]:
         "fastdense": fastdense.__version__,
         # Which register tiles the kernels were compiled with (the CPU's vector instruction set).
         "fastdense_tiles": TILES,
+        # Whose blocking choices they make (kernels._isa.target_vendor).
+        "fastdense_vendor": VENDOR,
         "torch": _torch_version(),
         "blas": blas_info(),
         "load_average_1min": load_average(),

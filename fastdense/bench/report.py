@@ -119,7 +119,8 @@ def header(machine: dict[str, Any], peaks: dict[str, float], compile_s: dict[str
     versions = (f"numpy {machine['numpy']}, numba {machine['numba']} "
                 f"({machine['numba_threading_layer']}), fastdense {machine['fastdense']}")
     if machine.get("fastdense_tiles"):
-        versions += f" ({machine['fastdense_tiles']} tiles)"
+        blocking = " with Intel's blocking" if machine.get("fastdense_vendor") == "intel" else ""
+        versions += f" ({machine['fastdense_tiles']} tiles{blocking})"
     if machine.get("torch"):
         versions += f", torch {machine['torch']}"
     lines = [

@@ -67,6 +67,7 @@ def test_json_schema(full_run: dict) -> None:
         assert key in machine
     assert isinstance(machine["threads"], int) and isinstance(machine["blas"], list)
     assert machine["fastdense_tiles"] in ("avx512", "avx2")
+    assert machine["fastdense_vendor"] in ("intel", "other")
     assert set(doc["peak_gflops"]) == {"float32"}
     assert all(v > 0 for v in doc["peak_gflops"].values())
     assert isinstance(doc["compile"]["total_s"], float)
@@ -187,3 +188,16 @@ def test_help_documents_custom_shapes(capsys: pytest.CaptureFixture[str]) -> Non
     assert exc.value.code == 0
     text = capsys.readouterr().out
     assert "--shapes B:IN:OUT,..." in text and "--square N,..." in text
+
+
+@pytest.mark.parametrize(("vendor", "expected"), [
+    ("intel", "fastdense 0.0 (avx512 tiles with Intel's blocking)"),
+    ("other", "fastdense 0.0 (avx512 tiles)"),
+])
+def test_header_names_the_tiles_and_the_blocking(vendor: str, expected: str) -> None:
+    from fastdense.bench.report import header
+
+    machine = {"cpu": "x", "available_cores": 2, "threads": 2, "numpy": "2", "numba": "0.6",
+               "numba_threading_layer": "omp", "fastdense": "0.0", "fastdense_tiles": "avx512",
+               "fastdense_vendor": vendor, "blas": []}
+    assert expected in header(machine, {}, {})
