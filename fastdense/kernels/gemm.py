@@ -221,6 +221,15 @@ DIRECT_SKINNY_ROW_BYTES = 16 << 10
 # 8 rows 382 / 382 (521), 16 rows 530 / 530 (578), 32 rows 1376 / 973 (755); x 4096->1024 8
 # rows 2826 / 2826 (2149), 16 rows 4637 / 3541 (2385), 32 rows 7027 / 4442 (3347).
 INTEL_SKINNY_B_BYTES = 8 << 20
+# ... and a B of 1 to 2 MiB (DIRECT_B_BYTES) for up to MC rows: over more row blocks, which
+# each re-read it so, it is packed there too.  Same measurement, 3 s, in place / packed from 1
+# MiB for more than MC rows (NumPy): float32 256 x 784 x 512 968 / 854 us (883), 192 rows 896 /
+# 760 (803), 128 rows 608 / 490 (634), 256 x 1024 x 512 1206 / 1010 (1019), 200 x 700 x 700
+# 1168 / 947 (802), 256 x 512 x 512 (1 MiB, in place either way) 556 / 549 (722); float64
+# 256 x 784 x 256 920 / 819 (989), 128 rows 495 / 470 (605).  For 64 and 32 rows reading in
+# place stayed faster: float32 x 784 x 512 219 and 120 against 247 and 144 us packed (NumPy 254
+# and 186), float64 x 784 x 256 229 and 116 against 248 and 145 (306 and 164).
+INTEL_DIRECT_B_BYTES = 1 << 20
 # Those were measured with the AVX-512 tiles.  With the AVX2 tiles (a B panel of 16 float32 or 8
 # float64 columns: one cache line a step, at the row stride), reading B in place was mostly
 # slower, so there B is read in place only in float32, for up to DIRECT_SKINNY_ROWS rows and up
@@ -970,13 +979,15 @@ def _packed(a, b, out, trans_a, trans_b, ep, bias, code, y, w, lr, l1, l2,
         # 256->15 49.5 / 43.7 (49.9); float32 32 x 784->20 52.1 / 49.2 (53.5), 256 x 784->20
         # 209 / 204 (232), 1024 x 784->24 802 / 776 (818), 64 x 256->30 45.3 / 38.7 (49.9).
         if VENDOR == "intel":
+            small = b_bytes <= INTEL_DIRECT_B_BYTES or (m <= MC and b_bytes <= DIRECT_B_BYTES)
             skinny = m <= MR or (m <= 2 * MR and b_bytes <= INTEL_SKINNY_B_BYTES)
         else:
+            small = b_bytes <= DIRECT_B_BYTES
             skinny = (m <= max(MC, DIRECT_SKINNY_ROWS)
                       and (b_bytes <= DIRECT_SKINNY_B_BYTES
                            or (nthreads > 1 and b.strides[0] <= DIRECT_SKINNY_ROW_BYTES)))
         direct_b = (not trans_b and (not colsum or n < NR) and (m <= DIRECT_ROWS or n < NR)
-                    and (b_bytes <= DIRECT_B_BYTES or skinny))
+                    and (small or skinny))
     else:
         direct_b = (not trans_b and not colsum and m <= DIRECT_SKINNY_ROWS
                     and (b_bytes <= DIRECT_B_BYTES if out.itemsize == 4
