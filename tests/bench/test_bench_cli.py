@@ -55,7 +55,7 @@ def test_exit_code_and_table(full_run: dict) -> None:
     assert all(re.fullmatch(r"\d+\.\d\dx!?", row[-1]) for row in rows)
     assert "geometric mean" in out
     assert "JIT compile" in out and "machine:" in out
-    assert re.search(r"fastdense \S+ \((avx512|avx2) tiles\)", out)
+    assert re.search(r"fastdense \S+ \((avx512|avx2) tiles( with Intel's blocking)?\)", out)
 
 
 def test_json_schema(full_run: dict) -> None:
