@@ -61,7 +61,7 @@ SHAPES = [
     (2, 300, 300),  # direct path (m <= 2)
     (200, 3, 2),
     # (The paths named below for B beyond 1 MiB are those of cores other than Intel's; on
-    # those, B is read in place for at most MC rows up to DIRECT_B_BYTES and 16 beyond
+    # Intel cores, B is read in place for at most MC rows up to DIRECT_B_BYTES and 16 beyond
     # (``gemm.INTEL_DIRECT_B_BYTES``, ``gemm.INTEL_SKINNY_B_BYTES``), and packed by the tasks
     # or by rows otherwise, as for the shapes after these.)
     # A row-major B between DIRECT_B_BYTES and DIRECT_SKINNY_B_BYTES, read in place for up to
